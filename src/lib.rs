@@ -1,0 +1,73 @@
+//! se-compile: declarative SE-network specs (YAML or DSL) → a validated layer graph → back ends.
+
+pub mod diag;
+pub mod source;
+pub mod spec;
+pub mod ir;
+pub mod expand;
+pub mod validate;
+pub mod report;
+pub mod zoo;
+
+pub use diag::Diagnostic;
+pub use source::SourceFile;
+pub use validate::ValidGraph;
+
+/// Spec text → validated graph: parse, expand, validate.
+pub fn compile(src: &SourceFile) -> Result<ValidGraph, Diagnostic> {
+    let spec = spec::parse(src)?;
+    let graph = expand::expand(&spec)?;
+    validate::validate(graph)
+}
+
+/// Why a spec file could not be read; each renders as one line.
+#[derive(Debug)]
+pub enum FileError {
+    /// The path does not exist or is not a file (a usage error).
+    NotFound(String),
+    IsDir(String),
+    Unreadable(String, String),
+    Empty(String),
+    Binary(String),
+    NotUtf8(String, usize),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            FileError::NotFound(p) => write!(f, "{p}: no such file, and no model of that name in models/ (try `se-compile summary se_resnet50`)"),
+            FileError::IsDir(p) => write!(f, "{p}: is a directory; give a spec file (.yaml, .yml or .se)"),
+            FileError::Unreadable(p, e) => write!(f, "{p}: cannot be read: {e}"),
+            FileError::Empty(p) => write!(f, "{p}: the file is empty; a spec needs at least `input` and `layers`"),
+            FileError::Binary(p) => write!(f, "{p}: looks like a binary file (it holds NUL bytes), not a spec"),
+            FileError::NotUtf8(p, at) => write!(f, "{p}: is not valid UTF-8 (first bad byte at offset {at}); save it as UTF-8"),
+        }
+    }
+}
+
+impl FileError {
+    /// Missing paths and directories are usage errors (exit 2); bad contents are invalid specs (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, FileError::NotFound(_) | FileError::IsDir(_))
+    }
+}
+
+/// Reads a spec from a path, or from the built-in zoo by model name (`se_resnet50`).
+pub fn load(path: &str) -> Result<SourceFile, FileError> {
+    let p = std::path::Path::new(path);
+    if p.is_dir() {
+        return Err(FileError::IsDir(path.into()));
+    }
+    if !p.exists() {
+        return zoo::find(path).map(|(name, text)| SourceFile::new(name, text)).ok_or_else(|| FileError::NotFound(path.into()));
+    }
+    let bytes = std::fs::read(p).map_err(|e| FileError::Unreadable(path.into(), e.to_string()))?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(FileError::Empty(path.into()));
+    }
+    if bytes.contains(&0) {
+        return Err(FileError::Binary(path.into()));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| FileError::NotUtf8(path.into(), e.utf8_error().valid_up_to()))?;
+    Ok(SourceFile::new(path, text))
+}

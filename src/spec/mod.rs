@@ -1,0 +1,15 @@
+//! Front ends: YAML and the DSL both produce one `ast::Spec`.
+
+pub mod ast;
+pub mod dsl;
+pub mod yaml;
+
+use crate::diag::Result;
+use crate::source::{SourceFile, Syntax};
+
+pub fn parse(src: &SourceFile) -> Result<ast::Spec> {
+    match src.syntax() {
+        Syntax::Yaml => yaml::parse(src),
+        Syntax::Dsl => dsl::parse(src),
+    }
+}
