@@ -19,7 +19,14 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Diagnostic { code, message: message.into(), span: None, label: String::new(), help: None, related: vec![] }
+        Diagnostic {
+            code,
+            message: message.into(),
+            span: None,
+            label: String::new(),
+            help: None,
+            related: vec![],
+        }
     }
     pub fn at(mut self, span: Span, label: impl Into<String>) -> Self {
         self.span = Some(span);
@@ -58,18 +65,24 @@ pub fn render(d: &Diagnostic, src: &SourceFile, style: Style) -> String {
     };
     let mut labels = vec![];
     if let Some(s) = d.span {
-        labels.push(LabeledSpan::new_primary_with_span(Some(d.label.clone()), clamp(s)));
+        labels.push(LabeledSpan::new_primary_with_span(
+            Some(d.label.clone()),
+            clamp(s),
+        ));
     }
     for (s, l) in &d.related {
         labels.push(LabeledSpan::new_with_span(Some(l.clone()), clamp(*s)));
     }
     md = md.with_labels(labels);
-    let report = miette::Report::new(md).with_source_code(NamedSource::new(src.name.clone(), src.text.clone()));
+    let report = miette::Report::new(md)
+        .with_source_code(NamedSource::new(src.name.clone(), src.text.clone()));
     let theme = match style {
         Style::Plain => GraphicalTheme::none(),
         Style::Color => GraphicalTheme::unicode(),
     };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
     let mut out = String::new();
     if handler.render_report(&mut out, report.as_ref()).is_err() {
         out = format!("error[{}]: {}", d.code, d.message);
@@ -82,11 +95,18 @@ pub fn render(d: &Diagnostic, src: &SourceFile, style: Style) -> String {
         }
         None => src.name.clone(),
     };
-    format!("error: {location}: {}\n{out}", d.message)
+    let mut text = format!("error: {location}: {}\n{out}", d.message);
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 /// The closest candidate by edit distance, for "did you mean" hints.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = levenshtein(&word.to_lowercase(), &c.to_lowercase());
@@ -99,7 +119,7 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 }
 
 /// "did you mean `x`?" or a list of what is allowed.
-pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> String {
+pub fn suggest(word: &str, candidates: &[&str]) -> String {
     match did_you_mean(word, candidates.iter().copied()) {
         Some(c) => format!("did you mean `{c}`?"),
         None if candidates.len() <= 30 => format!("expected one of: {}", candidates.join(", ")),
@@ -113,7 +133,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -125,7 +147,10 @@ mod tests {
     use super::*;
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("filtres", ["filters", "kernel"]), Some("filters"));
+        assert_eq!(
+            did_you_mean("filtres", ["filters", "kernel"]),
+            Some("filters")
+        );
         assert_eq!(did_you_mean("conv2dd", ["conv2d", "dense"]), Some("conv2d"));
         assert_eq!(did_you_mean("zzz", ["conv2d", "dense"]), None);
     }

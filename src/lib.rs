@@ -1,12 +1,14 @@
 //! se-compile: declarative SE-network specs (YAML or DSL) → a validated layer graph → back ends.
+// Diagnostics are large by design (message, spans, help) and only travel on the error path.
+#![allow(clippy::result_large_err)]
 
 pub mod diag;
+pub mod expand;
+pub mod ir;
+pub mod report;
 pub mod source;
 pub mod spec;
-pub mod ir;
-pub mod expand;
 pub mod validate;
-pub mod report;
 pub mod zoo;
 
 pub use diag::Diagnostic;
@@ -59,7 +61,9 @@ pub fn load(path: &str) -> Result<SourceFile, FileError> {
         return Err(FileError::IsDir(path.into()));
     }
     if !p.exists() {
-        return zoo::find(path).map(|(name, text)| SourceFile::new(name, text)).ok_or_else(|| FileError::NotFound(path.into()));
+        return zoo::find(path)
+            .map(|(name, text)| SourceFile::new(name, text))
+            .ok_or_else(|| FileError::NotFound(path.into()));
     }
     let bytes = std::fs::read(p).map_err(|e| FileError::Unreadable(path.into(), e.to_string()))?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -68,6 +72,7 @@ pub fn load(path: &str) -> Result<SourceFile, FileError> {
     if bytes.contains(&0) {
         return Err(FileError::Binary(path.into()));
     }
-    let text = String::from_utf8(bytes).map_err(|e| FileError::NotUtf8(path.into(), e.utf8_error().valid_up_to()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| FileError::NotUtf8(path.into(), e.utf8_error().valid_up_to()))?;
     Ok(SourceFile::new(path, text))
 }

@@ -46,14 +46,18 @@ enum FormatArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Validate specs: parse, expand and infer every shape.
-    #[command(after_help = "Example:\n  se-compile check models/se_resnet50.yaml models/se_resnet50.se\n  (prints `ok: FILE (N layers, P params)` per file; diagnostics go to stderr)")]
+    #[command(
+        after_help = "Example:\n  se-compile check models/se_resnet50.yaml models/se_resnet50.se\n  (prints `ok: FILE (N layers, P params)` per file; diagnostics go to stderr)"
+    )]
     Check {
         /// Spec files (.yaml, .yml, .se) or model names from models/.
         #[arg(required = true)]
         specs: Vec<String>,
     },
     /// Print the Keras-style summary table with MACs and memory.
-    #[command(after_help = "Examples:\n  se-compile summary models/se_resnet50.yaml\n  se-compile summary se_resnet50 --depth block --show-source\n  se-compile summary models/se_block.yaml --format json > se_block.json")]
+    #[command(
+        after_help = "Examples:\n  se-compile summary models/se_resnet50.yaml\n  se-compile summary se_resnet50 --depth block --show-source\n  se-compile summary models/se_block.yaml --format json > se_block.json"
+    )]
     Summary {
         /// A spec file or a model name from models/ (e.g. `se_resnet50`).
         spec: String,
@@ -75,7 +79,9 @@ enum Cmd {
         output: String,
     },
     /// Write a Graphviz DOT graph with the output shape on every edge.
-    #[command(after_help = "Example:\n  se-compile graph models/se_block.yaml -o se_block.dot && dot -Tpng se_block.dot -o se_block.png")]
+    #[command(
+        after_help = "Example:\n  se-compile graph models/se_block.yaml -o se_block.dot && dot -Tpng se_block.dot -o se_block.png"
+    )]
     Graph {
         spec: String,
         /// Output file (`-` for stdout).
@@ -120,11 +126,13 @@ fn write_out(path: &str, text: &str) -> Result<(), u8> {
     }
     // Write to a temporary file and rename, so an interrupted run never leaves half a file.
     let tmp = format!("{path}.tmp-{}", std::process::id());
-    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        eprintln!("error: cannot write {path}: {e}");
-        EXIT_USAGE
-    })?;
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error: cannot write {path}: {e}");
+            EXIT_USAGE
+        })?;
     eprintln!("wrote {path}");
     Ok(())
 }
@@ -133,7 +141,11 @@ fn run(cli: Cli) -> Result<(), u8> {
     let style = match cli.color {
         ColorChoice::Always => Style::Color,
         ColorChoice::Never => Style::Plain,
-        ColorChoice::Auto if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() => Style::Color,
+        ColorChoice::Auto
+            if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() =>
+        {
+            Style::Color
+        }
         ColorChoice::Auto => Style::Plain,
     };
     let cx = Ctx { style };
@@ -155,7 +167,12 @@ fn run(cli: Cli) -> Result<(), u8> {
                 return Err(worst);
             }
         }
-        Cmd::Summary { spec, depth, format, show_source } => {
+        Cmd::Summary {
+            spec,
+            depth,
+            format,
+            show_source,
+        } => {
             let (src, vg) = cx.build(&spec)?;
             let opts = Options {
                 depth: match depth {
@@ -174,7 +191,8 @@ fn run(cli: Cli) -> Result<(), u8> {
         }
         Cmd::Compile { spec, output } => {
             let (src, vg) = cx.build(&spec)?;
-            let mut text = serde_json::to_string_pretty(&report::ir_json::ir_json(&vg, &src)).expect("plain JSON");
+            let mut text = serde_json::to_string_pretty(&report::ir_json::ir_json(&vg, &src))
+                .expect("plain JSON");
             text.push('\n');
             write_out(&output, &text)?;
         }

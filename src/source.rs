@@ -10,7 +10,10 @@ pub struct Span {
 
 impl Span {
     pub fn new(start: usize, end: usize) -> Self {
-        Span { start, end: end.max(start) }
+        Span {
+            start,
+            end: end.max(start),
+        }
     }
     pub fn len(&self) -> usize {
         self.end - self.start
@@ -39,7 +42,10 @@ pub enum Syntax {
 
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
-        SourceFile { name: name.into(), text: text.into() }
+        SourceFile {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
     /// `.se` is the DSL; everything else (`.yaml`, `.yml`) is YAML.
@@ -65,7 +71,10 @@ impl SourceFile {
     pub fn line_text(&self, offset: usize) -> &str {
         let offset = floor_char_boundary(&self.text, offset.min(self.text.len()));
         let start = self.text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let end = self.text[offset..].find('\n').map(|i| offset + i).unwrap_or(self.text.len());
+        let end = self.text[offset..]
+            .find('\n')
+            .map(|i| offset + i)
+            .unwrap_or(self.text.len());
         self.text[start..end].trim_end_matches('\r')
     }
 
@@ -74,7 +83,11 @@ impl SourceFile {
         let mut off = 0;
         for (i, l) in self.text.split_inclusive('\n').enumerate() {
             if i + 1 == line {
-                let c = l.char_indices().nth(col.saturating_sub(1)).map(|(b, _)| b).unwrap_or(l.len());
+                let c = l
+                    .char_indices()
+                    .nth(col.saturating_sub(1))
+                    .map(|(b, _)| b)
+                    .unwrap_or(l.len());
                 return off + c;
             }
             off += l.len();

@@ -50,10 +50,13 @@ pub fn validate(graph: Graph) -> Result<ValidGraph> {
     if let Some(dead) = graph.ids().find(|id| !live[id.index()]) {
         let node = graph.node(dead);
         let out = graph.node(graph.output);
-        return Err(Diagnostic::new("shape::unused", format!("layer `{}` does not reach the model output", node.name))
-            .at(node.span, "its output is never used")
-            .related(out.span, format!("the output is `{}`", out.name))
-            .help("connect it (e.g. `from:` on a later layer) or remove it"));
+        return Err(Diagnostic::new(
+            "shape::unused",
+            format!("layer `{}` does not reach the model output", node.name),
+        )
+        .at(node.span, "its output is never used")
+        .related(out.span, format!("the output is `{}`", out.name))
+        .help("connect it (e.g. `from:` on a later layer) or remove it"));
     }
     if let Some(classes) = graph.classes {
         let out = graph.node(graph.output);
@@ -69,30 +72,62 @@ pub fn validate(graph: Graph) -> Result<ValidGraph> {
     let mut stats = Vec::with_capacity(n);
     let mut totals = NodeStats::default();
     let overflow = |node: &crate::ir::Node, what: &str| {
-        Diagnostic::new("limit::overflow", format!("the {what} of `{}` overflows 64 bits", node.name))
-            .at(node.span, "count overflows")
-            .help("reduce the sizes of this layer")
+        Diagnostic::new(
+            "limit::overflow",
+            format!("the {what} of `{}` overflows 64 bits", node.name),
+        )
+        .at(node.span, "count overflows")
+        .help("reduce the sizes of this layer")
     };
     for id in graph.ids() {
         let node = graph.node(id);
-        let ins: Vec<&crate::ir::Shape> = node.inputs.iter().map(|&i| &graph.node(i).shape).collect();
+        let ins: Vec<&crate::ir::Shape> =
+            node.inputs.iter().map(|&i| &graph.node(i).shape).collect();
         let (params, macs) = match &node.op {
             Op::Input(_) => (Counts::default(), 0),
             op => (
-                op.params(&ins, &node.shape).ok_or_else(|| overflow(node, "parameter count"))?,
-                op.macs(&ins, &node.shape).ok_or_else(|| overflow(node, "MAC count"))?,
+                op.params(&ins, &node.shape)
+                    .ok_or_else(|| overflow(node, "parameter count"))?,
+                op.macs(&ins, &node.shape)
+                    .ok_or_else(|| overflow(node, "MAC count"))?,
             ),
         };
-        let elements = crate::ir::ops::prod(&node.shape.iter().map(|&d| d as u64).collect::<Vec<_>>())
-            .ok_or_else(|| overflow(node, "element count"))?;
-        let s = NodeStats { params, macs, elements };
-        totals.params.trainable = totals.params.trainable.checked_add(params.trainable).ok_or_else(|| overflow(node, "total parameter count"))?;
-        totals.params.non_trainable =
-            totals.params.non_trainable.checked_add(params.non_trainable).ok_or_else(|| overflow(node, "total parameter count"))?;
-        totals.params.trainable.checked_add(totals.params.non_trainable).ok_or_else(|| overflow(node, "total parameter count"))?;
-        totals.macs = totals.macs.checked_add(macs).ok_or_else(|| overflow(node, "total MAC count"))?;
-        totals.elements = totals.elements.checked_add(elements).ok_or_else(|| overflow(node, "activation count"))?;
+        let elements =
+            crate::ir::ops::prod(&node.shape.iter().map(|&d| d as u64).collect::<Vec<_>>())
+                .ok_or_else(|| overflow(node, "element count"))?;
+        let s = NodeStats {
+            params,
+            macs,
+            elements,
+        };
+        totals.params.trainable = totals
+            .params
+            .trainable
+            .checked_add(params.trainable)
+            .ok_or_else(|| overflow(node, "total parameter count"))?;
+        totals.params.non_trainable = totals
+            .params
+            .non_trainable
+            .checked_add(params.non_trainable)
+            .ok_or_else(|| overflow(node, "total parameter count"))?;
+        totals
+            .params
+            .trainable
+            .checked_add(totals.params.non_trainable)
+            .ok_or_else(|| overflow(node, "total parameter count"))?;
+        totals.macs = totals
+            .macs
+            .checked_add(macs)
+            .ok_or_else(|| overflow(node, "total MAC count"))?;
+        totals.elements = totals
+            .elements
+            .checked_add(elements)
+            .ok_or_else(|| overflow(node, "activation count"))?;
         stats.push(s);
     }
-    Ok(ValidGraph { graph, stats, totals })
+    Ok(ValidGraph {
+        graph,
+        stats,
+        totals,
+    })
 }

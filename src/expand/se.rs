@@ -7,7 +7,9 @@
 use super::{Env, Expander};
 use crate::diag::{Diagnostic, Result};
 use crate::ir::args::Args;
-use crate::ir::ops::{ActFn, Activation, Conv2d, Dense, GlobalPool, Merge, MergeKind, Padding, PoolKind, Reshape};
+use crate::ir::ops::{
+    ActFn, Activation, Conv2d, Dense, GlobalPool, Merge, MergeKind, Padding, PoolKind, Reshape,
+};
 use crate::ir::{shape_str, NodeId, Op};
 use crate::source::Span;
 
@@ -27,6 +29,8 @@ pub struct SeConfig {
     pub squeeze_name: Option<String>,
     pub excite_name: Option<String>,
     pub gate: ActFn,
+    /// `expand: slice` records the (C) → (1, 1, C) step as the seed's `x[:, None, None, :]`.
+    pub as_slice: bool,
 }
 
 impl SeConfig {
@@ -39,14 +43,20 @@ impl SeConfig {
             Some((f, _)) if f == "dense" => Form::Dense,
             _ => Form::Conv1x1,
         };
-        let exact = matches!(a.word("rounding", &["floor", "exact"])?, Some((f, _)) if f == "exact");
+        let exact =
+            matches!(a.word("rounding", &["floor", "exact"])?, Some((f, _)) if f == "exact");
         let name = |a: &mut Args, key: &'static str| -> Result<Option<String>> {
             Ok(match a.get(key) {
-                Some((crate::ir::args::Value::Str(s) | crate::ir::args::Value::Sym(s), _)) => Some(s),
+                Some((crate::ir::args::Value::Str(s) | crate::ir::args::Value::Sym(s), _)) => {
+                    Some(s)
+                }
                 Some((v, span)) => {
-                    return Err(Diagnostic::new("spec::type", format!("`{key}` must be a layer name, found `{}`", v.describe()))
-                        .at(span, "not a name")
-                        .help("write a name such as \"se_block_one_\""))
+                    return Err(Diagnostic::new(
+                        "spec::type",
+                        format!("`{key}` must be a layer name, found `{}`", v.describe()),
+                    )
+                    .at(span, "not a name")
+                    .help("write a name such as \"se_block_one_\""))
                 }
                 None => None,
             })
@@ -58,35 +68,91 @@ impl SeConfig {
             Some((g, _)) if g == "hard_sigmoid" => ActFn::HardSigmoid,
             _ => ActFn::Sigmoid,
         };
+        let as_slice =
+            matches!(a.word("expand", &["reshape", "slice"])?, Some((e, _)) if e == "slice");
         a.finish()?;
-        Ok(SeConfig { r, r_span, form, use_bias, exact, squeeze_name, excite_name, gate })
+        Ok(SeConfig {
+            r,
+            r_span,
+            form,
+            use_bias,
+            exact,
+            squeeze_name,
+            excite_name,
+            gate,
+            as_slice,
+        })
     }
 }
 
-pub(super) fn expand(ex: &mut Expander, cfg: &SeConfig, span: Span, x: NodeId, env: &Env) -> Result<NodeId> {
+pub(super) fn expand(
+    ex: &mut Expander,
+    cfg: &SeConfig,
+    span: Span,
+    x: NodeId,
+    env: &Env,
+) -> Result<NodeId> {
     let shape = ex.shape(x).clone();
     let [_, _, c] = shape.as_slice() else {
-        return Err(Diagnostic::new("shape::rank", format!("SE needs an image input (H, W, C), got {}", shape_str(&shape)))
-            .at(span, "needs (H, W, C)")
-            .help("apply SE to a convolutional feature map"));
+        return Err(Diagnostic::new(
+            "shape::rank",
+            format!(
+                "SE needs an image input (H, W, C), got {}",
+                shape_str(&shape)
+            ),
+        )
+        .at(span, "needs (H, W, C)")
+        .help("apply SE to a convolutional feature map"));
     };
     let c = *c;
     let reduced = c / cfg.r;
     if reduced < 1 {
-        return Err(Diagnostic::new("shape::se-ratio", format!("SE reduction leaves no channels: C/r = {c}/{} < 1", cfg.r))
-            .at(span, format!("{c} channels // r={} = 0", cfg.r))
-            .related(cfg.r_span, "r set here")
-            .help(format!("use r <= {c} for this layer, or turn SE off here (e.g. `se: off` on the stage)")));
+        return Err(Diagnostic::new(
+            "shape::se-ratio",
+            format!("SE reduction leaves no channels: C/r = {c}/{} < 1", cfg.r),
+        )
+        .at(span, format!("{c} channels // r={} = 0", cfg.r))
+        .related(cfg.r_span, "r set here")
+        .help(format!(
+            "use r <= {c} for this layer, or turn SE off here (e.g. `se: off` on the stage)"
+        )));
     }
     if cfg.exact && c % cfg.r != 0 {
-        return Err(Diagnostic::new("shape::se-ratio", format!("`rounding: exact` needs r to divide C, but {c} % {} = {}", cfg.r, c % cfg.r))
-            .at(span, format!("{c} channels, r = {}", cfg.r))
-            .related(cfg.r_span, "r set here")
-            .help("choose r dividing the channel count, or use `rounding: floor` (C // r, as the seed)"));
+        return Err(Diagnostic::new(
+            "shape::se-ratio",
+            format!(
+                "`rounding: exact` needs r to divide C, but {c} % {} = {}",
+                cfg.r,
+                c % cfg.r
+            ),
+        )
+        .at(span, format!("{c} channels, r = {}", cfg.r))
+        .related(cfg.r_span, "r set here")
+        .help(
+            "choose r dividing the channel count, or use `rounding: floor` (C // r, as the seed)",
+        ));
     }
-    let gap = ex.push_auto(Op::GlobalPool(GlobalPool { kind: PoolKind::Avg, keepdims: false }), vec![x], span, env)?;
-    let rs = ex.push_auto(Op::Reshape(Reshape { target: vec![1, 1, c] }), vec![gap], span, env)?;
-    let name = |ex: &mut Expander, given: &Option<String>, base: &'static str| given.clone().unwrap_or_else(|| ex.auto_name(base));
+    let gap = ex.push_auto(
+        Op::GlobalPool(GlobalPool {
+            kind: PoolKind::Avg,
+            keepdims: false,
+        }),
+        vec![x],
+        span,
+        env,
+    )?;
+    let rs = ex.push_auto(
+        Op::Reshape(Reshape {
+            target: vec![1, 1, c],
+            as_slice: cfg.as_slice,
+        }),
+        vec![gap],
+        span,
+        env,
+    )?;
+    let name = |ex: &mut Expander, given: &Option<String>, base: &'static str| {
+        given.clone().unwrap_or_else(|| ex.auto_name(base))
+    };
     let gate_in = match cfg.form {
         Form::Conv1x1 => {
             let bias = cfg.use_bias.unwrap_or(true);
@@ -101,18 +167,57 @@ pub(super) fn expand(ex: &mut Expander, cfg: &SeConfig, span: Span, x: NodeId, e
             };
             let n = name(ex, &cfg.squeeze_name, "conv2d");
             let sq = ex.push_node(n, Op::Conv2d(conv(reduced)), vec![rs], span, env)?;
-            let act = ex.push_auto(Op::Activation(Activation { function: ActFn::Relu }), vec![sq], span, env)?;
+            let act = ex.push_auto(
+                Op::Activation(Activation {
+                    function: ActFn::Relu,
+                }),
+                vec![sq],
+                span,
+                env,
+            )?;
             let n = name(ex, &cfg.excite_name, "conv2d");
             ex.push_node(n, Op::Conv2d(conv(c)), vec![act], span, env)?
         }
         Form::Dense => {
             let bias = cfg.use_bias.unwrap_or(false);
             let n = name(ex, &cfg.squeeze_name, "dense");
-            let sq = ex.push_node(n, Op::Dense(Dense { units: reduced, use_bias: bias, activation: Some(ActFn::Relu) }), vec![rs], span, env)?;
+            let sq = ex.push_node(
+                n,
+                Op::Dense(Dense {
+                    units: reduced,
+                    use_bias: bias,
+                    activation: Some(ActFn::Relu),
+                }),
+                vec![rs],
+                span,
+                env,
+            )?;
             let n = name(ex, &cfg.excite_name, "dense");
-            ex.push_node(n, Op::Dense(Dense { units: c, use_bias: bias, activation: None }), vec![sq], span, env)?
+            ex.push_node(
+                n,
+                Op::Dense(Dense {
+                    units: c,
+                    use_bias: bias,
+                    activation: None,
+                }),
+                vec![sq],
+                span,
+                env,
+            )?
         }
     };
-    let gate = ex.push_auto(Op::Activation(Activation { function: cfg.gate }), vec![gate_in], span, env)?;
-    ex.push_auto(Op::Merge(Merge { kind: MergeKind::Multiply }), vec![x, gate], span, env)
+    let gate = ex.push_auto(
+        Op::Activation(Activation { function: cfg.gate }),
+        vec![gate_in],
+        span,
+        env,
+    )?;
+    ex.push_auto(
+        Op::Merge(Merge {
+            kind: MergeKind::Multiply,
+        }),
+        vec![x, gate],
+        span,
+        env,
+    )
 }

@@ -34,7 +34,13 @@ impl Value {
             Value::Bool(b) => b.to_string(),
             Value::Str(s) => format!("\"{s}\""),
             Value::Sym(s) => s.clone(),
-            Value::List(v) => format!("[{}]", v.iter().map(|x| x.describe()).collect::<Vec<_>>().join(", ")),
+            Value::List(v) => format!(
+                "[{}]",
+                v.iter()
+                    .map(|x| x.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 }
@@ -67,7 +73,15 @@ pub const MAX_DIM: i64 = 1 << 20;
 impl Args {
     pub fn new(op: impl Into<String>, span: Span, vals: Vec<ArgVal>) -> Self {
         let n = vals.len();
-        Args { op: op.into(), span, vals, used: vec![false; n], defaults: vec![], known: vec![], positional: vec![] }
+        Args {
+            op: op.into(),
+            span,
+            vals,
+            used: vec![false; n],
+            defaults: vec![],
+            known: vec![],
+            positional: vec![],
+        }
     }
 
     pub fn with_defaults(mut self, defaults: Vec<ArgVal>) -> Self {
@@ -78,6 +92,24 @@ impl Args {
     /// Declares which keys positional arguments fill, in order.
     pub fn positional(&mut self, keys: &[&'static str]) -> Result<()> {
         self.positional = keys.to_vec();
+        // `zero_padding2d: [1, 2]` / `reshape(1, 1, 256)`: several values for a kind that takes
+        // one positional argument are that argument's list.
+        let pos: Vec<usize> = (0..self.vals.len())
+            .filter(|&i| self.vals[i].key.is_none())
+            .collect();
+        if keys.len() == 1 && pos.len() > 1 {
+            let items: Vec<Value> = pos.iter().map(|&i| self.vals[i].value.clone()).collect();
+            let span = self.vals[pos[0]]
+                .span
+                .join(self.vals[pos[pos.len() - 1]].span);
+            let first = pos[0];
+            self.vals[first].value = Value::List(items);
+            self.vals[first].span = span;
+            for &i in pos[1..].iter().rev() {
+                self.vals.remove(i);
+                self.used.remove(i);
+            }
+        }
         let mut idx = 0;
         for v in &self.vals {
             if v.key.is_none() {
@@ -85,7 +117,12 @@ impl Args {
                     let msg = if keys.is_empty() {
                         format!("`{}` takes no positional arguments", self.op)
                     } else {
-                        format!("`{}` takes at most {} positional argument(s): {}", self.op, keys.len(), keys.join(", "))
+                        format!(
+                            "`{}` takes at most {} positional argument(s): {}",
+                            self.op,
+                            keys.len(),
+                            keys.join(", ")
+                        )
                     };
                     return Err(Diagnostic::new("spec::arity", msg)
                         .at(v.span, "extra argument")
@@ -101,7 +138,10 @@ impl Args {
         if let Some(i) = self.find_own(key) {
             return Some(i);
         }
-        let d = self.defaults.iter().position(|d| d.key.as_ref().is_some_and(|(k, _)| k == key))?;
+        let d = self
+            .defaults
+            .iter()
+            .position(|d| d.key.as_ref().is_some_and(|(k, _)| k == key))?;
         // Defaults are appended so that every read goes through one vector of values.
         self.vals.push(self.defaults[d].clone());
         self.used.push(true);
@@ -136,19 +176,39 @@ impl Args {
 
     /// A value with its span, if given.
     pub fn get(&mut self, key: &'static str) -> Option<(Value, Span)> {
-        self.find(key).map(|i| (self.vals[i].value.clone(), self.vals[i].span))
+        self.find(key)
+            .map(|i| (self.vals[i].value.clone(), self.vals[i].span))
     }
 
-    fn type_err(&self, key: &str, v: &Value, span: Span, want: &str, i: Option<usize>) -> Diagnostic {
+    fn type_err(
+        &self,
+        key: &str,
+        v: &Value,
+        span: Span,
+        want: &str,
+        i: Option<usize>,
+    ) -> Diagnostic {
         let mut d = Diagnostic::new(
             "spec::type",
-            format!("`{}` of `{}` must be {want}, found {} `{}`", key, self.op, v.type_name(), v.describe()),
+            format!(
+                "`{}` of `{}` must be {want}, found {} `{}`",
+                key,
+                self.op,
+                v.type_name(),
+                v.describe()
+            ),
         )
         .at(span, format!("expected {want}"));
         if let (Value::Sym(s), Some(i)) = (v, i) {
-            let names: Vec<&str> = self.vals[i].scope_names.iter().map(|s| s.as_str()).collect();
+            let names: Vec<&str> = self.vals[i]
+                .scope_names
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
             d = match crate::diag::did_you_mean(s, names.iter().copied()) {
-                Some(c) => d.help(format!("`{s}` is not a parameter in scope; did you mean `{c}`?")),
+                Some(c) => d.help(format!(
+                    "`{s}` is not a parameter in scope; did you mean `{c}`?"
+                )),
                 None => d.help(format!("`{s}` is not a parameter in scope; write {want}")),
             };
         } else {
@@ -158,7 +218,9 @@ impl Args {
     }
 
     pub fn int(&mut self, key: &'static str, min: i64) -> Result<Option<i64>> {
-        let Some(i) = self.find(key) else { return Ok(None) };
+        let Some(i) = self.find(key) else {
+            return Ok(None);
+        };
         let (v, span) = (self.vals[i].value.clone(), self.vals[i].span);
         match v {
             Value::Int(n) => check_range(&self.op, key, n, min, span).map(Some),
@@ -174,13 +236,28 @@ impl Args {
     }
 
     pub fn missing(&self, key: &str, want: &str) -> Diagnostic {
+        // A misspelt key is the likelier mistake: report it rather than the missing one.
+        for (i, v) in self.vals.iter().enumerate() {
+            if let (false, Some((k, ks))) = (self.used[i], &v.key) {
+                if crate::diag::did_you_mean(k, [key]).is_some() {
+                    return Diagnostic::new(
+                        "spec::unknown-key",
+                        format!("unknown parameter `{k}` for `{}`", self.op),
+                    )
+                    .at(*ks, "unknown parameter")
+                    .help(format!("did you mean `{key}`?"));
+                }
+            }
+        }
         Diagnostic::new("spec::missing", format!("`{}` needs `{key}`", self.op))
             .at(self.span, format!("`{key}` is missing"))
             .help(format!("add `{key}`: {want}"))
     }
 
     pub fn float(&mut self, key: &'static str, lo: f64, hi: f64) -> Result<Option<f64>> {
-        let Some(i) = self.find(key) else { return Ok(None) };
+        let Some(i) = self.find(key) else {
+            return Ok(None);
+        };
         let (v, span) = (self.vals[i].value.clone(), self.vals[i].span);
         let f = match v {
             Value::Float(f) => f,
@@ -188,15 +265,20 @@ impl Args {
             other => return Err(self.type_err(key, &other, span, "a number", Some(i))),
         };
         if !(f >= lo && f <= hi) {
-            return Err(Diagnostic::new("spec::range", format!("`{key}` of `{}` is {f}, outside [{lo}, {hi}]", self.op))
-                .at(span, "out of range")
-                .help(format!("use a value from {lo} to {hi}")));
+            return Err(Diagnostic::new(
+                "spec::range",
+                format!("`{key}` of `{}` is {f}, outside [{lo}, {hi}]", self.op),
+            )
+            .at(span, "out of range")
+            .help(format!("use a value from {lo} to {hi}")));
         }
         Ok(Some(f))
     }
 
     pub fn bool(&mut self, key: &'static str) -> Result<Option<bool>> {
-        let Some(i) = self.find(key) else { return Ok(None) };
+        let Some(i) = self.find(key) else {
+            return Ok(None);
+        };
         let (v, span) = (self.vals[i].value.clone(), self.vals[i].span);
         match v {
             Value::Bool(b) => Ok(Some(b)),
@@ -206,7 +288,9 @@ impl Args {
 
     /// One of a fixed set of words.
     pub fn word(&mut self, key: &'static str, allowed: &[&str]) -> Result<Option<(String, Span)>> {
-        let Some(i) = self.find(key) else { return Ok(None) };
+        let Some(i) = self.find(key) else {
+            return Ok(None);
+        };
         let (v, span) = (self.vals[i].value.clone(), self.vals[i].span);
         match v {
             Value::Sym(s) | Value::Str(s) if allowed.contains(&s.as_str()) => Ok(Some((s, span))),
@@ -216,23 +300,35 @@ impl Args {
             )
             .at(span, format!("not a known {key}"))
             .help(suggest(&s, allowed))),
-            other => Err(self.type_err(key, &other, span, &format!("one of {}", allowed.join(", ")), Some(i))),
+            other => Err(self.type_err(
+                key,
+                &other,
+                span,
+                &format!("one of {}", allowed.join(", ")),
+                Some(i),
+            )),
         }
     }
 
     /// An integer or a pair `[a, b]`, e.g. a kernel size.
     pub fn pair(&mut self, key: &'static str, min: i64) -> Result<Option<[usize; 2]>> {
-        let Some(i) = self.find(key) else { return Ok(None) };
+        let Some(i) = self.find(key) else {
+            return Ok(None);
+        };
         let (v, span) = (self.vals[i].value.clone(), self.vals[i].span);
         let one = |x: &Value| -> Result<usize> {
             match x {
                 Value::Int(n) => check_range(&self.op, key, *n, min, span).map(|n| n as usize),
-                other => Err(self.type_err(key, other, span, "an integer or a pair [h, w]", Some(i))),
+                other => {
+                    Err(self.type_err(key, other, span, "an integer or a pair [h, w]", Some(i)))
+                }
             }
         };
         match &v {
             Value::List(l) if l.len() == 2 => Ok(Some([one(&l[0])?, one(&l[1])?])),
-            Value::List(_) => Err(self.type_err(key, &v, span, "an integer or a pair [h, w]", Some(i))),
+            Value::List(_) => {
+                Err(self.type_err(key, &v, span, "an integer or a pair [h, w]", Some(i)))
+            }
             x => {
                 let n = one(x)?;
                 Ok(Some([n, n]))
@@ -242,7 +338,8 @@ impl Args {
 
     /// Raw access, for attributes with several forms (padding).
     pub fn raw(&mut self, key: &'static str) -> Option<(Value, Span, usize)> {
-        self.find(key).map(|i| (self.vals[i].value.clone(), self.vals[i].span, i))
+        self.find(key)
+            .map(|i| (self.vals[i].value.clone(), self.vals[i].span, i))
     }
 
     pub fn type_error(&self, key: &str, v: &Value, span: Span, want: &str, i: usize) -> Diagnostic {
@@ -256,9 +353,12 @@ impl Args {
                 if !self.known.contains(&k.as_str()) {
                     let mut known = self.known.clone();
                     known.sort();
-                    return Err(Diagnostic::new("spec::unknown-key", format!("unknown parameter `{k}` in the defaults for `{}`", self.op))
-                        .at(*ks, "unknown parameter")
-                        .help(suggest(k, &known)));
+                    return Err(Diagnostic::new(
+                        "spec::unknown-key",
+                        format!("unknown parameter `{k}` in the defaults for `{}`", self.op),
+                    )
+                    .at(*ks, "unknown parameter")
+                    .help(suggest(k, &known)));
                 }
             }
         }
@@ -267,17 +367,28 @@ impl Args {
                 continue;
             }
             if let Some((k, ks)) = &v.key {
-                let positional_too = self.positional.contains(&k.as_str()) && self.known.contains(&k.as_str());
-                if positional_too || self.vals[..i].iter().any(|p| p.key.as_ref().is_some_and(|(pk, _)| pk == k)) {
-                    return Err(Diagnostic::new("spec::duplicate-key", format!("`{k}` is given twice to `{}`", self.op))
-                        .at(*ks, "second time")
-                        .help("keep one of them"));
+                let positional_too =
+                    self.positional.contains(&k.as_str()) && self.known.contains(&k.as_str());
+                if positional_too
+                    || self.vals[..i]
+                        .iter()
+                        .any(|p| p.key.as_ref().is_some_and(|(pk, _)| pk == k))
+                {
+                    return Err(Diagnostic::new(
+                        "spec::duplicate-key",
+                        format!("`{k}` is given twice to `{}`", self.op),
+                    )
+                    .at(*ks, "second time")
+                    .help("keep one of them"));
                 }
                 let mut known = self.known.clone();
                 known.sort();
-                return Err(Diagnostic::new("spec::unknown-key", format!("unknown parameter `{k}` for `{}`", self.op))
-                    .at(*ks, "unknown parameter")
-                    .help(suggest(k, &known)));
+                return Err(Diagnostic::new(
+                    "spec::unknown-key",
+                    format!("unknown parameter `{k}` for `{}`", self.op),
+                )
+                .at(*ks, "unknown parameter")
+                .help(suggest(k, &known)));
             }
         }
         Ok(())
@@ -286,14 +397,22 @@ impl Args {
 
 pub fn check_range(op: &str, key: &str, n: i64, min: i64, span: Span) -> Result<i64> {
     if n < min {
-        return Err(Diagnostic::new("spec::range", format!("`{key}` of `{op}` is {n}, but must be at least {min}"))
-            .at(span, format!("must be >= {min}"))
-            .help(format!("use a value of {min} or more")));
+        return Err(Diagnostic::new(
+            "spec::range",
+            format!("`{key}` of `{op}` is {n}, but must be at least {min}"),
+        )
+        .at(span, format!("must be >= {min}"))
+        .help(format!("use a value of {min} or more")));
     }
     if n > MAX_DIM {
-        return Err(Diagnostic::new("limit::size", format!("`{key}` of `{op}` is {n}, above the limit of {MAX_DIM}"))
-            .at(span, "absurdly large")
-            .help(format!("se-compile accepts sizes up to {MAX_DIM} (2^20); check the value")));
+        return Err(Diagnostic::new(
+            "limit::size",
+            format!("`{key}` of `{op}` is {n}, above the limit of {MAX_DIM}"),
+        )
+        .at(span, "absurdly large")
+        .help(format!(
+            "se-compile accepts sizes up to {MAX_DIM} (2^20); check the value"
+        )));
     }
     Ok(n)
 }

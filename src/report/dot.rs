@@ -14,7 +14,11 @@ pub fn dot(vg: &ValidGraph) -> String {
     for id in g.ids() {
         let n = g.node(id);
         let cfg = n.op.config();
-        let extra = if cfg.is_empty() { String::new() } else { format!("|{}", esc(&cfg)) };
+        let extra = if cfg.is_empty() {
+            String::new()
+        } else {
+            format!("|{}", esc(&cfg))
+        };
         out.push_str(&format!(
             "  n{} [label=\"{{{}|{}{}}}\"];\n",
             id.0,
@@ -25,10 +29,19 @@ pub fn dot(vg: &ValidGraph) -> String {
     }
     for id in g.ids() {
         for &i in &g.node(id).inputs {
-            out.push_str(&format!("  n{} -> n{} [label=\"{}\"];\n", i.0, id.0, keras_shape(&g.node(i).shape)));
+            out.push_str(&format!(
+                "  n{} -> n{} [label=\"{}\"];\n",
+                i.0,
+                id.0,
+                keras_shape(&g.node(i).shape)
+            ));
         }
     }
     let o = g.output;
-    out.push_str(&format!("  output [shape=plaintext, label=\"output\"];\n  n{} -> output [label=\"{}\"];\n}}\n", o.0, keras_shape(&g.node(o).shape)));
+    out.push_str(&format!(
+        "  output [shape=plaintext, label=\"output\"];\n  n{} -> output [label=\"{}\"];\n}}\n",
+        o.0,
+        keras_shape(&g.node(o).shape)
+    ));
     out
 }

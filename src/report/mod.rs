@@ -37,7 +37,12 @@ pub fn keras_order(g: &Graph) -> Vec<NodeId> {
         }
     }
     let mut ids: Vec<NodeId> = g.ids().collect();
-    ids.sort_by_key(|id| (std::cmp::Reverse(depth[id.index()]), visit_index[id.index()]));
+    ids.sort_by_key(|id| {
+        (
+            std::cmp::Reverse(depth[id.index()]),
+            visit_index[id.index()],
+        )
+    });
     ids
 }
 
@@ -46,7 +51,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

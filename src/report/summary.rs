@@ -47,7 +47,8 @@ pub struct Row {
     pub layers: usize,
 }
 
-pub const MACS_CONVENTION: &str = "MACs are multiply-accumulates at batch 1: Conv2D Ho*Wo*Kh*Kw*(Cin/groups)*Cout, \
+pub const MACS_CONVENTION: &str =
+    "MACs are multiply-accumulates at batch 1: Conv2D Ho*Wo*Kh*Kw*(Cin/groups)*Cout, \
 Dense in*units per position; bias, BatchNorm, pooling, activations and merges are not counted.";
 
 fn group_of(vg: &ValidGraph, id: NodeId, depth: Depth) -> Option<(String, String)> {
@@ -89,8 +90,12 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                 layers: 1,
             }),
             Some((gname, template)) => {
-                let external: Vec<String> =
-                    node.inputs.iter().filter(|&&i| group_of(vg, i, depth).map(|x| x.0) != Some(gname.clone())).map(|&i| display(i)).collect();
+                let external: Vec<String> = node
+                    .inputs
+                    .iter()
+                    .filter(|&&i| group_of(vg, i, depth).map(|x| x.0) != Some(gname.clone()))
+                    .map(|&i| display(i))
+                    .collect();
                 let last = group_last.entry(gname.clone()).or_insert(id);
                 if id > *last {
                     *last = id;
@@ -150,13 +155,19 @@ fn source_text(src: &SourceFile, span: Span) -> String {
     format!("{line}: {text}")
 }
 
+/// Keras' four columns.
+const KERAS_COLUMNS: usize = 4;
+
 /// Keras' `print_row`: each field is cut at its column end and padded to it; the character
-/// before each new field is a space.
+/// before each new field is a space. Our extra columns add their space instead, so the Keras
+/// part of every line stays exactly what Keras prints.
 fn print_row(fields: &[String], positions: &[usize]) -> String {
     let mut line: Vec<char> = vec![];
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
-            line.pop();
+            if i < KERAS_COLUMNS {
+                line.pop();
+            }
             line.push(' ');
         }
         line.extend(f.chars());
@@ -168,6 +179,18 @@ fn print_row(fields: &[String], positions: &[usize]) -> String {
     line.into_iter().collect()
 }
 
+/// 3858475008 → "3.86 G", as the SE paper quotes GFLOPs (multiply-adds).
+pub fn human(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1e9 {
+        format!("{:.2} G", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.2} M", f / 1e6)
+    } else {
+        format!("{:.2} K", f / 1e3)
+    }
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / 1e6)
 }
@@ -175,13 +198,20 @@ fn mb(bytes: u64) -> String {
 pub fn text(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> String {
     let rows = rows(vg, opts.depth);
     // Keras' widths for a functional model (line_length 98), then our extra columns.
-    let mut positions = vec![32, 53, 65, 98, 114, 130];
-    let mut header = vec!["Layer (type)", "Output Shape", "Param #", "Connected to", "MACs", "Kernel/Stride"]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut positions = vec![32, 53, 65, 98, 115, 131];
+    let mut header = vec![
+        "Layer (type)",
+        "Output Shape",
+        "Param #",
+        "Connected to",
+        "MACs",
+        "Kernel/Stride",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
     if opts.show_source {
-        positions.push(190);
+        positions.push(191);
         header.push("Source".into());
     }
     let width = *positions.last().expect("positions");
@@ -200,7 +230,11 @@ pub fn text(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> String {
             shape_text(r),
             r.params.total().to_string(),
             r.connected.first().cloned().unwrap_or_default(),
-            if r.macs > 0 { thousands(r.macs) } else { String::new() },
+            if r.macs > 0 {
+                thousands(r.macs)
+            } else {
+                String::new()
+            },
             r.config.clone(),
         ];
         if opts.show_source {
@@ -212,16 +246,36 @@ pub fn text(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> String {
             f[3] = c.clone();
             line(print_row(&f, &positions));
         }
-        line(if i + 1 == rows.len() { "=".repeat(width) } else { "_".repeat(width) });
+        line(if i + 1 == rows.len() {
+            "=".repeat(width)
+        } else {
+            "_".repeat(width)
+        });
     }
     let t = vg.totals();
     line(format!("Total params: {}", thousands(t.params.total())));
-    line(format!("Trainable params: {}", thousands(t.params.trainable)));
-    line(format!("Non-trainable params: {}", thousands(t.params.non_trainable)));
+    line(format!(
+        "Trainable params: {}",
+        thousands(t.params.trainable)
+    ));
+    line(format!(
+        "Non-trainable params: {}",
+        thousands(t.params.non_trainable)
+    ));
     line("_".repeat(width));
-    line(format!("Total MACs: {} ({:.2} G)", thousands(t.macs), t.macs as f64 / 1e9));
-    line(format!("Parameter memory: {} (float32)", mb(t.params.total() * 4)));
-    line(format!("Activation memory: {} per image (float32, the outputs of all layers, forward pass)", mb(t.elements * 4)));
+    line(format!(
+        "Total MACs: {} ({})",
+        thousands(t.macs),
+        human(t.macs)
+    ));
+    line(format!(
+        "Parameter memory: {} (float32)",
+        mb(t.params.total() * 4)
+    ));
+    line(format!(
+        "Activation memory: {} per image (float32, the outputs of all layers, forward pass)",
+        mb(t.elements * 4)
+    ));
     line(MACS_CONVENTION.to_string());
     out
 }
@@ -287,22 +341,29 @@ pub fn markdown(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> String {
             shape_text(&r).replace('[', "\\[").replace(']', "\\]"),
             thousands(r.params.total()),
             thousands(r.macs),
-            r.connected.iter().map(|c| c.trim_end_matches("[0][0]")).collect::<Vec<_>>().join(", "),
+            r.connected
+                .iter()
+                .map(|c| c.trim_end_matches("[0][0]"))
+                .collect::<Vec<_>>()
+                .join(", "),
             r.config
         ));
         if opts.show_source {
-            out.push_str(&format!(" {} |", source_text(src, r.span).replace('|', "\\|")));
+            out.push_str(&format!(
+                " {} |",
+                source_text(src, r.span).replace('|', "\\|")
+            ));
         }
         out.push('\n');
     }
     let t = vg.totals();
     out.push_str(&format!(
-        "\n- Total params: {}\n- Trainable params: {}\n- Non-trainable params: {}\n- Total MACs: {} ({:.2} G)\n- Parameter memory: {} (float32)\n- Activation memory: {} per image (float32)\n\n{}\n",
+        "\n- Total params: {}\n- Trainable params: {}\n- Non-trainable params: {}\n- Total MACs: {} ({})\n- Parameter memory: {} (float32)\n- Activation memory: {} per image (float32)\n\n{}\n",
         thousands(t.params.total()),
         thousands(t.params.trainable),
         thousands(t.params.non_trainable),
         thousands(t.macs),
-        t.macs as f64 / 1e9,
+        human(t.macs),
         mb(t.params.total() * 4),
         mb(t.elements * 4),
         MACS_CONVENTION
@@ -315,7 +376,8 @@ pub fn render(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> String {
         Format::Text => text(vg, src, opts),
         Format::Markdown => markdown(vg, src, opts),
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(&json(vg, src, opts)).expect("JSON of plain values");
+            let mut s =
+                serde_json::to_string_pretty(&json(vg, src, opts)).expect("JSON of plain values");
             s.push('\n');
             s
         }

@@ -61,7 +61,10 @@ pub enum ItemKind {
     /// A layer (`conv2d`), the SE construct (`se`) or a block template use (`bottleneck`).
     Call { op: Ident, args: Vec<Arg> },
     /// `shortcut` (identity when empty or all skipped) and `branch`, joined by an Add.
-    Residual { shortcut: Vec<Item>, branch: Vec<Item> },
+    Residual {
+        shortcut: Vec<Item>,
+        branch: Vec<Item>,
+    },
     /// Branches on the same input, joined by a Concatenate (Inception).
     Parallel { branches: Vec<(Span, Vec<Item>)> },
     /// A block template repeated `repeat` times.

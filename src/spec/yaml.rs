@@ -33,7 +33,10 @@ impl<'de> Deserialize<'de> for YNode {
             fn visit_none<E>(self) -> std::result::Result<YNode, E> {
                 Ok(YNode::Null)
             }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<YNode, D::Error> {
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<YNode, D::Error> {
                 YNode::deserialize(d)
             }
             fn visit_bool<E>(self, v: bool) -> std::result::Result<YNode, E> {
@@ -43,13 +46,19 @@ impl<'de> Deserialize<'de> for YNode {
                 Ok(YNode::Int(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<YNode, E> {
-                i64::try_from(v).map(YNode::Int).map_err(|_| E::custom(format!("integer {v} is too large")))
+                i64::try_from(v)
+                    .map(YNode::Int)
+                    .map_err(|_| E::custom(format!("integer {v} is too large")))
             }
             fn visit_i128<E: serde::de::Error>(self, v: i128) -> std::result::Result<YNode, E> {
-                i64::try_from(v).map(YNode::Int).map_err(|_| E::custom(format!("integer {v} is too large")))
+                i64::try_from(v)
+                    .map(YNode::Int)
+                    .map_err(|_| E::custom(format!("integer {v} is too large")))
             }
             fn visit_u128<E: serde::de::Error>(self, v: u128) -> std::result::Result<YNode, E> {
-                i64::try_from(v).map(YNode::Int).map_err(|_| E::custom(format!("integer {v} is too large")))
+                i64::try_from(v)
+                    .map(YNode::Int)
+                    .map_err(|_| E::custom(format!("integer {v} is too large")))
             }
             fn visit_f64<E>(self, v: f64) -> std::result::Result<YNode, E> {
                 Ok(YNode::Float(v))
@@ -60,14 +69,20 @@ impl<'de> Deserialize<'de> for YNode {
             fn visit_string<E>(self, v: String) -> std::result::Result<YNode, E> {
                 Ok(YNode::Str(v))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> std::result::Result<YNode, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<YNode, A::Error> {
                 let mut v = vec![];
                 while let Some(x) = a.next_element()? {
                     v.push(x);
                 }
                 Ok(YNode::Seq(v))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<YNode, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> std::result::Result<YNode, A::Error> {
                 let mut v = vec![];
                 while let Some(k) = a.next_key()? {
                     v.push((k, a.next_value()?));
@@ -88,7 +103,9 @@ impl Ctx<'_> {
         let sp = loc.span();
         let start = match sp.byte_offset() {
             Some(b) => b as usize,
-            None => self.src.offset_of(loc.line() as usize, loc.column() as usize),
+            None => self
+                .src
+                .offset_of(loc.line() as usize, loc.column() as usize),
         };
         let len = sp.byte_len().map(|l| l as usize).unwrap_or(1).max(1);
         Span::new(start, start + len)
@@ -98,12 +115,18 @@ impl Ctx<'_> {
     }
 
     fn ident(&self, k: &Spanned<String>) -> Ident {
-        Ident { name: k.value.clone(), span: self.s(k) }
+        Ident {
+            name: k.value.clone(),
+            span: self.s(k),
+        }
     }
 
     fn name_of(&self, n: &Spanned<YNode>, what: &str) -> Result<Ident> {
         match &n.value {
-            YNode::Str(s) => Ok(Ident { name: s.clone(), span: self.s(n) }),
+            YNode::Str(s) => Ok(Ident {
+                name: s.clone(),
+                span: self.s(n),
+            }),
             _ => Err(type_error(self.s(n), what, "a name")),
         }
     }
@@ -125,15 +148,25 @@ impl Ctx<'_> {
                     .at(span, "empty value")
                     .help("write a value after the colon"))
             }
-            YNode::Map(_) => return Err(type_error(span, "this value", "a number, a name or a list")),
+            YNode::Map(_) => {
+                return Err(type_error(span, "this value", "a number, a name or a list"))
+            }
         };
         Ok(Expr { kind, span })
     }
 
-    fn map<'n>(&self, n: &'n Spanned<YNode>, what: &str) -> Result<&'n [(Spanned<String>, Spanned<YNode>)]> {
+    fn map<'n>(
+        &self,
+        n: &'n Spanned<YNode>,
+        what: &str,
+    ) -> Result<&'n [(Spanned<String>, Spanned<YNode>)]> {
         match &n.value {
             YNode::Map(m) => Ok(m),
-            _ => Err(type_error(self.s(n), what, "a mapping (`key: value` lines)")),
+            _ => Err(type_error(
+                self.s(n),
+                what,
+                "a mapping (`key: value` lines)",
+            )),
         }
     }
 
@@ -151,10 +184,28 @@ impl Ctx<'_> {
             YNode::Null => Ok(vec![]),
             YNode::Map(m) => {
                 check_dups(self, m)?;
-                m.iter().map(|(k, v)| Ok(Arg { key: Some(self.ident(k)), value: self.expr(v)? })).collect()
+                m.iter()
+                    .map(|(k, v)| {
+                        Ok(Arg {
+                            key: Some(self.ident(k)),
+                            value: self.expr(v)?,
+                        })
+                    })
+                    .collect()
             }
-            YNode::Seq(s) => s.iter().map(|v| Ok(Arg { key: None, value: self.expr(v)? })).collect(),
-            _ => Ok(vec![Arg { key: None, value: self.expr(n)? }]),
+            YNode::Seq(s) => s
+                .iter()
+                .map(|v| {
+                    Ok(Arg {
+                        key: None,
+                        value: self.expr(v)?,
+                    })
+                })
+                .collect(),
+            _ => Ok(vec![Arg {
+                key: None,
+                value: self.expr(n)?,
+            }]),
         }
     }
 
@@ -166,8 +217,18 @@ impl Ctx<'_> {
         let span = self.s(n);
         if let YNode::Str(s) = &n.value {
             // `- global_avg_pool`: a layer without arguments.
-            let op = Ident { name: s.clone(), span };
-            return Ok(Item { kind: call_kind(op, vec![], span)?, name: None, id: None, from: vec![], when: None, span });
+            let op = Ident {
+                name: s.clone(),
+                span,
+            };
+            return Ok(Item {
+                kind: call_kind(op, vec![], span)?,
+                name: None,
+                id: None,
+                from: vec![],
+                when: None,
+                span,
+            });
         }
         let m = self.map(n, "a layer")?;
         check_dups(self, m)?;
@@ -187,7 +248,10 @@ impl Ctx<'_> {
                 "id" => item.id = Some(self.name_of(v, "`id`")?),
                 "from" => {
                     item.from = match &v.value {
-                        YNode::Seq(s) => s.iter().map(|x| self.name_of(x, "`from`")).collect::<Result<_>>()?,
+                        YNode::Seq(s) => s
+                            .iter()
+                            .map(|x| self.name_of(x, "`from`"))
+                            .collect::<Result<_>>()?,
                         _ => vec![self.name_of(v, "`from`")?],
                     }
                 }
@@ -207,9 +271,11 @@ impl Ctx<'_> {
             }
         }
         let Some((k, v)) = op else {
-            return Err(Diagnostic::new("spec::missing", "this entry names no layer")
-                .at(span, "no layer kind")
-                .help("add the layer kind as a key, e.g. `- conv2d: {filters: 64, kernel: 3}`"));
+            return Err(
+                Diagnostic::new("spec::missing", "this entry names no layer")
+                    .at(span, "no layer kind")
+                    .help("add the layer kind as a key, e.g. `- conv2d: {filters: 64, kernel: 3}`"),
+            );
         };
         let opid = self.ident(k);
         item.kind = match k.value.as_str() {
@@ -221,19 +287,31 @@ impl Ctx<'_> {
                     match rk.value.as_str() {
                         "shortcut" => shortcut = self.items(rv, "`shortcut`")?,
                         "branch" => branch = Some(self.items(rv, "`branch`")?),
-                        other => return Err(unknown_key(self.s(rk), other, "residual", &["shortcut", "branch"])),
+                        other => {
+                            return Err(unknown_key(
+                                self.s(rk),
+                                other,
+                                "residual",
+                                &["shortcut", "branch"],
+                            ))
+                        }
                     }
                 }
                 let Some(branch) = branch else {
-                    return Err(Diagnostic::new("spec::missing", "a residual needs a `branch`")
-                        .at(opid.span, "no branch")
-                        .help("add `branch:` with the residual function's layers"));
+                    return Err(
+                        Diagnostic::new("spec::missing", "a residual needs a `branch`")
+                            .at(opid.span, "no branch")
+                            .help("add `branch:` with the residual function's layers"),
+                    );
                 };
                 ItemKind::Residual { shortcut, branch }
             }
             "parallel" => {
                 let bs = self.seq(v, "`parallel`")?;
-                let branches = bs.iter().map(|b| Ok((self.s(b), self.items(b, "a parallel branch")?))).collect::<Result<_>>()?;
+                let branches = bs
+                    .iter()
+                    .map(|b| Ok((self.s(b), self.items(b, "a parallel branch")?)))
+                    .collect::<Result<_>>()?;
                 ItemKind::Parallel { branches }
             }
             _ => call_kind(opid, self.args(v)?, span)?,
@@ -257,16 +335,21 @@ fn unknown_key(span: Span, key: &str, ctx: &str, allowed: &[&str]) -> Diagnostic
 fn check_dups(cx: &Ctx, m: &[(Spanned<String>, Spanned<YNode>)]) -> Result<()> {
     for (i, (k, _)) in m.iter().enumerate() {
         if let Some((p, _)) = m[..i].iter().find(|(p, _)| p.value == k.value) {
-            return Err(Diagnostic::new("spec::duplicate-key", format!("key `{}` is given twice", k.value))
-                .at(cx.s(k), "second time")
-                .related(cx.s(p), "first time")
-                .help("keep one of them"));
+            return Err(Diagnostic::new(
+                "spec::duplicate-key",
+                format!("key `{}` is given twice", k.value),
+            )
+            .at(cx.s(k), "second time")
+            .related(cx.s(p), "first time")
+            .help("keep one of them"));
         }
     }
     Ok(())
 }
 
-const TOP_KEYS: &[&str] = &["model", "input", "classes", "se", "defaults", "blocks", "layers", "train"];
+const TOP_KEYS: &[&str] = &[
+    "model", "input", "classes", "se", "defaults", "blocks", "layers", "train",
+];
 
 /// YAML text → AST.
 pub fn parse(src: &SourceFile) -> Result<Spec> {
@@ -290,9 +373,11 @@ pub fn parse(src: &SourceFile) -> Result<Spec> {
     let cx = Ctx { src };
     let whole = Span::new(0, src.text.len());
     let YNode::Map(top) = &root.value else {
-        return Err(Diagnostic::new("spec::type", "a spec must be a YAML mapping")
-            .at(cx.s(&root).join(Span::new(0, 1)), "not a mapping")
-            .help("start with `model: NAME`, `input: [H, W, C]`, `layers: [...]`"));
+        return Err(
+            Diagnostic::new("spec::type", "a spec must be a YAML mapping")
+                .at(cx.s(&root).join(Span::new(0, 1)), "not a mapping")
+                .help("start with `model: NAME`, `input: [H, W, C]`, `layers: [...]`"),
+        );
     };
     check_dups(&cx, top)?;
     let mut spec = Spec {
@@ -314,7 +399,11 @@ pub fn parse(src: &SourceFile) -> Result<Spec> {
         match k.value.as_str() {
             "model" => spec.model = Some(cx.name_of(v, "`model`")?),
             "input" => {
-                spec.input = cx.seq(v, "`input`")?.iter().map(|x| cx.expr(x)).collect::<Result<_>>()?;
+                spec.input = cx
+                    .seq(v, "`input`")?
+                    .iter()
+                    .map(|x| cx.expr(x))
+                    .collect::<Result<_>>()?;
                 spec.input_span = cx.s(k).join(cx.s(v));
             }
             "classes" => spec.classes = Some(cx.expr(v)?),
@@ -327,7 +416,10 @@ pub fn parse(src: &SourceFile) -> Result<Spec> {
             }
             "defaults" => {
                 for (op, args) in cx.map(v, "`defaults`")? {
-                    spec.defaults.push(Defaults { op: cx.ident(op), args: cx.args(args)? });
+                    spec.defaults.push(Defaults {
+                        op: cx.ident(op),
+                        args: cx.args(args)?,
+                    });
                 }
             }
             "blocks" => {
@@ -348,26 +440,53 @@ pub fn parse(src: &SourceFile) -> Result<Spec> {
                                             YNode::Null => None,
                                             _ => Some(cx.expr(pv)?),
                                         };
-                                        params.push(Param { name: cx.ident(pk), default });
+                                        params.push(Param {
+                                            name: cx.ident(pk),
+                                            default,
+                                        });
                                     }
                                 }
                                 YNode::Seq(ps) => {
                                     for p in ps {
-                                        params.push(Param { name: cx.name_of(p, "a parameter")?, default: None });
+                                        params.push(Param {
+                                            name: cx.name_of(p, "a parameter")?,
+                                            default: None,
+                                        });
                                     }
                                 }
-                                _ => return Err(type_error(cx.s(dv), "`params`", "a mapping of name: default")),
+                                _ => {
+                                    return Err(type_error(
+                                        cx.s(dv),
+                                        "`params`",
+                                        "a mapping of name: default",
+                                    ))
+                                }
                             },
                             "body" | "layers" => body = Some(cx.items(dv, "`body`")?),
-                            other => return Err(unknown_key(cx.s(dk), other, "a block definition", &["params", "body"])),
+                            other => {
+                                return Err(unknown_key(
+                                    cx.s(dk),
+                                    other,
+                                    "a block definition",
+                                    &["params", "body"],
+                                ))
+                            }
                         }
                     }
                     let Some(body) = body else {
-                        return Err(Diagnostic::new("spec::missing", format!("block `{}` has no `body`", name.value))
-                            .at(cx.s(name), "no body")
-                            .help("add `body:` with the block's layers"));
+                        return Err(Diagnostic::new(
+                            "spec::missing",
+                            format!("block `{}` has no `body`", name.value),
+                        )
+                        .at(cx.s(name), "no body")
+                        .help("add `body:` with the block's layers"));
                     };
-                    spec.blocks.push(BlockDef { name: cx.ident(name), params, body, span: cx.s(name) });
+                    spec.blocks.push(BlockDef {
+                        name: cx.ident(name),
+                        params,
+                        body,
+                        span: cx.s(name),
+                    });
                 }
             }
             "layers" => {
@@ -384,7 +503,10 @@ pub fn parse(src: &SourceFile) -> Result<Spec> {
     }
     if !have_layers {
         return Err(Diagnostic::new("spec::missing", "the spec has no `layers`")
-            .at(Span::new(0, src.text.len().min(1)), "no `layers:` key in this file")
+            .at(
+                Span::new(0, src.text.len().min(1)),
+                "no `layers:` key in this file",
+            )
             .help("add `layers:` with a list of layers"));
     }
     Ok(spec)

@@ -22,8 +22,19 @@ pub enum ActFn {
 }
 
 impl ActFn {
-    pub const NAMES: &'static [&'static str] =
-        &["linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "softmax", "tanh", "swish", "silu", "gelu", "elu"];
+    pub const NAMES: &'static [&'static str] = &[
+        "linear",
+        "relu",
+        "relu6",
+        "sigmoid",
+        "hard_sigmoid",
+        "softmax",
+        "tanh",
+        "swish",
+        "silu",
+        "gelu",
+        "elu",
+    ];
 
     pub fn from_name(s: &str) -> Option<ActFn> {
         Some(match s {
@@ -57,7 +68,8 @@ impl ActFn {
 
     /// Reads an optional activation attribute (`dense(activation = relu)`).
     pub fn parse_opt(a: &mut Args, key: &'static str) -> Result<Option<ActFn>> {
-        Ok(a.word(key, ActFn::NAMES)?.and_then(|(s, _)| ActFn::from_name(&s)))
+        Ok(a.word(key, ActFn::NAMES)?
+            .and_then(|(s, _)| ActFn::from_name(&s)))
     }
 }
 
@@ -75,7 +87,8 @@ impl Activation {
             }
             None => {
                 a.positional(&["function"])?;
-                ActFn::parse_opt(a, "function")?.ok_or_else(|| a.missing("function", "e.g. relu, sigmoid, softmax"))?
+                ActFn::parse_opt(a, "function")?
+                    .ok_or_else(|| a.missing("function", "e.g. relu, sigmoid, softmax"))?
             }
         };
         Ok(Activation { function })

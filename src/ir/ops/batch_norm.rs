@@ -42,6 +42,9 @@ impl LayerKind for BatchNorm {
     fn params(&self, ins: &[&Shape], _out: &Shape) -> Option<Counts> {
         let c = *ins[0].last()? as u64;
         let learned = u64::from(self.center) + u64::from(self.scale);
-        Some(Counts { trainable: learned * c, non_trainable: 2 * c })
+        Some(Counts {
+            trainable: learned * c,
+            non_trainable: 2 * c,
+        })
     }
 }

@@ -42,13 +42,22 @@ impl LayerKind for Dense {
     }
     fn params(&self, ins: &[&Shape], _out: &Shape) -> Option<Counts> {
         let w = prod(&[*ins[0].last()? as u64, self.units as u64])?;
-        Some(Counts { trainable: w.checked_add(if self.use_bias { self.units as u64 } else { 0 })?, non_trainable: 0 })
+        Some(Counts {
+            trainable: w.checked_add(if self.use_bias { self.units as u64 } else { 0 })?,
+            non_trainable: 0,
+        })
     }
     fn macs(&self, ins: &[&Shape], _out: &Shape) -> Option<u64> {
-        let dims: Vec<u64> = ins[0].iter().map(|&d| d as u64).chain([self.units as u64]).collect();
+        let dims: Vec<u64> = ins[0]
+            .iter()
+            .map(|&d| d as u64)
+            .chain([self.units as u64])
+            .collect();
         prod(&dims)
     }
     fn config(&self) -> String {
-        self.activation.map(|f| f.name().to_string()).unwrap_or_default()
+        self.activation
+            .map(|f| f.name().to_string())
+            .unwrap_or_default()
     }
 }

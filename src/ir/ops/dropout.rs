@@ -14,7 +14,9 @@ pub struct Dropout {
 impl Dropout {
     pub fn parse(a: &mut Args) -> Result<Self> {
         a.positional(&["rate"])?;
-        let rate = a.float("rate", 0.0, 0.999)?.ok_or_else(|| a.missing("rate", "a number in [0, 1)"))?;
+        let rate = a
+            .float("rate", 0.0, 0.999)?
+            .ok_or_else(|| a.missing("rate", "a number in [0, 1)"))?;
         Ok(Dropout { rate })
     }
 }

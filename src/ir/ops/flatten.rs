@@ -24,9 +24,18 @@ impl LayerKind for Flatten {
         "flatten"
     }
     fn infer(&self, cx: &InferCx) -> Result<Shape> {
-        let n = cx.one().iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-            cx.err("limit::overflow", "flattened size overflows", "too many elements", "reduce the input size")
-        })?;
+        let n = cx
+            .one()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| {
+                cx.err(
+                    "limit::overflow",
+                    "flattened size overflows",
+                    "too many elements",
+                    "reduce the input size",
+                )
+            })?;
         Ok(vec![n])
     }
 }

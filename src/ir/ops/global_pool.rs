@@ -16,7 +16,10 @@ pub struct GlobalPool {
 impl GlobalPool {
     pub fn parse(kind: PoolKind, a: &mut Args) -> Result<Self> {
         a.positional(&[])?;
-        Ok(GlobalPool { kind, keepdims: a.bool("keepdims")?.unwrap_or(false) })
+        Ok(GlobalPool {
+            kind,
+            keepdims: a.bool("keepdims")?.unwrap_or(false),
+        })
     }
 }
 
@@ -35,6 +38,10 @@ impl LayerKind for GlobalPool {
     }
     fn infer(&self, cx: &InferCx) -> Result<Shape> {
         let [_, _, c] = cx.image()?;
-        Ok(if self.keepdims { vec![1, 1, c] } else { vec![c] })
+        Ok(if self.keepdims {
+            vec![1, 1, c]
+        } else {
+            vec![c]
+        })
     }
 }

@@ -27,10 +27,15 @@ impl Merge {
             // Only the channel axis is supported; accept Keras' spelling of it.
             if let Some(ax) = a.int("axis", -1)? {
                 if ax != -1 && ax != 3 {
-                    let (_, span) = a.get("axis").unwrap_or((crate::ir::args::Value::Int(ax), a.span));
-                    return Err(Diagnostic::new("spec::range", format!("concatenate on axis {ax} is not supported"))
-                        .at(span, "only the channel axis")
-                        .help("use axis = -1 (channels, the default)"));
+                    let (_, span) = a
+                        .get("axis")
+                        .unwrap_or((crate::ir::args::Value::Int(ax), a.span));
+                    return Err(Diagnostic::new(
+                        "spec::range",
+                        format!("concatenate on axis {ax} is not supported"),
+                    )
+                    .at(span, "only the channel axis")
+                    .help("use axis = -1 (channels, the default)"));
                 }
             }
         }
@@ -57,7 +62,11 @@ impl LayerKind for Merge {
         if cx.ins.len() < 2 {
             return Err(cx.err(
                 "shape::arity",
-                format!("`{}` needs at least two inputs, got {}", cx.op, cx.ins.len()),
+                format!(
+                    "`{}` needs at least two inputs, got {}",
+                    cx.op,
+                    cx.ins.len()
+                ),
                 "one input",
                 "list the tensors to merge with `from: [a, b]`",
             ));
@@ -74,7 +83,12 @@ impl LayerKind for Merge {
                     Some(m)
                 }
                 MergeKind::Add if a == b => Some(a.clone()),
-                MergeKind::Multiply if ok_rank && a.iter().zip(b.iter()).all(|(x, y)| x == y || *x == 1 || *y == 1) => {
+                MergeKind::Multiply
+                    if ok_rank
+                        && a.iter()
+                            .zip(b.iter())
+                            .all(|(x, y)| x == y || *x == 1 || *y == 1) =>
+                {
                     Some(a.iter().zip(b.iter()).map(|(x, y)| *x.max(y)).collect())
                 }
                 _ => None,
@@ -84,10 +98,14 @@ impl LayerKind for Merge {
                 None => {
                     let rule = match self.kind {
                         MergeKind::Add => "needs equal shapes",
-                        MergeKind::Multiply => "needs equal shapes, or size 1 on an axis to broadcast",
+                        MergeKind::Multiply => {
+                            "needs equal shapes, or size 1 on an axis to broadcast"
+                        }
                         MergeKind::Concatenate => "needs equal shapes except the channel axis",
                     };
-                    let what = if ok_rank && a[..a.len().saturating_sub(1)] == b[..b.len().saturating_sub(1)] {
+                    let what = if ok_rank
+                        && a[..a.len().saturating_sub(1)] == b[..b.len().saturating_sub(1)]
+                    {
                         "channel"
                     } else {
                         "spatial"

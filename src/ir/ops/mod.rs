@@ -57,14 +57,28 @@ impl InferCx<'_> {
             [h, w, c] => Ok([*h, *w, *c]),
             s => Err(Diagnostic::new(
                 "shape::rank",
-                format!("`{}` needs an image input (H, W, C), but `{}` gives {}", self.op, self.ins[0].name, shape_str(s)),
+                format!(
+                    "`{}` needs an image input (H, W, C), but `{}` gives {}",
+                    self.op,
+                    self.ins[0].name,
+                    shape_str(s)
+                ),
             )
             .at(self.span, "needs (H, W, C)")
-            .related(self.ins[0].span, format!("{} comes from here", shape_str(s)))
+            .related(
+                self.ins[0].span,
+                format!("{} comes from here", shape_str(s)),
+            )
             .help("feed it a 3-D tensor, or insert a `reshape` before it")),
         }
     }
-    pub fn err(&self, code: &'static str, msg: impl Into<String>, label: impl Into<String>, help: impl Into<String>) -> Diagnostic {
+    pub fn err(
+        &self,
+        code: &'static str,
+        msg: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Diagnostic {
         Diagnostic::new(code, msg).at(self.span, label).help(help)
     }
 }
@@ -177,7 +191,9 @@ impl Op {
         let r = match kind {
             "conv2d" => Conv2d::parse(a).map(Op::Conv2d),
             "batch_norm" => BatchNorm::parse(a).map(Op::BatchNorm),
-            "activation" | "relu" | "sigmoid" | "softmax" => Activation::parse(kind, a).map(Op::Activation),
+            "activation" | "relu" | "sigmoid" | "softmax" => {
+                Activation::parse(kind, a).map(Op::Activation)
+            }
             "zero_padding2d" => ZeroPadding2d::parse(a).map(Op::ZeroPadding2d),
             "max_pool2d" => Pool2d::parse(PoolKind::Max, a).map(Op::Pool2d),
             "avg_pool2d" => Pool2d::parse(PoolKind::Avg, a).map(Op::Pool2d),

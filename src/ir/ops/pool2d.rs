@@ -27,13 +27,20 @@ impl Pool2d {
     pub fn parse(kind: PoolKind, a: &mut Args) -> Result<Self> {
         a.positional(&["size", "stride"])?;
         let size = a.pair("size", 1)?.unwrap_or([2, 2]);
-        Ok(Pool2d { kind, size, stride: a.pair("stride", 1)?.unwrap_or(size), padding: Padding::parse(a, Padding::Valid)? })
+        Ok(Pool2d {
+            kind,
+            size,
+            stride: a.pair("stride", 1)?.unwrap_or(size),
+            padding: Padding::parse(a, Padding::Valid)?,
+        })
     }
     pub fn pads(&self, hw: [usize; 2]) -> [[usize; 2]; 2] {
-        [0, 1].map(|i| match self.padding.resolve(i, hw[i], self.size[i], self.stride[i]) {
-            Ok((b, a, _)) => [b, a],
-            Err(_) => [0, 0],
-        })
+        [0, 1].map(
+            |i| match self.padding.resolve(i, hw[i], self.size[i], self.stride[i]) {
+                Ok((b, a, _)) => [b, a],
+                Err(_) => [0, 0],
+            },
+        )
     }
 }
 

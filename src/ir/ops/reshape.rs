@@ -9,6 +9,9 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Reshape {
     pub target: Vec<usize>,
+    /// Written as the seed's `x[:, None, None, :]`, which Keras records as a TensorFlow op
+    /// layer (`tf_op_layer_strided_slice`) instead of a Reshape. Same shape, same (no) weights.
+    pub as_slice: bool,
 }
 
 impl Reshape {
@@ -17,7 +20,9 @@ impl Reshape {
         let Some((v, span, i)) = a.raw("shape") else {
             return Err(a.missing("shape", "a list such as [1, 1, 256]"));
         };
-        let Value::List(l) = &v else { return Err(a.type_error("shape", &v, span, "a list of sizes", i)) };
+        let Value::List(l) = &v else {
+            return Err(a.type_error("shape", &v, span, "a list of sizes", i));
+        };
         let target = l
             .iter()
             .map(|x| match x {
@@ -25,16 +30,27 @@ impl Reshape {
                 other => Err(a.type_error("shape", other, span, "a list of sizes", i)),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Reshape { target })
+        Ok(Reshape {
+            target,
+            as_slice: false,
+        })
     }
 }
 
 impl LayerKind for Reshape {
     fn keras_class(&self) -> &'static str {
-        "Reshape"
+        if self.as_slice {
+            "TensorFlowOpLayer"
+        } else {
+            "Reshape"
+        }
     }
     fn base_name(&self) -> &'static str {
-        "reshape"
+        if self.as_slice {
+            "tf_op_layer_strided_slice"
+        } else {
+            "reshape"
+        }
     }
     fn infer(&self, cx: &InferCx) -> Result<Shape> {
         let n_in: u128 = cx.one().iter().map(|&d| d as u128).product();
@@ -42,7 +58,11 @@ impl LayerKind for Reshape {
         if n_in != n_out {
             return Err(cx.err(
                 "shape::reshape",
-                format!("cannot reshape {} ({n_in} values) to {} ({n_out} values)", shape_str(cx.one()), shape_str(&self.target)),
+                format!(
+                    "cannot reshape {} ({n_in} values) to {} ({n_out} values)",
+                    shape_str(cx.one()),
+                    shape_str(&self.target)
+                ),
                 "element counts differ",
                 "choose a target shape with the same number of elements",
             ));

@@ -1,10 +1,10 @@
 //! ZeroPadding2D: `p`, `[ph, pw]` or `[[top, bottom], [left, right]]`.
 
+use super::conv2d::Padding;
 use super::{InferCx, LayerKind};
 use crate::diag::Result;
 use crate::ir::args::Args;
 use crate::ir::Shape;
-use super::conv2d::Padding;
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -18,7 +18,10 @@ impl ZeroPadding2d {
         a.positional(&["padding"])?;
         match Padding::parse(a, Padding::Explicit([[1, 1], [1, 1]]))? {
             Padding::Explicit(padding) => Ok(ZeroPadding2d { padding }),
-            _ => Err(a.missing("padding", "an integer, [ph, pw] or [[top, bottom], [left, right]]")),
+            _ => Err(a.missing(
+                "padding",
+                "an integer, [ph, pw] or [[top, bottom], [left, right]]",
+            )),
         }
     }
 }

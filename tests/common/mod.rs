@@ -1,0 +1,54 @@
+#![allow(dead_code)]
+use se_compile::diag::{render, Style};
+use se_compile::report::summary::{self, Depth, Format, Options};
+use se_compile::{compile, SourceFile, ValidGraph};
+use std::path::Path;
+
+/// Reads a test file with the path relative to the crate root, so snapshots hold no absolute paths.
+pub fn source(path: &Path) -> SourceFile {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let text = std::fs::read_to_string(path).expect("test input is UTF-8");
+    SourceFile::new(rel.to_string_lossy().replace('\\', "/"), text)
+}
+
+pub fn build(src: &SourceFile) -> ValidGraph {
+    match compile(src) {
+        Ok(vg) => vg,
+        Err(d) => panic!("{}", render(&d, src, Style::Plain)),
+    }
+}
+
+pub fn summary_text(vg: &ValidGraph, src: &SourceFile, depth: Depth) -> String {
+    summary::render(
+        vg,
+        src,
+        &Options {
+            depth,
+            format: Format::Text,
+            show_source: false,
+        },
+    )
+}
+
+pub fn summary_json(vg: &ValidGraph, src: &SourceFile) -> serde_json::Value {
+    summary::json(
+        vg,
+        src,
+        &Options {
+            depth: Depth::Layer,
+            format: Format::Json,
+            show_source: false,
+        },
+    )
+}
+
+pub fn model(name: &str) -> (SourceFile, ValidGraph) {
+    let src = source(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name),
+    );
+    let vg = build(&src);
+    (src, vg)
+}
