@@ -35,3 +35,31 @@ fn both_syntaxes_are_covered() {
     assert!(names.iter().filter(|n| n.ends_with(".se")).count() >= 10);
     assert!(names.iter().filter(|n| n.ends_with(".yaml")).count() >= 20);
 }
+
+/// Every line-prefix of every zoo model, and each with one line deleted, is parsed without a
+/// panic: truncated and damaged files are the commonest bad input.
+#[test]
+fn damaged_zoo_files_never_panic() {
+    let mut rejected = 0;
+    for (name, text) in se_compile::zoo::MODELS {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut variants: Vec<String> = (0..lines.len()).map(|n| lines[..n].join("\n")).collect();
+        variants.extend((0..lines.len()).map(|skip| {
+            lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| *l).collect::<Vec<_>>().join("\n")
+        }));
+        for v in variants {
+            let src = se_compile::SourceFile::new(*name, v);
+            let r = std::panic::catch_unwind(|| se_compile::compile(&src).err());
+            match r {
+                Err(_) => panic!("{name} panicked on:\n{}", src.text),
+                Ok(Some(d)) => {
+                    rejected += 1;
+                    // Rendering must not panic either, and must locate the error.
+                    assert!(render(&d, &src, Style::Plain).starts_with("error: "));
+                }
+                Ok(None) => {}
+            }
+        }
+    }
+    assert!(rejected > 100, "only {rejected} damaged variants were rejected");
+}
