@@ -17,9 +17,23 @@ pub use validate::ValidGraph;
 
 /// Spec text → validated graph: parse, expand, validate.
 pub fn compile(src: &SourceFile) -> Result<ValidGraph, Diagnostic> {
-    let spec = spec::parse(src)?;
+    compile_full(src, None).map(|(_, vg)| vg)
+}
+
+/// Like `compile`, also returning the AST (for the `train:` section), optionally with the
+/// input's height and width replaced (`bench --input 64`).
+pub fn compile_full(
+    src: &SourceFile,
+    input_hw: Option<(usize, usize)>,
+) -> Result<(spec::ast::Spec, ValidGraph), Diagnostic> {
+    let mut spec = spec::parse(src)?;
+    if let (Some((h, w)), true) = (input_hw, spec.input.len() == 3) {
+        for (e, v) in spec.input.iter_mut().zip([h, w]) {
+            e.kind = spec::ast::ExprKind::Int(v as i64);
+        }
+    }
     let graph = expand::expand(&spec)?;
-    validate::validate(graph)
+    Ok((spec, validate::validate(graph)?))
 }
 
 /// Why a spec file could not be read; each renders as one line.
@@ -76,3 +90,5 @@ pub fn load(path: &str) -> Result<SourceFile, FileError> {
         .map_err(|e| FileError::NotUtf8(path.into(), e.utf8_error().valid_up_to()))?;
     Ok(SourceFile::new(path, text))
 }
+pub mod lower;
+pub mod train;

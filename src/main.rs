@@ -78,6 +78,89 @@ enum Cmd {
         #[arg(short, long, default_value = "-")]
         output: String,
     },
+    /// Train from image folders (Keras flow_from_directory layout), as the seed's model.fit.
+    #[command(
+        after_help = "Examples:\n  se-compile train models/se_resnet_mini.yaml            (bundled Fashion-MNIST subset)\n  se-compile train models/se_resnet_mini.yaml --data /data/fmnist --epochs 15 --out runs/full\n  se-compile train models/se_resnet_mini.yaml --resume runs/full --epochs 20\n\nRUN_DIR receives history.csv, history.json, accuracy.png, loss.png, last.safetensors,\nbest.safetensors, the spec and config.json. Every key of the spec's `train:` section can be\noverridden here."
+    )]
+    Train {
+        spec: String,
+        /// DIR with train/<class>/ and test/<class>/ (default: the bundled data/fashion-mnist-mini).
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long, value_parser = ["adam", "sgd"])]
+        optimizer: Option<String>,
+        #[arg(long, value_parser = ["constant", "step", "cosine"])]
+        schedule: Option<String>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Hold out this fraction of train/ for validation when DIR has no test/.
+        #[arg(long)]
+        val_split: Option<f32>,
+        /// Turn augmentation on or off (the spec's `augment`).
+        #[arg(long)]
+        augment: Option<bool>,
+        /// Run directory (default: runs/<model>, or runs/<model>-N if that exists).
+        #[arg(long)]
+        out: Option<String>,
+        /// Continue the run in RUN_DIR from its last epoch, optimizer state included.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<String>,
+        /// cpu, or cuda[:N] in a build with `--features cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Loss, accuracy and confusion matrix of saved weights on DIR/test (or DIR/train).
+    #[command(
+        after_help = "Example:\n  se-compile eval models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors --data data/fashion-mnist-mini"
+    )]
+    Eval {
+        spec: String,
+        #[arg(long)]
+        weights: String,
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Top-k classes with probabilities for images.
+    #[command(
+        after_help = "Example:\n  se-compile predict models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors data/fashion-mnist-mini/test/7_sneaker/*.png"
+    )]
+    Predict {
+        spec: String,
+        #[arg(long)]
+        weights: String,
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Train and inference speed (images/s) on random data.
+    #[command(
+        after_help = "Example:\n  se-compile bench models/se_resnet50.yaml --input 64 --batch-size 8 --steps 5"
+    )]
+    Bench {
+        spec: String,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Override the input height and width (e.g. 64 for a 64x64 SE-ResNet-50).
+        #[arg(long)]
+        input: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Write a Graphviz DOT graph with the output shape on every edge.
     #[command(
         after_help = "Example:\n  se-compile graph models/se_block.yaml -o se_block.dot && dot -Tpng se_block.dot -o se_block.png"
@@ -99,6 +182,28 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn build_full(
+        &self,
+        path: &str,
+        hw: Option<(usize, usize)>,
+    ) -> Result<(SourceFile, se_compile::spec::ast::Spec, ValidGraph), u8> {
+        let src = load(path).map_err(|e| {
+            eprintln!("error: {e}");
+            if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_INVALID
+            }
+        })?;
+        match se_compile::compile_full(&src, hw) {
+            Ok((spec, vg)) => Ok((src, spec, vg)),
+            Err(d) => {
+                eprint!("{}", render(&d, &src, self.style));
+                Err(EXIT_INVALID)
+            }
+        }
+    }
+
     /// Loads and compiles one spec, printing any error; `Err` carries the exit code.
     fn build(&self, path: &str) -> Result<(SourceFile, ValidGraph), u8> {
         let src = load(path).map_err(|e| {
@@ -117,6 +222,68 @@ impl Ctx {
             }
         }
     }
+}
+
+/// Only the CPU exists in this build; CUDA needs the `cuda` feature.
+fn check_device(device: &str) -> Result<(), u8> {
+    match device {
+        "cpu" => Ok(()),
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            eprintln!("error: --device {d}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (see README, \"Training on a GPU\")");
+            Err(EXIT_USAGE)
+        }
+        d => {
+            eprintln!("error: --device {d}: unknown device; use cpu or cuda[:N]");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// The Fashion-MNIST subset shipped in the repository.
+fn bundled_data() -> std::path::PathBuf {
+    let local = std::path::PathBuf::from("data/fashion-mnist-mini");
+    if local.is_dir() {
+        local
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-mini")
+    }
+}
+
+fn fresh_run_dir(model: &str) -> std::path::PathBuf {
+    let base = std::path::PathBuf::from("runs").join(model);
+    if !base.exists() {
+        return base;
+    }
+    (2..)
+        .map(|i| std::path::PathBuf::from("runs").join(format!("{model}-{i}")))
+        .find(|p| !p.exists())
+        .expect("a free name")
+}
+
+fn load_weights(vg: &ValidGraph, weights: &str) -> Result<se_compile::lower::layers::Net, u8> {
+    let mut net = se_compile::lower::layers::Net::new(vg, 0);
+    let p = std::path::Path::new(weights);
+    se_compile::train::checkpoint::read(p)
+        .and_then(|ck| se_compile::train::checkpoint::load_into(&mut net, &ck, p))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            if p.exists() {
+                EXIT_INVALID
+            } else {
+                EXIT_USAGE
+            }
+        })?;
+    Ok(net)
+}
+
+/// Class names from the run's config.json beside the weights, if there is one.
+fn class_names(weights: &str) -> Vec<String> {
+    let cfg = std::path::Path::new(weights).with_file_name("config.json");
+    std::fs::read_to_string(cfg)
+        .ok()
+        .and_then(|t| serde_json::from_str::<se_compile::train::run::RunConfig>(&t).ok())
+        .map(|c| c.classes)
+        .unwrap_or_default()
 }
 
 fn write_out(path: &str, text: &str) -> Result<(), u8> {
@@ -196,6 +363,260 @@ fn run(cli: Cli) -> Result<(), u8> {
             text.push('\n');
             write_out(&output, &text)?;
         }
+        Cmd::Train {
+            spec,
+            data,
+            epochs,
+            batch_size,
+            lr,
+            optimizer,
+            schedule,
+            seed,
+            val_split,
+            augment,
+            out,
+            resume,
+            device,
+        } => {
+            check_device(&device)?;
+            let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
+            let mut cfg =
+                se_compile::train::config::TrainConfig::from_spec(&spec_ast).map_err(|d| {
+                    eprint!("{}", render(&d, &src, cx.style));
+                    EXIT_INVALID
+                })?;
+            if let Some(v) = epochs {
+                cfg.epochs = v.max(1);
+            }
+            if let Some(v) = batch_size {
+                cfg.batch_size = v.max(1);
+            }
+            if let Some(v) = lr {
+                cfg.lr = v;
+            }
+            if let Some(v) = seed {
+                cfg.seed = v;
+            }
+            if let Some(v) = val_split {
+                cfg.val_split = v.clamp(0.0, 0.9);
+            }
+            if let Some(v) = augment {
+                cfg.augment.enabled = v;
+            }
+            if let Some(o) = optimizer {
+                cfg.optimizer = if o == "sgd" {
+                    se_compile::train::config::Optimizer::Sgd
+                } else {
+                    se_compile::train::config::Optimizer::Adam
+                };
+            }
+            if let Some(s) = schedule {
+                use se_compile::train::config::Schedule;
+                cfg.schedule = match s.as_str() {
+                    "step" => Schedule::Step,
+                    "cosine" => Schedule::Cosine,
+                    _ => Schedule::Constant,
+                };
+            }
+            let out_dir = match (&resume, &out) {
+                (Some(r), _) => std::path::PathBuf::from(r),
+                (None, Some(o)) => {
+                    let p = std::path::PathBuf::from(o);
+                    if p.join("last.safetensors").exists() {
+                        eprintln!("error: {o} already holds a run; continue it with --resume {o}, or choose another --out");
+                        return Err(EXIT_USAGE);
+                    }
+                    p
+                }
+                (None, None) => fresh_run_dir(&vg.graph().model),
+            };
+            let data_dir = data
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(bundled_data);
+            let shape = vg.graph().input_shape().clone();
+            let ds = se_compile::train::data::Dataset::load(
+                &data_dir,
+                shape[0],
+                shape[1],
+                shape[2],
+                cfg.val_split,
+                cfg.seed,
+            )
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INVALID
+            })?;
+            let model_classes = vg
+                .graph()
+                .node(vg.graph().output)
+                .shape
+                .last()
+                .copied()
+                .unwrap_or(0);
+            if ds.classes.len() != model_classes {
+                eprintln!(
+                    "error: {} has {} classes but the model's output has {} units; set `classes: {}` in the spec",
+                    data_dir.display(), ds.classes.len(), model_classes, ds.classes.len()
+                );
+                return Err(EXIT_INVALID);
+            }
+            for (p, why) in &ds.skipped {
+                eprintln!("warning: skipped unreadable image {}: {why}", p.display());
+            }
+            println!(
+                "Found {} training and {} validation images in {} classes ({}), skipped {} unreadable",
+                ds.train.len(), ds.val.len(), ds.classes.len(), data_dir.display(), ds.skipped.len()
+            );
+            let mut net = se_compile::lower::layers::Net::new(&vg, cfg.seed);
+            let opts = se_compile::train::run::TrainOptions {
+                spec_path: src.name.clone(),
+                spec_text: src.text.clone(),
+                data: data_dir,
+                out: out_dir.clone(),
+                resume: resume.is_some(),
+                progress: se_compile::train::run::stderr_is_terminal(),
+            };
+            let hist = se_compile::train::run::train(&mut net, &ds, &cfg, &opts).map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INVALID
+            })?;
+            if let Some(last) = hist.last() {
+                println!(
+                    "run saved in {} (val_accuracy {:.4} after epoch {})",
+                    out_dir.display(),
+                    last.val_accuracy,
+                    last.epoch
+                );
+            }
+        }
+        Cmd::Eval {
+            spec,
+            weights,
+            data,
+            batch_size,
+            device,
+        } => {
+            check_device(&device)?;
+            let (_, _, vg) = cx.build_full(&spec, None)?;
+            let mut net = load_weights(&vg, &weights)?;
+            let data_dir = data
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(bundled_data);
+            let shape = vg.graph().input_shape().clone();
+            let ds = se_compile::train::data::Dataset::load(
+                &data_dir, shape[0], shape[1], shape[2], 0.0, 0,
+            )
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INVALID
+            })?;
+            let split = if ds.val.is_empty() {
+                &ds.train
+            } else {
+                &ds.val
+            };
+            let k = ds.classes.len();
+            let (loss, acc, conf) =
+                se_compile::train::run::evaluate(&mut net, &ds, split, batch_size, k);
+            println!(
+                "{} images, {} classes: loss {:.4}, accuracy {:.4}",
+                split.len(),
+                k,
+                loss,
+                acc
+            );
+            println!("confusion matrix (rows: true class, columns: predicted):");
+            let w = ds.classes.iter().map(|c| c.len()).max().unwrap_or(4).max(5);
+            print!("{:>w$}", "");
+            for j in 0..k {
+                print!(" {:>5}", j);
+            }
+            println!();
+            for (i, row) in conf.iter().enumerate() {
+                print!("{:>w$}", ds.classes[i]);
+                for v in row {
+                    print!(" {:>5}", v);
+                }
+                println!();
+            }
+        }
+        Cmd::Predict {
+            spec,
+            weights,
+            images,
+            top_k,
+            device,
+        } => {
+            check_device(&device)?;
+            let (_, _, vg) = cx.build_full(&spec, None)?;
+            let mut net = load_weights(&vg, &weights)?;
+            let classes = class_names(&weights);
+            let shape = vg.graph().input_shape().clone();
+            let mut worst = 0;
+            for img in &images {
+                let px = match se_compile::train::data::decode(
+                    std::path::Path::new(img),
+                    shape[0],
+                    shape[1],
+                    shape[2],
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("error: {img}: cannot decode: {e}");
+                        worst = EXIT_INVALID;
+                        continue;
+                    }
+                };
+                let x: Vec<f32> = px.iter().map(|v| *v as f32 / 255.0).collect();
+                let inp = se_compile::lower::layers::input_act::<dfdx::prelude::NoneTape>(
+                    &net.dev,
+                    x,
+                    vec![1, shape[0], shape[1], shape[2]],
+                );
+                let logits = net.forward(inp, false);
+                let (_, probs) = se_compile::lower::autodiff::cross_entropy(logits, &[0]);
+                let mut ranked: Vec<(usize, f32)> = probs[0].iter().copied().enumerate().collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let top: Vec<String> = ranked
+                    .iter()
+                    .take(top_k.max(1))
+                    .map(|(i, p)| {
+                        let name = classes.get(*i).cloned().unwrap_or_else(|| i.to_string());
+                        format!("{name} {p:.4}")
+                    })
+                    .collect();
+                println!("{img}: {}", top.join(", "));
+            }
+            if worst != 0 {
+                return Err(worst);
+            }
+        }
+        Cmd::Bench {
+            spec,
+            batch_size,
+            steps,
+            input,
+            device,
+        } => {
+            check_device(&device)?;
+            let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
+            let mut net = se_compile::lower::layers::Net::new(&vg, 1);
+            let s = vg.graph().input_shape();
+            println!(
+                "{} at {}x{}x{}, batch {}, {} steps, {} threads",
+                vg.graph().model,
+                s[0],
+                s[1],
+                s[2],
+                batch_size,
+                steps,
+                rayon::current_num_threads()
+            );
+            let (tr, inf, tr_ms, inf_ms) =
+                se_compile::train::run::bench(&mut net, batch_size.max(1), steps.max(1), 1e-4);
+            println!("train:     {tr:.1} images/s ({tr_ms:.1} ms/step)");
+            println!("inference: {inf:.1} images/s ({inf_ms:.1} ms/batch)");
+        }
         Cmd::Graph { spec, output } => {
             let (_, vg) = cx.build(&spec)?;
             write_out(&output, &report::dot::dot(&vg))?;
@@ -206,6 +627,7 @@ fn run(cli: Cli) -> Result<(), u8> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    se_compile::lower::tune_allocator();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),

@@ -13,7 +13,9 @@ fn bad_specs_give_diagnostics() {
         let Ok(result) = result else {
             panic!("{} panicked", src.name)
         };
-        let Some(d) = result else { panic!("{} was accepted", src.name) };
+        let Some(d) = result else {
+            panic!("{} was accepted", src.name)
+        };
         let text = render(&d, &src, Style::Plain);
         // Every diagnostic points at file:line:col and says what to do.
         assert!(text.starts_with(&format!("error: {}:", src.name)), "{text}");
@@ -45,7 +47,13 @@ fn damaged_zoo_files_never_panic() {
         let lines: Vec<&str> = text.lines().collect();
         let mut variants: Vec<String> = (0..lines.len()).map(|n| lines[..n].join("\n")).collect();
         variants.extend((0..lines.len()).map(|skip| {
-            lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| *l).collect::<Vec<_>>().join("\n")
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, l)| *l)
+                .collect::<Vec<_>>()
+                .join("\n")
         }));
         for v in variants {
             let src = se_compile::SourceFile::new(*name, v);
@@ -61,5 +69,8 @@ fn damaged_zoo_files_never_panic() {
             }
         }
     }
-    assert!(rejected > 100, "only {rejected} damaged variants were rejected");
+    assert!(
+        rejected > 100,
+        "only {rejected} damaged variants were rejected"
+    );
 }

@@ -1,0 +1,215 @@
+//! Wiring the project's kernels into dfdx's autodiff: each op computes on raw data, returns its
+//! output as a dfdx tensor, and records its own backward with `Tape::add_backward_op`. Gradient
+//! buffers are taken out of dfdx's `Gradients`, filled, and put back, so nothing is copied.
+
+use dfdx::prelude::*;
+use dfdx::tensor::{Gradients, Tape};
+use std::sync::Arc;
+
+pub type Flat<T> = Tensor<(usize,), f32, Cpu, T>;
+
+/// An activation: a flat dfdx tensor and its logical shape, batch first (N, H, W, C) or (N, C).
+pub struct Act<T> {
+    pub t: Flat<T>,
+    pub shape: Vec<usize>,
+    /// False for the network input: ops skip computing its gradient.
+    pub needs_grad: bool,
+    /// Which graph node produced it: the same tensor read twice by one op has the same key.
+    pub key: usize,
+}
+
+impl<T: Tape<f32, Cpu>> Act<T> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// A second handle on the same data with an empty tape, for a tensor read by several layers;
+    /// dfdx merges the tapes again where the branches meet.
+    pub fn branch(&self) -> Act<T> {
+        Act {
+            t: self.t.retaped(),
+            shape: self.shape.clone(),
+            needs_grad: self.needs_grad,
+            key: self.key,
+        }
+    }
+}
+
+/// A weight tensor with a cached copy of its values for the kernels.
+pub struct Param {
+    pub name: String,
+    pub t: Tensor<(usize,), f32, Cpu>,
+    pub trainable: bool,
+    cache: Arc<Vec<f32>>,
+}
+
+impl Param {
+    pub fn new(dev: &Cpu, name: String, values: Vec<f32>, trainable: bool) -> Param {
+        let cache = Arc::new(values.clone());
+        let n = values.len();
+        Param {
+            name,
+            t: dev.tensor_from_vec(values, (n,)),
+            trainable,
+            cache,
+        }
+    }
+    pub fn data(&self) -> Arc<Vec<f32>> {
+        self.cache.clone()
+    }
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+    /// Re-reads the tensor after an optimizer step or a load.
+    pub fn refresh(&mut self) {
+        let mut v = vec![0.0f32; self.t.shape().0];
+        self.t.copy_into(&mut v);
+        self.cache = Arc::new(v);
+    }
+    pub fn set(&mut self, values: Vec<f32>) {
+        let n = values.len();
+        self.cache = Arc::new(values.clone());
+        self.t = self.t.device().tensor_from_vec(values, (n,));
+    }
+}
+
+/// Gradient buffers handed to a backward function: one per input (None when not needed) and
+/// one per parameter. Kernels accumulate into them.
+pub struct Grads<'a> {
+    pub inputs: Vec<Option<&'a mut [f32]>>,
+    pub params: Vec<&'a mut [f32]>,
+}
+
+pub type BackwardFn = Box<dyn FnOnce(&[f32], &mut Grads)>;
+
+/// Applies an op. `forward` gets the input data and whether a backward will be needed, and
+/// returns the output data and the backward function.
+pub fn apply<T: Tape<f32, Cpu>>(
+    ins: Vec<Act<T>>,
+    params: &[&Param],
+    out_shape: Vec<usize>,
+    forward: impl FnOnce(Vec<Vec<f32>>, bool) -> (Vec<f32>, Option<BackwardFn>),
+) -> Act<T> {
+    let dev = ins[0].t.device().clone();
+    let needs: Vec<bool> = ins.iter().map(|a| a.needs_grad).collect();
+    let keys: Vec<usize> = ins.iter().map(|a| a.key).collect();
+    let lens: Vec<usize> = ins.iter().map(|a| a.numel()).collect();
+    let mut tape = T::default();
+    let mut ghosts = vec![];
+    let mut data = vec![];
+    for a in ins {
+        let (t, tp) = a.t.split_tape();
+        tape = tape.merge(tp);
+        // `copy_into` is a memcpy; `as_vec` walks the tensor element by element.
+        let mut v = vec![0.0f32; t.shape().0];
+        t.copy_into(&mut v);
+        data.push(v);
+        ghosts.push(t.ghost());
+    }
+    let (out, backward) = forward(data, T::OWNS_TAPE);
+    debug_assert_eq!(out.len(), out_shape.iter().product::<usize>());
+    let n = out.len();
+    let out = dev.tensor_from_vec(out, (n,));
+    if let Some(backward) = backward {
+        let out_g = out.ghost();
+        let param_g: Vec<_> = params.iter().map(|p| p.t.ghost()).collect();
+        let needs_any = needs.iter().any(|x| *x) || !param_g.is_empty();
+        if needs_any {
+            tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
+                let dy: Vec<f32> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_g)?);
+                // Take each gradient buffer out of the map; an input given twice gets a fresh
+                // buffer that is added back afterwards.
+                let mut taken: Vec<(usize, Vec<f32>, bool)> = vec![];
+                for (i, g) in ghosts.iter().enumerate() {
+                    if !needs[i] {
+                        continue;
+                    }
+                    let dup = (0..i).any(|j| needs[j] && keys[j] == keys[i]);
+                    let buf: Vec<f32> = if dup {
+                        vec![0.0; lens[i]]
+                    } else {
+                        std::mem::take(&mut **grads.get_or_alloc_mut(g)?)
+                    };
+                    taken.push((i, buf, dup));
+                }
+                let mut pbufs: Vec<Vec<f32>> = vec![];
+                for g in &param_g {
+                    pbufs.push(std::mem::take(&mut **grads.get_or_alloc_mut(g)?));
+                }
+                {
+                    let mut inputs: Vec<Option<&mut [f32]>> =
+                        (0..ghosts.len()).map(|_| None).collect();
+                    for (i, buf, _) in taken.iter_mut() {
+                        inputs[*i] = Some(buf.as_mut_slice());
+                    }
+                    let mut g = Grads {
+                        inputs,
+                        params: pbufs.iter_mut().map(|b| b.as_mut_slice()).collect(),
+                    };
+                    backward(&dy, &mut g);
+                }
+                for (i, buf, dup) in taken {
+                    let dst = grads.get_or_alloc_mut(&ghosts[i])?;
+                    if dup {
+                        dst.iter_mut().zip(buf).for_each(|(d, v)| *d += v);
+                    } else {
+                        **dst = buf;
+                    }
+                }
+                for (g, buf) in param_g.iter().zip(pbufs) {
+                    **grads.get_or_alloc_mut(g)? = buf;
+                }
+                **grads.get_or_alloc_mut(&out_g)? = dy;
+                Ok(())
+            });
+        }
+    }
+    Act {
+        t: out.put_tape(tape),
+        shape: out_shape,
+        needs_grad: true,
+        key: usize::MAX,
+    }
+}
+
+/// Mean softmax cross-entropy of logits (N, K) against class indices; a scalar with the tape.
+pub fn cross_entropy<T: Tape<f32, Cpu>>(
+    logits: Act<T>,
+    labels: &[usize],
+) -> (Tensor<(), f32, Cpu, T>, Vec<Vec<f32>>) {
+    let (n, k) = (logits.shape[0], logits.shape[1]);
+    let labels = labels.to_vec();
+    let mut probs_out = vec![];
+    let out = apply(vec![logits], &[], vec![1], |data, train| {
+        let x = &data[0];
+        let mut probs = vec![0.0f32; n * k];
+        let mut loss = 0.0f64;
+        for i in 0..n {
+            let row = &x[i * k..(i + 1) * k];
+            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
+            for j in 0..k {
+                probs[i * k + j] = (((row[j] - m) as f64).exp() / z) as f32;
+            }
+            loss += z.ln() - (row[labels[i]] - m) as f64;
+        }
+        probs_out = probs.chunks(k).map(|r| r.to_vec()).collect();
+        let back: Option<BackwardFn> = train.then(|| -> BackwardFn {
+            Box::new(move |dy: &[f32], g: &mut Grads| {
+                if let Some(dx) = g.inputs[0].as_deref_mut() {
+                    let s = dy[0] / n as f32;
+                    for i in 0..n {
+                        for j in 0..k {
+                            let t = if j == labels[i] { 1.0 } else { 0.0 };
+                            dx[i * k + j] += s * (probs[i * k + j] - t);
+                        }
+                    }
+                }
+            })
+        });
+        (vec![(loss / n as f64) as f32], back)
+    });
+    (out.t.sum(), probs_out)
+}

@@ -1,0 +1,554 @@
+//! The project's own CPU kernels on channels-last (NHWC) f32 slices: convolution as im2col +
+//! gemm over rayon threads, fused BatchNorm, pooling. Pure functions, so tests compare them with
+//! direct loops; `ops.rs` wires them into dfdx's tape.
+
+use rayon::prelude::*;
+
+/// Rows per parallel task in row-wise loops: big enough to amortise scheduling.
+const ROWS_PER_TASK: usize = 256;
+
+/// `dst[m x n] (+)= a[m x k] * b[k x n]`, every operand with its own row and column stride.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    (d_rs, d_cs): (usize, usize),
+    accumulate: bool,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| {
+        if r == 0 || c == 0 {
+            0
+        } else {
+            (r - 1) * rs + (c - 1) * cs
+        }
+    };
+    assert!(
+        last(d_rs, d_cs, m, n) < dst.len().max(1),
+        "matmul: dst too small"
+    );
+    assert!(
+        k == 0 || last(a_rs, a_cs, m, k) < a.len(),
+        "matmul: lhs too small"
+    );
+    assert!(
+        k == 0 || last(b_rs, b_cs, k, n) < b.len(),
+        "matmul: rhs too small"
+    );
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * d_rs + j * d_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every strided access inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            d_cs as isize,
+            d_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
+/// Geometry of a 2-D convolution or pooling window over an NHWC tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    /// Top and left padding (bottom/right padding only shows in `ho`, `wo`).
+    pub pt: usize,
+    pub pl: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Window {
+    /// Input (y, x) for output (oy, ox) and tap (ky, kx), or None in the padding.
+    #[inline]
+    fn src(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.sh + ky * self.dh) as isize - self.pt as isize;
+        let ix = (ox * self.sw + kx * self.dw) as isize - self.pl as isize;
+        if iy < 0 || ix < 0 || iy >= self.h as isize || ix >= self.w as isize {
+            None
+        } else {
+            Some((iy as usize, ix as usize))
+        }
+    }
+    pub fn out_rows(&self) -> usize {
+        self.n * self.ho * self.wo
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvShape {
+    pub win: Window,
+    pub cout: usize,
+    pub groups: usize,
+}
+
+impl ConvShape {
+    fn cin_g(&self) -> usize {
+        self.win.c / self.groups
+    }
+    fn cout_g(&self) -> usize {
+        self.cout / self.groups
+    }
+    /// Columns of one group's im2col matrix: kh * kw * cin/groups.
+    fn kdim(&self) -> usize {
+        self.win.kh * self.win.kw * self.cin_g()
+    }
+    /// A 1x1, stride-1, unpadded, ungrouped conv reads the input as its im2col matrix.
+    fn direct(&self) -> bool {
+        let w = &self.win;
+        w.kh == 1
+            && w.kw == 1
+            && w.sh == 1
+            && w.sw == 1
+            && w.pt == 0
+            && w.pl == 0
+            && self.groups == 1
+            && w.ho == w.h
+            && w.wo == w.w
+    }
+}
+
+/// One group's im2col matrix: row = output position, columns = (ky, kx, ci).
+fn im2col(x: &[f32], s: &ConvShape, group: usize, cols: &mut [f32]) {
+    let w = s.win;
+    let (cig, kdim) = (s.cin_g(), s.kdim());
+    let c0 = group * cig;
+    cols.par_chunks_mut(kdim * w.wo)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, oy) = (row / w.ho, row % w.ho);
+            for ox in 0..w.wo {
+                let dst = &mut out[ox * kdim..(ox + 1) * kdim];
+                for ky in 0..w.kh {
+                    for kx in 0..w.kw {
+                        let d = &mut dst[(ky * w.kw + kx) * cig..(ky * w.kw + kx + 1) * cig];
+                        match w.src(oy, ox, ky, kx) {
+                            Some((iy, ix)) => {
+                                let base = ((b * w.h + iy) * w.w + ix) * w.c + c0;
+                                d.copy_from_slice(&x[base..base + cig]);
+                            }
+                            None => d.fill(0.0),
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Adds one group's im2col gradient back into the input gradient; images run in parallel.
+fn col2im(dcols: &[f32], s: &ConvShape, group: usize, dx: &mut [f32]) {
+    let w = s.win;
+    let (cig, kdim) = (s.cin_g(), s.kdim());
+    let c0 = group * cig;
+    dx.par_chunks_mut(w.h * w.w * w.c)
+        .enumerate()
+        .for_each(|(b, img)| {
+            for oy in 0..w.ho {
+                for ox in 0..w.wo {
+                    let row = (b * w.ho + oy) * w.wo + ox;
+                    let src = &dcols[row * kdim..(row + 1) * kdim];
+                    for ky in 0..w.kh {
+                        for kx in 0..w.kw {
+                            if let Some((iy, ix)) = w.src(oy, ox, ky, kx) {
+                                let base = (iy * w.w + ix) * w.c + c0;
+                                let g = &src[(ky * w.kw + kx) * cig..(ky * w.kw + kx + 1) * cig];
+                                for (d, v) in img[base..base + cig].iter_mut().zip(g) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// y = conv(x, weight) + bias. Weight layout is Keras': [kh, kw, cin/groups, cout].
+pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    let m = s.win.out_rows();
+    let (kdim, cog) = (s.kdim(), s.cout_g());
+    let mut y = vec![0.0f32; m * s.cout];
+    let mut cols = if s.direct() {
+        vec![]
+    } else {
+        vec![0.0f32; m * kdim]
+    };
+    for g in 0..s.groups {
+        let a: &[f32] = if s.direct() {
+            x
+        } else {
+            im2col(x, s, g, &mut cols);
+            &cols
+        };
+        matmul(
+            m,
+            cog,
+            kdim,
+            &mut y[g * cog..],
+            (s.cout, 1),
+            false,
+            a,
+            (kdim, 1),
+            &weight[g * cog..],
+            (s.cout, 1),
+        );
+    }
+    if let Some(b) = bias {
+        y.par_chunks_mut(s.cout * ROWS_PER_TASK).for_each(|chunk| {
+            for row in chunk.chunks_mut(s.cout) {
+                for (v, bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+        });
+    }
+    y
+}
+
+/// Accumulates d(weight), d(bias) and, when `dx` is given, d(input).
+pub fn conv2d_backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    s: &ConvShape,
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) {
+    let m = s.win.out_rows();
+    let (kdim, cog) = (s.kdim(), s.cout_g());
+    if let Some(db) = db {
+        column_sums(dy, s.cout, db);
+    }
+    let mut cols = if s.direct() {
+        vec![]
+    } else {
+        vec![0.0f32; m * kdim]
+    };
+    let mut dx = dx;
+    for g in 0..s.groups {
+        let a: &[f32] = if s.direct() {
+            x
+        } else {
+            im2col(x, s, g, &mut cols);
+            &cols
+        };
+        // dW_g (kdim x cog) += cols^T (kdim x m) * dY_g (m x cog)
+        matmul(
+            kdim,
+            cog,
+            m,
+            &mut dw[g * cog..],
+            (s.cout, 1),
+            true,
+            a,
+            (1, kdim),
+            &dy[g * cog..],
+            (s.cout, 1),
+        );
+        if let Some(dx) = dx.as_deref_mut() {
+            // dcols (m x kdim) = dY_g (m x cog) * W_g^T (cog x kdim)
+            if s.direct() {
+                matmul(
+                    m,
+                    kdim,
+                    cog,
+                    dx,
+                    (kdim, 1),
+                    true,
+                    &dy[g * cog..],
+                    (s.cout, 1),
+                    &weight[g * cog..],
+                    (1, s.cout),
+                );
+            } else {
+                matmul(
+                    m,
+                    kdim,
+                    cog,
+                    &mut cols,
+                    (kdim, 1),
+                    false,
+                    &dy[g * cog..],
+                    (s.cout, 1),
+                    &weight[g * cog..],
+                    (1, s.cout),
+                );
+                col2im(&cols, s, g, dx);
+            }
+        }
+    }
+}
+
+/// Partial sums are combined in chunk order, never in the order threads finish, so a seeded
+/// run gives the same numbers every time (the resume test depends on it).
+fn add_partial(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+    a
+}
+
+/// out[c] += sum over rows of x[row, c], rows in parallel.
+pub fn column_sums(x: &[f32], c: usize, out: &mut [f32]) {
+    let partial = x
+        .par_chunks(c * ROWS_PER_TASK)
+        .map(|chunk| {
+            let mut s = vec![0.0f64; c];
+            for row in chunk.chunks(c) {
+                for (a, v) in s.iter_mut().zip(row) {
+                    *a += *v as f64;
+                }
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f64; c], add_partial);
+    for (o, p) in out.iter_mut().zip(partial) {
+        *o += p as f32;
+    }
+}
+
+/// Per-channel sums of f(row value, channel) over rows, in f64.
+fn channel_reduce(x: &[f32], c: usize, f: impl Fn(f32, usize) -> f64 + Sync) -> Vec<f64> {
+    x.par_chunks(c * ROWS_PER_TASK)
+        .map(|chunk| {
+            let mut s = vec![0.0f64; c];
+            for row in chunk.chunks(c) {
+                for (j, v) in row.iter().enumerate() {
+                    s[j] += f(*v, j);
+                }
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f64; c], add_partial)
+}
+
+/// Batch statistics of an [rows, c] tensor: mean and biased variance per channel.
+pub fn batch_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let rows = (x.len() / c).max(1) as f64;
+    let mean: Vec<f64> = channel_reduce(x, c, |v, _| v as f64)
+        .into_iter()
+        .map(|s| s / rows)
+        .collect();
+    let var: Vec<f32> = channel_reduce(x, c, |v, j| {
+        let d = v as f64 - mean[j];
+        d * d
+    })
+    .into_iter()
+    .map(|s| (s / rows) as f32)
+    .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), var)
+}
+
+/// y = gamma * (x - mean) * inv_std + beta, per channel.
+pub fn bn_apply(
+    x: &[f32],
+    c: usize,
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) -> Vec<f32> {
+    let scale: Vec<f32> = (0..c).map(|j| gamma[j] * inv_std[j]).collect();
+    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(c * ROWS_PER_TASK)
+        .zip(x.par_chunks(c * ROWS_PER_TASK))
+        .for_each(|(yo, xi)| {
+            for (yr, xr) in yo.chunks_mut(c).zip(xi.chunks(c)) {
+                for j in 0..c {
+                    yr[j] = xr[j] * scale[j] + shift[j];
+                }
+            }
+        });
+    y
+}
+
+/// BatchNorm backward in training mode (batch statistics): accumulates dx, dgamma, dbeta.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward(
+    x: &[f32],
+    dy: &[f32],
+    c: usize,
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    dx: Option<&mut [f32]>,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let rows = (x.len() / c).max(1) as f32;
+    let sums = x
+        .par_chunks(c * ROWS_PER_TASK)
+        .zip(dy.par_chunks(c * ROWS_PER_TASK))
+        .map(|(xc, gc)| {
+            let mut s = vec![0.0f64; 2 * c];
+            for (xr, gr) in xc.chunks(c).zip(gc.chunks(c)) {
+                for j in 0..c {
+                    let xhat = (xr[j] - mean[j]) * inv_std[j];
+                    s[j] += gr[j] as f64;
+                    s[c + j] += (gr[j] * xhat) as f64;
+                }
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f64; 2 * c], add_partial);
+    let sum_dy: Vec<f32> = sums[..c].iter().map(|v| *v as f32).collect();
+    let sum_dy_xhat: Vec<f32> = sums[c..].iter().map(|v| *v as f32).collect();
+    for j in 0..c {
+        dbeta[j] += sum_dy[j];
+        dgamma[j] += sum_dy_xhat[j];
+    }
+    if let Some(dx) = dx {
+        dx.par_chunks_mut(c * ROWS_PER_TASK)
+            .zip(
+                x.par_chunks(c * ROWS_PER_TASK)
+                    .zip(dy.par_chunks(c * ROWS_PER_TASK)),
+            )
+            .for_each(|(dxc, (xc, gc))| {
+                for (dr, (xr, gr)) in dxc.chunks_mut(c).zip(xc.chunks(c).zip(gc.chunks(c))) {
+                    for j in 0..c {
+                        let xhat = (xr[j] - mean[j]) * inv_std[j];
+                        dr[j] += gamma[j]
+                            * inv_std[j]
+                            * (gr[j] - sum_dy[j] / rows - xhat * sum_dy_xhat[j] / rows);
+                    }
+                }
+            });
+    }
+}
+
+/// Max or average pooling. Max returns the argmax input index per output; padding never wins a
+/// max and is left out of an average (Keras' `same` behaviour).
+pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
+    let c = w.c;
+    let mut y = vec![0.0f32; w.out_rows() * c];
+    let mut arg = if max { vec![0u32; y.len()] } else { vec![] };
+    let row_len = w.wo * c;
+    let fill = |(row, (yo, ao)): (usize, (&mut [f32], &mut [u32]))| {
+        let (b, oy) = (row / w.ho, row % w.ho);
+        for ox in 0..w.wo {
+            for ch in 0..c {
+                let (mut best, mut besti, mut sum, mut count) =
+                    (f32::NEG_INFINITY, u32::MAX, 0.0f32, 0usize);
+                for ky in 0..w.kh {
+                    for kx in 0..w.kw {
+                        if let Some((iy, ix)) = w.src(oy, ox, ky, kx) {
+                            let i = ((b * w.h + iy) * w.w + ix) * c + ch;
+                            let v = x[i];
+                            if v > best || besti == u32::MAX {
+                                best = v;
+                                besti = i as u32;
+                            }
+                            sum += v;
+                            count += 1;
+                        }
+                    }
+                }
+                if max {
+                    yo[ox * c + ch] = best;
+                    ao[ox * c + ch] = besti;
+                } else {
+                    yo[ox * c + ch] = sum / count.max(1) as f32;
+                }
+            }
+        }
+    };
+    if max {
+        y.par_chunks_mut(row_len)
+            .zip(arg.par_chunks_mut(row_len))
+            .enumerate()
+            .for_each(fill);
+    } else {
+        let mut dummy = vec![0u32; y.len()];
+        y.par_chunks_mut(row_len)
+            .zip(dummy.par_chunks_mut(row_len))
+            .enumerate()
+            .for_each(fill);
+    }
+    (y, arg)
+}
+
+pub fn pool_backward(dy: &[f32], w: &Window, max: bool, arg: &[u32], dx: &mut [f32]) {
+    let c = w.c;
+    if max {
+        // Windows overlap, so scatter sequentially per image: each image owns its slice.
+        let per_img_out = w.ho * w.wo * c;
+        let per_img_in = w.h * w.w * c;
+        dx.par_chunks_mut(per_img_in)
+            .enumerate()
+            .for_each(|(b, img)| {
+                for o in b * per_img_out..(b + 1) * per_img_out {
+                    let i = arg[o] as usize;
+                    if i != u32::MAX as usize {
+                        img[i - b * per_img_in] += dy[o];
+                    }
+                }
+            });
+        return;
+    }
+    dx.par_chunks_mut(w.h * w.w * c)
+        .enumerate()
+        .for_each(|(b, img)| {
+            for oy in 0..w.ho {
+                for ox in 0..w.wo {
+                    let taps: Vec<(usize, usize)> = (0..w.kh)
+                        .flat_map(|ky| (0..w.kw).map(move |kx| (ky, kx)))
+                        .filter_map(|(ky, kx)| w.src(oy, ox, ky, kx))
+                        .collect();
+                    let inv = 1.0 / taps.len().max(1) as f32;
+                    for ch in 0..c {
+                        let g = dy[((b * w.ho + oy) * w.wo + ox) * c + ch] * inv;
+                        for &(iy, ix) in &taps {
+                            img[(iy * w.w + ix) * c + ch] += g;
+                        }
+                    }
+                }
+            }
+        });
+}

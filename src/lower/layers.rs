@@ -1,0 +1,911 @@
+//! Lowering: one runtime layer per IR node, run on dfdx with the project's kernels. Each layer
+//! kind's lowering lives here, in one match arm of `Layer::forward`.
+
+use super::autodiff::{apply, Act, BackwardFn, Grads, Param};
+use super::kernels::{self, ConvShape, Window};
+use super::rng::Rng;
+use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
+use crate::ir::{Graph, NodeId};
+use crate::validate::ValidGraph;
+use dfdx::prelude::*;
+use dfdx::tensor::Tape;
+use rayon::prelude::*;
+
+/// Indices into `Net::params`.
+#[derive(Clone, Debug)]
+pub enum Layer {
+    Input,
+    Conv {
+        op: crate::ir::ops::Conv2d,
+        w: usize,
+        b: Option<usize>,
+    },
+    BatchNorm {
+        gamma: Option<usize>,
+        beta: Option<usize>,
+        mean: usize,
+        var: usize,
+        eps: f32,
+        momentum: f32,
+    },
+    Activation(ActFn),
+    ZeroPad([[usize; 2]; 2]),
+    Pool {
+        max: bool,
+        op: crate::ir::ops::Pool2d,
+    },
+    GlobalPool {
+        max: bool,
+    },
+    Dense {
+        w: usize,
+        b: Option<usize>,
+        act: Option<ActFn>,
+    },
+    Dropout(f32),
+    /// Flatten and Reshape: the data is already flat; only the logical shape changes.
+    Reshape,
+    Merge(MergeKind),
+}
+
+pub struct Net {
+    pub graph: Graph,
+    pub layers: Vec<Layer>,
+    pub params: Vec<Param>,
+    pub dev: Cpu,
+    uses: Vec<usize>,
+    dropout_rng: Rng,
+}
+
+fn he_normal(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
+    let std = (2.0 / fan_in.max(1) as f32).sqrt();
+    (0..n).map(|_| rng.normal() * std).collect()
+}
+
+impl Net {
+    /// Builds the runtime network; weights are He-normal (fan in), biases 0, BN gamma 1, beta 0,
+    /// moving mean 0, moving variance 1.
+    pub fn new(vg: &ValidGraph, seed: u64) -> Net {
+        let g = vg.graph().clone();
+        let dev = Cpu::default();
+        let mut rng = Rng::new(seed);
+        let mut params: Vec<Param> = vec![];
+        let mut add = |name: String, v: Vec<f32>, trainable: bool| {
+            params.push(Param::new(&dev, name, v, trainable));
+            params.len() - 1
+        };
+        let mut layers = vec![];
+        for id in g.ids() {
+            let node = g.node(id);
+            let cin = node
+                .inputs
+                .first()
+                .map(|&i| *g.node(i).shape.last().unwrap_or(&1))
+                .unwrap_or(0);
+            let n = &node.name;
+            let layer = match &node.op {
+                Op::Input(_) => Layer::Input,
+                Op::Conv2d(c) => {
+                    let fan_in = c.kernel[0] * c.kernel[1] * (cin / c.groups);
+                    let w = add(
+                        format!("{n}/kernel"),
+                        he_normal(&mut rng, fan_in * c.filters, fan_in),
+                        true,
+                    );
+                    let b = c
+                        .use_bias
+                        .then(|| add(format!("{n}/bias"), vec![0.0; c.filters], true));
+                    Layer::Conv {
+                        op: c.clone(),
+                        w,
+                        b,
+                    }
+                }
+                Op::BatchNorm(b) => {
+                    let gamma = b
+                        .scale
+                        .then(|| add(format!("{n}/gamma"), vec![1.0; cin], true));
+                    let beta = b
+                        .center
+                        .then(|| add(format!("{n}/beta"), vec![0.0; cin], true));
+                    let mean = add(format!("{n}/moving_mean"), vec![0.0; cin], false);
+                    let var = add(format!("{n}/moving_variance"), vec![1.0; cin], false);
+                    Layer::BatchNorm {
+                        gamma,
+                        beta,
+                        mean,
+                        var,
+                        eps: b.epsilon as f32,
+                        momentum: b.momentum as f32,
+                    }
+                }
+                Op::Activation(a) => Layer::Activation(a.function),
+                Op::ZeroPadding2d(z) => Layer::ZeroPad(z.padding),
+                Op::Pool2d(p) => Layer::Pool {
+                    max: p.kind == PoolKind::Max,
+                    op: p.clone(),
+                },
+                Op::GlobalPool(p) => Layer::GlobalPool {
+                    max: p.kind == PoolKind::Max,
+                },
+                Op::Dense(d) => {
+                    let w = add(
+                        format!("{n}/kernel"),
+                        he_normal(&mut rng, cin * d.units, cin),
+                        true,
+                    );
+                    let b = d
+                        .use_bias
+                        .then(|| add(format!("{n}/bias"), vec![0.0; d.units], true));
+                    Layer::Dense {
+                        w,
+                        b,
+                        act: d.activation,
+                    }
+                }
+                Op::Dropout(d) => Layer::Dropout(d.rate as f32),
+                Op::Flatten(_) | Op::Reshape(_) => Layer::Reshape,
+                Op::Merge(m) => Layer::Merge(m.kind),
+            };
+            layers.push(layer);
+        }
+        let mut uses = vec![0; g.nodes.len()];
+        for id in g.ids() {
+            for &i in &g.node(id).inputs {
+                uses[i.index()] += 1;
+            }
+        }
+        uses[g.output.index()] += 1;
+        Net {
+            graph: g,
+            layers,
+            params,
+            dev,
+            uses,
+            dropout_rng: rng.fork(7),
+        }
+    }
+
+    /// Dropout masks come from this seed, set per step so a resumed run draws the same masks.
+    pub fn reseed_dropout(&mut self, seed: u64) {
+        self.dropout_rng = Rng::new(seed);
+    }
+
+    pub fn param_counts(&self) -> (usize, usize) {
+        let t = self
+            .params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.len())
+            .sum();
+        let n = self
+            .params
+            .iter()
+            .filter(|p| !p.trainable)
+            .map(|p| p.len())
+            .sum();
+        (t, n)
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        self.graph.input_shape()
+    }
+
+    /// The layer whose output the loss reads: the output, or the input of a final softmax, so
+    /// that training sees logits (softmax and cross-entropy are fused there).
+    pub fn logits_node(&self) -> (NodeId, bool) {
+        let out = self.graph.output;
+        match &self.layers[out.index()] {
+            Layer::Activation(ActFn::Softmax) => (self.graph.node(out).inputs[0], false),
+            Layer::Dense {
+                act: Some(ActFn::Softmax),
+                ..
+            } => (out, true),
+            _ => (out, false),
+        }
+    }
+
+    /// Runs the network on a batch (N, H, W, C). `train` selects batch statistics and dropout.
+    /// Returns logits: a final softmax is left out (see `logits_node`).
+    pub fn forward<T: Tape<f32, Cpu>>(&mut self, x: Act<T>, train: bool) -> Act<T> {
+        let (stop, skip_dense_softmax) = self.logits_node();
+        let n = self.graph.nodes.len();
+        let mut remaining = self.uses.clone();
+        // The loss reads `stop`; layers after it (a final softmax) are not run.
+        remaining[stop.index()] += 1;
+        let mut vals: Vec<Option<Act<T>>> = (0..n).map(|_| None).collect();
+        vals[0] = Some(Act { key: 0, ..x });
+        for idx in 1..=stop.index() {
+            let node = self.graph.node(NodeId(idx as u32));
+            let mut ins = vec![];
+            for &i in &node.inputs {
+                let i = i.index();
+                remaining[i] -= 1;
+                let a = if remaining[i] == 0 {
+                    vals[i].take().expect("topological order")
+                } else {
+                    vals[i].as_ref().expect("topological order").branch()
+                };
+                ins.push(a);
+            }
+            let out_shape: Vec<usize> = std::iter::once(ins[0].shape[0])
+                .chain(node.shape.iter().copied())
+                .collect();
+            let skip_act = skip_dense_softmax && idx == stop.index();
+            let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
+            out.key = idx;
+            vals[idx] = Some(out);
+        }
+        vals[stop.index()].take().expect("output computed")
+    }
+
+    fn layer_forward<T: Tape<f32, Cpu>>(
+        &mut self,
+        idx: usize,
+        mut ins: Vec<Act<T>>,
+        out_shape: Vec<usize>,
+        train: bool,
+        skip_act: bool,
+    ) -> Act<T> {
+        let layer = self.layers[idx].clone();
+        let in_shape = ins[0].shape.clone();
+        let img = |s: &[usize]| -> [usize; 4] { [s[0], s[1], s[2], s[3]] };
+        match layer {
+            Layer::Input => ins.remove(0),
+            Layer::Conv { op, w, b } => {
+                let [n, h, wd, c] = img(&in_shape);
+                let pads = op.pads([h, wd]);
+                let s = ConvShape {
+                    win: Window {
+                        n,
+                        h,
+                        w: wd,
+                        c,
+                        kh: op.kernel[0],
+                        kw: op.kernel[1],
+                        sh: op.stride[0],
+                        sw: op.stride[1],
+                        dh: op.dilation[0],
+                        dw: op.dilation[1],
+                        pt: pads[0][0],
+                        pl: pads[1][0],
+                        ho: out_shape[1],
+                        wo: out_shape[2],
+                    },
+                    cout: op.filters,
+                    groups: op.groups,
+                };
+                let wt = self.params[w].data();
+                let bias = b.map(|b| self.params[b].data());
+                let mut ps = vec![&self.params[w]];
+                if let Some(b) = b {
+                    ps.push(&self.params[b]);
+                }
+                apply(ins, &ps, out_shape, move |data, need| {
+                    let x = data.into_iter().next().expect("one input");
+                    let y =
+                        kernels::conv2d_forward(&x, &wt, bias.as_deref().map(|v| v.as_slice()), &s);
+                    let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                        Box::new(move |dy: &[f32], g: &mut Grads| {
+                            let (dw, rest) = g.params.split_first_mut().expect("kernel grad");
+                            let db = rest.first_mut().map(|d| &mut **d);
+                            kernels::conv2d_backward(
+                                &x,
+                                &wt,
+                                dy,
+                                &s,
+                                g.inputs[0].as_deref_mut(),
+                                dw,
+                                db,
+                            );
+                        })
+                    });
+                    (y, back)
+                })
+            }
+            Layer::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+                momentum,
+            } => {
+                let c = *in_shape.last().expect("rank >= 1");
+                let ones = || std::sync::Arc::new(vec![1.0f32; c]);
+                let zeros = || std::sync::Arc::new(vec![0.0f32; c]);
+                let g_data = gamma.map(|i| self.params[i].data()).unwrap_or_else(ones);
+                let b_data = beta.map(|i| self.params[i].data()).unwrap_or_else(zeros);
+                let mut ps = vec![];
+                if let Some(i) = gamma {
+                    ps.push(&self.params[i]);
+                }
+                if let Some(i) = beta {
+                    ps.push(&self.params[i]);
+                }
+                let (has_g, has_b) = (gamma.is_some(), beta.is_some());
+                let running = (self.params[mean].data(), self.params[var].data());
+                let mut batch_stats: Option<(Vec<f32>, Vec<f32>)> = None;
+                let out = apply(ins, &ps, out_shape, |data, need| {
+                    let x = data.into_iter().next().expect("one input");
+                    let (m, v) = if train {
+                        kernels::batch_moments(&x, c)
+                    } else {
+                        (running.0.to_vec(), running.1.to_vec())
+                    };
+                    let inv_std: Vec<f32> = v.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+                    let y = kernels::bn_apply(&x, c, &m, &inv_std, &g_data, &b_data);
+                    if train {
+                        batch_stats = Some((m.clone(), v));
+                    }
+                    let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                        Box::new(move |dy: &[f32], g: &mut Grads| {
+                            let mut dgamma = vec![0.0f32; c];
+                            let mut dbeta = vec![0.0f32; c];
+                            if train {
+                                kernels::bn_backward(
+                                    &x,
+                                    dy,
+                                    c,
+                                    &m,
+                                    &inv_std,
+                                    &g_data,
+                                    g.inputs[0].as_deref_mut(),
+                                    &mut dgamma,
+                                    &mut dbeta,
+                                );
+                            } else {
+                                // Moving statistics are constants: the op is an affine map per channel.
+                                for (row, (xr, gr)) in x.chunks(c).zip(dy.chunks(c)).enumerate() {
+                                    for j in 0..c {
+                                        dgamma[j] += gr[j] * (xr[j] - m[j]) * inv_std[j];
+                                        dbeta[j] += gr[j];
+                                    }
+                                    if let Some(dx) = g.inputs[0].as_deref_mut() {
+                                        for j in 0..c {
+                                            dx[row * c + j] += gr[j] * g_data[j] * inv_std[j];
+                                        }
+                                    }
+                                }
+                            }
+                            let mut k = 0;
+                            if has_g {
+                                g.params[k]
+                                    .iter_mut()
+                                    .zip(&dgamma)
+                                    .for_each(|(d, v)| *d += v);
+                                k += 1;
+                            }
+                            if has_b {
+                                g.params[k]
+                                    .iter_mut()
+                                    .zip(&dbeta)
+                                    .for_each(|(d, v)| *d += v);
+                            }
+                        })
+                    });
+                    (y, back)
+                });
+                if let Some((m, v)) = batch_stats {
+                    // Keras: moving = moving * momentum + batch * (1 - momentum); the variance
+                    // uses the unbiased estimate, as TensorFlow's fused kernel and PyTorch do.
+                    let rows = (out.numel() / c) as f32;
+                    let unbias = if rows > 1.0 { rows / (rows - 1.0) } else { 1.0 };
+                    let nm: Vec<f32> = running
+                        .0
+                        .iter()
+                        .zip(&m)
+                        .map(|(r, b)| r * momentum + b * (1.0 - momentum))
+                        .collect();
+                    let nv: Vec<f32> = running
+                        .1
+                        .iter()
+                        .zip(&v)
+                        .map(|(r, b)| r * momentum + b * unbias * (1.0 - momentum))
+                        .collect();
+                    self.params[mean].set(nm);
+                    self.params[var].set(nv);
+                }
+                out
+            }
+            Layer::Activation(f) => activation(ins, out_shape, f),
+            Layer::ZeroPad(p) => {
+                let [n, h, w, c] = img(&in_shape);
+                let (ho, wo) = (out_shape[1], out_shape[2]);
+                let (top, left) = (p[0][0], p[1][0]);
+                apply(ins, &[], out_shape, move |data, need| {
+                    let x = &data[0];
+                    let mut y = vec![0.0f32; n * ho * wo * c];
+                    for b in 0..n {
+                        for r in 0..h {
+                            let src = ((b * h + r) * w) * c;
+                            let dst = ((b * ho + r + top) * wo + left) * c;
+                            y[dst..dst + w * c].copy_from_slice(&x[src..src + w * c]);
+                        }
+                    }
+                    let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                        Box::new(move |dy: &[f32], g: &mut Grads| {
+                            if let Some(dx) = g.inputs[0].as_deref_mut() {
+                                for b in 0..n {
+                                    for r in 0..h {
+                                        let src = ((b * h + r) * w) * c;
+                                        let dst = ((b * ho + r + top) * wo + left) * c;
+                                        dx[src..src + w * c]
+                                            .iter_mut()
+                                            .zip(&dy[dst..dst + w * c])
+                                            .for_each(|(d, v)| *d += v);
+                                    }
+                                }
+                            }
+                        })
+                    });
+                    (y, back)
+                })
+            }
+            Layer::Pool { max, op } => {
+                let [n, h, w, c] = img(&in_shape);
+                let pads = op.pads([h, w]);
+                let win = Window {
+                    n,
+                    h,
+                    w,
+                    c,
+                    kh: op.size[0],
+                    kw: op.size[1],
+                    sh: op.stride[0],
+                    sw: op.stride[1],
+                    dh: 1,
+                    dw: 1,
+                    pt: pads[0][0],
+                    pl: pads[1][0],
+                    ho: out_shape[1],
+                    wo: out_shape[2],
+                };
+                pool(ins, out_shape, win, max)
+            }
+            Layer::GlobalPool { max } => {
+                let [n, h, w, c] = img(&in_shape);
+                let win = Window {
+                    n,
+                    h,
+                    w,
+                    c,
+                    kh: h,
+                    kw: w,
+                    sh: 1,
+                    sw: 1,
+                    dh: 1,
+                    dw: 1,
+                    pt: 0,
+                    pl: 0,
+                    ho: 1,
+                    wo: 1,
+                };
+                pool(ins, out_shape, win, max)
+            }
+            Layer::Dense { w, b, act } => {
+                let cin = *in_shape.last().expect("rank >= 1");
+                let units = *out_shape.last().expect("rank >= 1");
+                let rows = in_shape.iter().product::<usize>() / cin;
+                let wt = self.params[w].data();
+                let bias = b.map(|b| self.params[b].data());
+                let mut ps = vec![&self.params[w]];
+                if let Some(b) = b {
+                    ps.push(&self.params[b]);
+                }
+                let y = apply(ins, &ps, out_shape.clone(), move |data, need| {
+                    let x = data.into_iter().next().expect("one input");
+                    let mut y = vec![0.0f32; rows * units];
+                    kernels::matmul(
+                        rows,
+                        units,
+                        cin,
+                        &mut y,
+                        (units, 1),
+                        false,
+                        &x,
+                        (cin, 1),
+                        &wt,
+                        (units, 1),
+                    );
+                    if let Some(b) = &bias {
+                        for r in y.chunks_mut(units) {
+                            r.iter_mut().zip(b.iter()).for_each(|(v, bb)| *v += bb);
+                        }
+                    }
+                    let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                        Box::new(move |dy: &[f32], g: &mut Grads| {
+                            let (dw, rest) = g.params.split_first_mut().expect("kernel grad");
+                            kernels::matmul(
+                                cin,
+                                units,
+                                rows,
+                                dw,
+                                (units, 1),
+                                true,
+                                &x,
+                                (1, cin),
+                                dy,
+                                (units, 1),
+                            );
+                            if let Some(db) = rest.first_mut() {
+                                kernels::column_sums(dy, units, db);
+                            }
+                            if let Some(dx) = g.inputs[0].as_deref_mut() {
+                                kernels::matmul(
+                                    rows,
+                                    cin,
+                                    units,
+                                    dx,
+                                    (cin, 1),
+                                    true,
+                                    dy,
+                                    (units, 1),
+                                    &wt,
+                                    (1, units),
+                                );
+                            }
+                        })
+                    });
+                    (y, back)
+                });
+                match act {
+                    Some(f) if !skip_act => activation(vec![y], out_shape, f),
+                    _ => y,
+                }
+            }
+            Layer::Dropout(rate) => {
+                if !train || rate <= 0.0 {
+                    return ins.remove(0);
+                }
+                let mut rng = self.dropout_rng.fork(idx as u64);
+                let keep = 1.0 - rate;
+                apply(ins, &[], out_shape, move |data, need| {
+                    let mask: Vec<f32> = (0..data[0].len())
+                        .map(|_| {
+                            if rng.uniform() < keep {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let y = data[0].iter().zip(&mask).map(|(x, m)| x * m).collect();
+                    let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                        Box::new(move |dy: &[f32], g: &mut Grads| {
+                            if let Some(dx) = g.inputs[0].as_deref_mut() {
+                                dx.iter_mut()
+                                    .zip(dy.iter().zip(&mask))
+                                    .for_each(|(d, (v, m))| *d += v * m);
+                            }
+                        })
+                    });
+                    (y, back)
+                })
+            }
+            Layer::Reshape => {
+                let mut a = ins.remove(0);
+                a.shape = out_shape;
+                a
+            }
+            Layer::Merge(kind) => merge(ins, out_shape, kind),
+        }
+    }
+}
+
+fn pool<T: Tape<f32, Cpu>>(
+    ins: Vec<Act<T>>,
+    out_shape: Vec<usize>,
+    win: Window,
+    max: bool,
+) -> Act<T> {
+    apply(ins, &[], out_shape, move |data, need| {
+        let (y, arg) = kernels::pool_forward(&data[0], &win, max);
+        let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+            Box::new(move |dy: &[f32], g: &mut Grads| {
+                if let Some(dx) = g.inputs[0].as_deref_mut() {
+                    kernels::pool_backward(dy, &win, max, &arg, dx);
+                }
+            })
+        });
+        (y, back)
+    })
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Elementwise activations, and softmax over the last axis.
+pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f: ActFn) -> Act<T> {
+    let last = *out_shape.last().expect("rank >= 1");
+    apply(ins, &[], out_shape, move |data, need| {
+        let x = data.into_iter().next().expect("one input");
+        let y: Vec<f32> = match f {
+            ActFn::Softmax => softmax_rows(&x, last),
+            _ => x.par_iter().map(|&v| act_value(f, v)).collect(),
+        };
+        // The backward recomputes the output from the input instead of keeping a copy of it.
+        let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+            Box::new(move |dy: &[f32], g: &mut Grads| {
+                let Some(dx) = g.inputs[0].as_deref_mut() else {
+                    return;
+                };
+                if f == ActFn::Softmax {
+                    let y = softmax_rows(&x, last);
+                    for ((dr, yr), gr) in
+                        dx.chunks_mut(last).zip(y.chunks(last)).zip(dy.chunks(last))
+                    {
+                        let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                        for j in 0..last {
+                            dr[j] += yr[j] * (gr[j] - s);
+                        }
+                    }
+                    return;
+                }
+                dx.par_chunks_mut(4096)
+                    .zip(dy.par_chunks(4096).zip(x.par_chunks(4096)))
+                    .for_each(|(d, (gy, xs))| {
+                        for i in 0..d.len() {
+                            d[i] += gy[i] * act_grad(f, xs[i], act_value(f, xs[i]));
+                        }
+                    });
+            })
+        });
+        (y, back)
+    })
+}
+
+fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    for (yr, xr) in y.chunks_mut(last).zip(x.chunks(last)) {
+        let m = xr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut z = 0.0;
+        for (o, v) in yr.iter_mut().zip(xr) {
+            *o = (v - m).exp();
+            z += *o;
+        }
+        yr.iter_mut().for_each(|o| *o /= z);
+    }
+    y
+}
+
+pub fn act_value(f: ActFn, v: f32) -> f32 {
+    match f {
+        ActFn::Linear => v,
+        ActFn::Relu => v.max(0.0),
+        ActFn::Relu6 => v.clamp(0.0, 6.0),
+        ActFn::Sigmoid => sigmoid(v),
+        ActFn::HardSigmoid => (0.2 * v + 0.5).clamp(0.0, 1.0),
+        ActFn::Tanh => v.tanh(),
+        ActFn::Swish => v * sigmoid(v),
+        ActFn::Gelu => 0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044715 * v * v * v)).tanh()),
+        ActFn::Elu => {
+            if v > 0.0 {
+                v
+            } else {
+                v.exp() - 1.0
+            }
+        }
+        ActFn::Softmax => unreachable!("softmax is not elementwise"),
+    }
+}
+
+/// d(activation)/dx at input x with output y.
+pub fn act_grad(f: ActFn, x: f32, y: f32) -> f32 {
+    match f {
+        ActFn::Linear => 1.0,
+        ActFn::Relu => (x > 0.0) as i32 as f32,
+        ActFn::Relu6 => (x > 0.0 && x < 6.0) as i32 as f32,
+        ActFn::Sigmoid => y * (1.0 - y),
+        ActFn::HardSigmoid => {
+            if x > -2.5 && x < 2.5 {
+                0.2
+            } else {
+                0.0
+            }
+        }
+        ActFn::Tanh => 1.0 - y * y,
+        ActFn::Swish => {
+            let s = sigmoid(x);
+            s + x * s * (1.0 - s)
+        }
+        ActFn::Gelu => {
+            let k = 0.797_884_6f32;
+            let u = k * (x + 0.044715 * x * x * x);
+            let t = u.tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        ActFn::Elu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                y + 1.0
+            }
+        }
+        ActFn::Softmax => unreachable!("softmax is not elementwise"),
+    }
+}
+
+/// Add, Multiply (size-1 axes broadcast, e.g. the SE gate) and channel Concatenate.
+fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: MergeKind) -> Act<T> {
+    let shapes: Vec<Vec<usize>> = ins.iter().map(|a| a.shape.clone()).collect();
+    let total: usize = out_shape.iter().product();
+    let last = *out_shape.last().expect("rank >= 1");
+    apply(ins, &[], out_shape.clone(), move |data, need| match kind {
+        MergeKind::Add => {
+            let mut y = data[0].clone();
+            for d in &data[1..] {
+                y.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+            }
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    for dx in g.inputs.iter_mut().flatten() {
+                        dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
+                    }
+                })
+            });
+            (y, back)
+        }
+        MergeKind::Concatenate => {
+            let widths: Vec<usize> = shapes
+                .iter()
+                .map(|s| *s.last().expect("rank >= 1"))
+                .collect();
+            let rows = total / last;
+            let mut y = vec![0.0f32; total];
+            let mut off = 0;
+            for (d, &wdt) in data.iter().zip(&widths) {
+                for r in 0..rows {
+                    y[r * last + off..r * last + off + wdt]
+                        .copy_from_slice(&d[r * wdt..(r + 1) * wdt]);
+                }
+                off += wdt;
+            }
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    let mut off = 0;
+                    for (dx, &wdt) in g.inputs.iter_mut().zip(&widths) {
+                        if let Some(dx) = dx.as_deref_mut() {
+                            for r in 0..rows {
+                                dx[r * wdt..(r + 1) * wdt]
+                                    .iter_mut()
+                                    .zip(&dy[r * last + off..r * last + off + wdt])
+                                    .for_each(|(d, v)| *d += v);
+                            }
+                        }
+                        off += wdt;
+                    }
+                })
+            });
+            (y, back)
+        }
+        MergeKind::Multiply
+            if data.len() == 2 && shapes[0] == out_shape && se_gate(&shapes[1], &out_shape) =>
+        {
+            // The SE case: x (N, H, W, C) times a gate (N, 1, 1, C), one row of C per image.
+            let (n, c) = (out_shape[0], last);
+            let per = total / n;
+            let (x, gate) = (&data[0], &data[1]);
+            let mut y = vec![0.0f32; total];
+            y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
+                let gr = &gate[b * c..(b + 1) * c];
+                for (yr, xr) in yo.chunks_mut(c).zip(x[b * per..(b + 1) * per].chunks(c)) {
+                    for j in 0..c {
+                        yr[j] = xr[j] * gr[j];
+                    }
+                }
+            });
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                let mut data = data;
+                let gate = data.pop().expect("two inputs");
+                let x = data.pop().expect("two inputs");
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    let (first, rest) = g.inputs.split_at_mut(1);
+                    if let Some(dx) = first[0].as_deref_mut() {
+                        dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
+                            let gr = &gate[b * c..(b + 1) * c];
+                            for (dr, gy) in
+                                dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
+                            {
+                                for j in 0..c {
+                                    dr[j] += gy[j] * gr[j];
+                                }
+                            }
+                        });
+                    }
+                    if let Some(dg) = rest[0].as_deref_mut() {
+                        dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
+                            for (xr, gy) in x[b * per..(b + 1) * per]
+                                .chunks(c)
+                                .zip(dy[b * per..(b + 1) * per].chunks(c))
+                            {
+                                for j in 0..c {
+                                    dgr[j] += xr[j] * gy[j];
+                                }
+                            }
+                        });
+                    }
+                })
+            });
+            (y, back)
+        }
+        MergeKind::Multiply => {
+            // Element i of the output reads element idx[k][i] of input k (broadcast strides).
+            let index = |s: &[usize]| -> Vec<u32> {
+                let rank = out_shape.len();
+                let mut strides = vec![0usize; rank];
+                let mut acc = 1;
+                for ax in (0..rank).rev() {
+                    strides[ax] = if s[ax] == 1 && out_shape[ax] != 1 {
+                        0
+                    } else {
+                        acc
+                    };
+                    acc *= s[ax];
+                }
+                (0..total)
+                    .map(|mut i| {
+                        let mut src = 0;
+                        for ax in (0..rank).rev() {
+                            src += (i % out_shape[ax]) * strides[ax];
+                            i /= out_shape[ax];
+                        }
+                        src as u32
+                    })
+                    .collect()
+            };
+            let idx: Vec<Option<Vec<u32>>> = shapes
+                .iter()
+                .map(|s| {
+                    if s.iter().product::<usize>() == total {
+                        None
+                    } else {
+                        Some(index(s))
+                    }
+                })
+                .collect();
+            let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
+            let y: Vec<f32> = (0..total)
+                .map(|i| (0..data.len()).map(|k| data[k][at(k, i)]).product())
+                .collect();
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
+                    for k in 0..data.len() {
+                        if let Some(dx) = g.inputs[k].as_deref_mut() {
+                            for i in 0..total {
+                                let others: f32 = (0..data.len())
+                                    .filter(|&j| j != k)
+                                    .map(|j| data[j][at(j, i)])
+                                    .product();
+                                dx[at(k, i)] += dy[i] * others;
+                            }
+                        }
+                    }
+                })
+            });
+            (y, back)
+        }
+    })
+}
+
+/// (N, 1, 1, C) against (N, H, W, C): the SE gate.
+fn se_gate(gate: &[usize], x: &[usize]) -> bool {
+    gate.len() == x.len()
+        && gate[0] == x[0]
+        && gate[gate.len() - 1] == x[x.len() - 1]
+        && gate[1..gate.len() - 1].iter().all(|&d| d == 1)
+}
+
+/// Wraps a batch (N, H, W, C) as the network input; its gradient is never computed.
+pub fn input_act<T: Tape<f32, Cpu>>(dev: &Cpu, data: Vec<f32>, shape: Vec<usize>) -> Act<T> {
+    let n = data.len();
+    let t: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(data, (n,));
+    Act {
+        t: t.retaped::<T>(),
+        shape,
+        needs_grad: false,
+        key: 0,
+    }
+}

@@ -1,0 +1,117 @@
+//! Weights (and optimizer state) as safetensors, named like Keras weights
+//! (`conv2d_3/kernel`, `batch_normalization/moving_mean`), written atomically.
+
+use crate::lower::layers::Net;
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const OPT_M: &str = "optimizer/m/";
+pub const OPT_V: &str = "optimizer/v/";
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
+/// truncated file where a good one was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Saves every parameter, plus extra named tensors (optimizer moments) and metadata.
+pub fn save(
+    path: &Path,
+    net: &Net,
+    extra: &[(String, Vec<f32>)],
+    meta: HashMap<String, String>,
+) -> Result<(), String> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = net
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), vec![p.len()], to_bytes(&p.data())))
+        .collect();
+    owned.extend(
+        extra
+            .iter()
+            .map(|(n, v)| (n.clone(), vec![v.len()], to_bytes(v))),
+    );
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .expect("sizes match"),
+            )
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, &Some(meta))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    write_atomic(path, &bytes).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+}
+
+/// A loaded checkpoint: tensors by name and the metadata.
+pub struct Loaded {
+    pub tensors: HashMap<String, Vec<f32>>,
+    pub meta: HashMap<String, String>,
+}
+
+pub fn read(path: &Path) -> Result<Loaded, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| format!("{}: not a safetensors file: {e:?}", path.display()))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("{}: {e:?}", path.display()))?;
+    let mut tensors = HashMap::new();
+    for name in st.names() {
+        let t = st
+            .tensor(name)
+            .map_err(|e| format!("{}: {e:?}", path.display()))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(format!(
+                "{}: tensor `{name}` is {:?}, expected F32",
+                path.display(),
+                t.dtype()
+            ));
+        }
+        tensors.insert(
+            name.clone(),
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        );
+    }
+    Ok(Loaded {
+        tensors,
+        meta: md.metadata().clone().unwrap_or_default(),
+    })
+}
+
+/// Loads weights into `net` by name; any missing or mis-sized tensor is an error that names it.
+pub fn load_into(net: &mut Net, ck: &Loaded, path: &Path) -> Result<(), String> {
+    for p in net.params.iter_mut() {
+        let Some(v) = ck.tensors.get(&p.name) else {
+            return Err(format!(
+                "{}: has no tensor `{}`; was it saved from a different spec?",
+                path.display(),
+                p.name
+            ));
+        };
+        if v.len() != p.len() {
+            return Err(format!(
+                "{}: tensor `{}` has {} values but the spec's layer needs {}; the weights belong to a different spec",
+                path.display(),
+                p.name,
+                v.len(),
+                p.len()
+            ));
+        }
+        p.set(v.clone());
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod plot;
+pub mod run;
