@@ -300,9 +300,11 @@ pub fn train(
         Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
         let batches: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
         // Batches are assembled and augmented on a worker thread while the step runs.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<f32>, Vec<usize>, usize)>(2);
         let (loss_sum, correct, seen) = std::thread::scope(
             |s| -> Result<(f64, usize, usize), String> {
+                // Both channel ends live in this closure: an early return drops the receiver,
+                // which unblocks the worker's `send`, so the scope can end.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<f32>, Vec<usize>, usize)>(2);
                 let aug = &cfg.augment;
                 let seed = cfg.seed;
                 let batches = &batches;
@@ -329,10 +331,14 @@ pub fn train(
                     let l = loss.array() as f64;
                     if !l.is_finite() {
                         return Err(format!(
-                        "loss became {l} at epoch {} step {}: stopping. The last good checkpoint is kept at {} (lower the learning rate, now {lr:e})",
+                        "loss became {l} at epoch {} step {}: stopping. {} Lower the learning rate (now {lr:e}).",
                         epoch + 1,
                         step + 1,
-                        last.display()
+                        if last.exists() {
+                            format!("The last good checkpoint is kept at {}.", last.display())
+                        } else {
+                            "No epoch had finished, so there is no checkpoint (no last good checkpoint to keep).".to_string()
+                        }
                     ));
                     }
                     let mut grads = loss.backward();
