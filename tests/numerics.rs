@@ -204,8 +204,20 @@ fn assert_all_close(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-const CONVS: &[(&str, [usize; 3], [usize; 2], [usize; 2], [usize; 2], [usize; 2], usize, usize, bool)] = &[
-    // (conv args, input HWC, kernel, stride, dilation, (top, left) pad, filters, groups, bias)
+/// (conv args, input HWC, kernel, stride, dilation, (top, left) pad, filters, groups, bias)
+type ConvCase = (
+    &'static str,
+    [usize; 3],
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+    usize,
+    usize,
+    bool,
+);
+
+const CONVS: &[ConvCase] = &[
     ("{filters: 4, kernel: 3, stride: 2, padding: same}", [7, 9, 3], [3, 3], [2, 2], [1, 1], [1, 1], 4, 1, true),
     ("{filters: 6, kernel: 3, stride: [1, 2], dilation: 2, groups: 2, padding: [[1, 2], [0, 1]], use_bias: false}", [8, 7, 4], [3, 3], [1, 2], [2, 2], [1, 0], 6, 2, false),
     ("{filters: 5, kernel: 1, use_bias: false}", [5, 6, 3], [1, 1], [1, 1], [1, 1], [0, 0], 5, 1, false),
