@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use se_compile::diag::{render, Style};
 use se_compile::report::summary::{self, Depth, Format, Options};
-use se_compile::{compile, load, report, SourceFile, ValidGraph};
+use se_compile::{load, report, SourceFile, ValidGraph};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -206,21 +206,7 @@ impl Ctx {
 
     /// Loads and compiles one spec, printing any error; `Err` carries the exit code.
     fn build(&self, path: &str) -> Result<(SourceFile, ValidGraph), u8> {
-        let src = load(path).map_err(|e| {
-            eprintln!("error: {e}");
-            if e.is_usage() {
-                EXIT_USAGE
-            } else {
-                EXIT_INVALID
-            }
-        })?;
-        match compile(&src) {
-            Ok(vg) => Ok((src, vg)),
-            Err(d) => {
-                eprint!("{}", render(&d, &src, self.style));
-                Err(EXIT_INVALID)
-            }
-        }
+        self.build_full(path, None).map(|(src, _, vg)| (src, vg))
     }
 }
 

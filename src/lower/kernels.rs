@@ -330,21 +330,7 @@ fn add_partial(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
 
 /// out[c] += sum over rows of x[row, c], rows in parallel.
 pub fn column_sums(x: &[f32], c: usize, out: &mut [f32]) {
-    let partial = x
-        .par_chunks(c * ROWS_PER_TASK)
-        .map(|chunk| {
-            let mut s = vec![0.0f64; c];
-            for row in chunk.chunks(c) {
-                for (a, v) in s.iter_mut().zip(row) {
-                    *a += *v as f64;
-                }
-            }
-            s
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .fold(vec![0.0f64; c], add_partial);
-    for (o, p) in out.iter_mut().zip(partial) {
+    for (o, p) in out.iter_mut().zip(channel_reduce(x, c, |v, _| v as f64)) {
         *o += p as f32;
     }
 }
