@@ -253,6 +253,21 @@ fn resume_gives_the_same_metrics_as_an_uninterrupted_run() {
     assert_eq!(wa.meta, wb.meta);
 }
 
+/// One epoch of `spec` on `data`, writing the run into `data/r`.
+fn train_one_epoch(spec: &str, data: &Path) -> (i32, String, String) {
+    let out = data.join("r");
+    run(&[
+        "train",
+        spec,
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn data_errors_are_clear() {
     let one = tmp("one-class");
@@ -269,30 +284,12 @@ fn data_errors_are_clear() {
         one.join("train/only/a.png"),
     )
     .unwrap();
-    let (code, _, e) = run(&[
-        "train",
-        "models/se_resnet_mini.yaml",
-        "--data",
-        one.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--out",
-        one.join("r").to_str().unwrap(),
-    ]);
+    let (code, _, e) = train_one_epoch("models/se_resnet_mini.yaml", &one);
     assert_eq!(code, 1);
     assert!(e.contains("at least 2"), "{e}");
     let empty = tiny_data("empty-class", 1);
     std::fs::create_dir_all(empty.join("train/zz_empty")).unwrap();
-    let (code, _, e) = run(&[
-        "train",
-        "models/se_resnet_mini.yaml",
-        "--data",
-        empty.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--out",
-        empty.join("r").to_str().unwrap(),
-    ]);
+    let (code, _, e) = train_one_epoch("models/se_resnet_mini.yaml", &empty);
     assert_eq!(code, 1);
     assert!(e.contains("zz_empty") && e.contains("no images"), "{e}");
     let (code, _, e) = run(&["train", "models/se_resnet_mini.yaml", "--device", "cuda"]);
@@ -300,16 +297,7 @@ fn data_errors_are_clear() {
     assert!(e.contains("--features cuda"), "{e}");
     // 17 classes in the spec, 10 in the data.
     let data = tiny_data("mismatch", 1);
-    let (code, _, e) = run(&[
-        "train",
-        "models/se_resnet50.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--out",
-        data.join("r").to_str().unwrap(),
-    ]);
+    let (code, _, e) = train_one_epoch("models/se_resnet50.yaml", &data);
     assert_eq!(code, 1);
     assert!(e.contains("10 classes") && e.contains("17"), "{e}");
 }

@@ -204,23 +204,45 @@ fn col2im(dcols: &[f32], s: &ConvShape, group: usize, dx: &mut [f32]) {
         });
 }
 
+/// The im2col buffer for one group; empty when the input is read directly.
+fn cols_buffer(s: &ConvShape) -> Vec<f32> {
+    if s.direct() {
+        vec![]
+    } else {
+        vec![0.0f32; s.win.out_rows() * s.kdim()]
+    }
+}
+
+/// Group `g`'s im2col matrix: the input itself for a direct conv, else filled into `cols`.
+fn group_columns<'a>(x: &'a [f32], s: &ConvShape, g: usize, cols: &'a mut [f32]) -> &'a [f32] {
+    if s.direct() {
+        x
+    } else {
+        im2col(x, s, g, cols);
+        cols
+    }
+}
+
+/// Adds `b` to every row of a [rows, b.len()] matrix, rows in parallel.
+pub fn add_row_bias(y: &mut [f32], b: &[f32]) {
+    let c = b.len();
+    y.par_chunks_mut(c * ROWS_PER_TASK).for_each(|chunk| {
+        for row in chunk.chunks_mut(c) {
+            for (v, bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    });
+}
+
 /// y = conv(x, weight) + bias. Weight layout is Keras': [kh, kw, cin/groups, cout].
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
     let m = s.win.out_rows();
     let (kdim, cog) = (s.kdim(), s.cout_g());
     let mut y = vec![0.0f32; m * s.cout];
-    let mut cols = if s.direct() {
-        vec![]
-    } else {
-        vec![0.0f32; m * kdim]
-    };
+    let mut cols = cols_buffer(s);
     for g in 0..s.groups {
-        let a: &[f32] = if s.direct() {
-            x
-        } else {
-            im2col(x, s, g, &mut cols);
-            &cols
-        };
+        let a = group_columns(x, s, g, &mut cols);
         matmul(
             m,
             cog,
@@ -235,13 +257,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
         );
     }
     if let Some(b) = bias {
-        y.par_chunks_mut(s.cout * ROWS_PER_TASK).for_each(|chunk| {
-            for row in chunk.chunks_mut(s.cout) {
-                for (v, bb) in row.iter_mut().zip(b) {
-                    *v += bb;
-                }
-            }
-        });
+        add_row_bias(&mut y, b);
     }
     y
 }
@@ -261,19 +277,10 @@ pub fn conv2d_backward(
     if let Some(db) = db {
         column_sums(dy, s.cout, db);
     }
-    let mut cols = if s.direct() {
-        vec![]
-    } else {
-        vec![0.0f32; m * kdim]
-    };
+    let mut cols = cols_buffer(s);
     let mut dx = dx;
     for g in 0..s.groups {
-        let a: &[f32] = if s.direct() {
-            x
-        } else {
-            im2col(x, s, g, &mut cols);
-            &cols
-        };
+        let a = group_columns(x, s, g, &mut cols);
         // dW_g (kdim x cog) += cols^T (kdim x m) * dY_g (m x cog)
         matmul(
             kdim,

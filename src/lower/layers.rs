@@ -509,9 +509,7 @@ impl Net {
                         (units, 1),
                     );
                     if let Some(b) = &bias {
-                        for r in y.chunks_mut(units) {
-                            r.iter_mut().zip(b.iter()).for_each(|(v, bb)| *v += bb);
-                        }
+                        kernels::add_row_bias(&mut y, b);
                     }
                     let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
