@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use se_compile::diag::{render, Style};
+use se_compile::lower::device::{self, DeviceSpec};
+use se_compile::lower::layers::Net;
+use se_compile::lower::model::Model;
 use se_compile::report::summary::{self, Depth, Format, Options};
 use se_compile::{load, report, SourceFile, ValidGraph};
 use std::io::IsTerminal;
@@ -161,6 +164,19 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Compare a device with the CPU kernels, layer kind by layer kind: loss, probabilities
+    /// and every gradient on random inputs, in training and inference mode.
+    #[command(
+        after_help = "Example:\n  se-compile parity --device cuda\n  (exit code 1 if any layer kind differs by more than --tolerance)"
+    )]
+    Parity {
+        #[arg(long, default_value = "cpu-composite")]
+        device: String,
+        /// Largest allowed difference (probabilities, loss; gradients relative to the
+        /// largest gradient of their parameter).
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f32,
+    },
     /// Write a Graphviz DOT graph with the output shape on every edge.
     #[command(
         after_help = "Example:\n  se-compile graph models/se_block.yaml -o se_block.dot && dot -Tpng se_block.dot -o se_block.png"
@@ -210,19 +226,25 @@ impl Ctx {
     }
 }
 
-/// Only the CPU exists in this build; CUDA needs the `cuda` feature.
-fn check_device(device: &str) -> Result<(), u8> {
-    match device {
-        "cpu" => Ok(()),
-        d if d == "cuda" || d.starts_with("cuda:") => {
-            eprintln!("error: --device {d}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (see README, \"Training on a GPU\")");
-            Err(EXIT_USAGE)
+/// `--device`: known, and possible in this build (CUDA needs the `cuda` feature).
+fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
+    device::parse(flag)
+        .and_then(|d| device::check(d, flag).map(|_| d))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        })
+}
+
+/// The network on the device; a GPU that cannot be opened is an error, not a panic.
+fn on_device(net: Net, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
+    device::place(net, d).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            device::DeviceError::Usage(_) => EXIT_USAGE,
+            device::DeviceError::Unavailable(_) => EXIT_INVALID,
         }
-        d => {
-            eprintln!("error: --device {d}: unknown device; use cpu or cuda[:N]");
-            Err(EXIT_USAGE)
-        }
-    }
+    })
 }
 
 /// The Fashion-MNIST subset shipped in the repository.
@@ -246,19 +268,21 @@ fn fresh_run_dir(model: &str) -> std::path::PathBuf {
         .expect("a free name")
 }
 
-fn load_weights(vg: &ValidGraph, weights: &str) -> Result<se_compile::lower::layers::Net, u8> {
-    let mut net = se_compile::lower::layers::Net::new(vg, 0);
+fn load_weights(vg: &ValidGraph, weights: &str, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
     let p = std::path::Path::new(weights);
-    se_compile::train::checkpoint::read(p)
-        .and_then(|ck| se_compile::train::checkpoint::load_into(&mut net, &ck, p))
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            if p.exists() {
-                EXIT_INVALID
-            } else {
-                EXIT_USAGE
-            }
-        })?;
+    let ck = se_compile::train::checkpoint::read(p).map_err(|e| {
+        eprintln!("error: {e}");
+        if p.exists() {
+            EXIT_INVALID
+        } else {
+            EXIT_USAGE
+        }
+    })?;
+    let mut net = on_device(Net::new(vg, 0), d)?;
+    se_compile::train::checkpoint::load_into(net.as_mut(), &ck, p).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_INVALID
+    })?;
     Ok(net)
 }
 
@@ -364,7 +388,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             resume,
             device,
         } => {
-            check_device(&device)?;
+            let dev = device_of(&device)?;
             let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
             let mut cfg =
                 se_compile::train::config::TrainConfig::from_spec(&spec_ast).map_err(|d| {
@@ -416,6 +440,11 @@ fn run(cli: Cli) -> Result<(), u8> {
                 }
                 (None, None) => fresh_run_dir(&vg.graph().model),
             };
+            // The device first: an unavailable GPU is reported before the data is read.
+            let mut net = on_device(Net::new(&vg, cfg.seed), dev)?;
+            if dev != DeviceSpec::Cpu {
+                println!("Training on {}", net.device_name());
+            }
             let data_dir = data
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(bundled_data);
@@ -453,7 +482,6 @@ fn run(cli: Cli) -> Result<(), u8> {
                 "Found {} training and {} validation images in {} classes ({}), skipped {} unreadable",
                 ds.train.len(), ds.val.len(), ds.classes.len(), data_dir.display(), ds.skipped.len()
             );
-            let mut net = se_compile::lower::layers::Net::new(&vg, cfg.seed);
             let opts = se_compile::train::run::TrainOptions {
                 spec_path: src.name.clone(),
                 spec_text: src.text.clone(),
@@ -462,10 +490,11 @@ fn run(cli: Cli) -> Result<(), u8> {
                 resume: resume.is_some(),
                 progress: se_compile::train::run::stderr_is_terminal(),
             };
-            let hist = se_compile::train::run::train(&mut net, &ds, &cfg, &opts).map_err(|e| {
-                eprintln!("error: {e}");
-                EXIT_INVALID
-            })?;
+            let hist =
+                se_compile::train::run::train(net.as_mut(), &ds, &cfg, &opts).map_err(|e| {
+                    eprintln!("error: {e}");
+                    EXIT_INVALID
+                })?;
             if let Some(last) = hist.last() {
                 println!(
                     "run saved in {} (val_accuracy {:.4} after epoch {})",
@@ -482,9 +511,9 @@ fn run(cli: Cli) -> Result<(), u8> {
             batch_size,
             device,
         } => {
-            check_device(&device)?;
+            let dev = device_of(&device)?;
             let (_, _, vg) = cx.build_full(&spec, None)?;
-            let mut net = load_weights(&vg, &weights)?;
+            let mut net = load_weights(&vg, &weights, dev)?;
             let data_dir = data
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(bundled_data);
@@ -503,7 +532,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             };
             let k = ds.classes.len();
             let (loss, acc, conf) =
-                se_compile::train::run::evaluate(&mut net, &ds, split, batch_size, k);
+                se_compile::train::run::evaluate(net.as_mut(), &ds, split, batch_size, k);
             println!(
                 "{} images, {} classes: loss {:.4}, accuracy {:.4}",
                 split.len(),
@@ -533,9 +562,9 @@ fn run(cli: Cli) -> Result<(), u8> {
             top_k,
             device,
         } => {
-            check_device(&device)?;
+            let dev = device_of(&device)?;
             let (_, _, vg) = cx.build_full(&spec, None)?;
-            let mut net = load_weights(&vg, &weights)?;
+            let mut net = load_weights(&vg, &weights, dev)?;
             let classes = class_names(&weights);
             let shape = vg.graph().input_shape().clone();
             let mut worst = 0;
@@ -554,14 +583,13 @@ fn run(cli: Cli) -> Result<(), u8> {
                     }
                 };
                 let x: Vec<f32> = px.iter().map(|v| *v as f32 / 255.0).collect();
-                let inp = se_compile::lower::layers::input_act::<dfdx::prelude::NoneTape>(
-                    &net.dev,
+                let r = net.infer(se_compile::lower::model::Batch {
                     x,
-                    vec![1, shape[0], shape[1], shape[2]],
-                );
-                let logits = net.forward(inp, false);
-                let (_, probs) = se_compile::lower::autodiff::cross_entropy(logits, &[0]);
-                let mut ranked: Vec<(usize, f32)> = probs[0].iter().copied().enumerate().collect();
+                    shape: vec![1, shape[0], shape[1], shape[2]],
+                    labels: &[0],
+                });
+                let mut ranked: Vec<(usize, f32)> =
+                    r.probs[0].iter().copied().enumerate().collect();
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let top: Vec<String> = ranked
                     .iter()
@@ -584,24 +612,73 @@ fn run(cli: Cli) -> Result<(), u8> {
             input,
             device,
         } => {
-            check_device(&device)?;
+            let dev = device_of(&device)?;
             let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
-            let mut net = se_compile::lower::layers::Net::new(&vg, 1);
+            let mut net = on_device(Net::new(&vg, 1), dev)?;
             let s = vg.graph().input_shape();
+            let on = match dev {
+                DeviceSpec::Cpu => format!("cpu, {} threads", rayon::current_num_threads()),
+                _ => net.device_name(),
+            };
             println!(
-                "{} at {}x{}x{}, batch {}, {} steps, {} threads",
+                "{} at {}x{}x{}, batch {}, {} steps, {on}",
                 vg.graph().model,
                 s[0],
                 s[1],
                 s[2],
                 batch_size,
                 steps,
-                rayon::current_num_threads()
             );
-            let (tr, inf, tr_ms, inf_ms) =
-                se_compile::train::run::bench(&mut net, batch_size.max(1), steps.max(1), 1e-4);
-            println!("train:     {tr:.1} images/s ({tr_ms:.1} ms/step)");
-            println!("inference: {inf:.1} images/s ({inf_ms:.1} ms/batch)");
+            let r =
+                se_compile::train::run::bench(net.as_mut(), batch_size.max(1), steps.max(1), 1e-4);
+            println!(
+                "train:     {:.1} images/s ({:.1} ms/step)",
+                r.train_img_s, r.train_ms
+            );
+            println!(
+                "inference: {:.1} images/s ({:.1} ms/batch)",
+                r.infer_img_s, r.infer_ms
+            );
+            if let Some(p) = net.profile_report() {
+                println!("time per phase and layer kind, over all bench steps (SE_COMPILE_PROFILE=1):\n{p}");
+            }
+        }
+        Cmd::Parity { device, tolerance } => {
+            let dev = device_of(&device)?;
+            if dev == DeviceSpec::Cpu {
+                eprintln!(
+                    "error: --device cpu is the reference; compare cpu-composite or cuda[:N]"
+                );
+                return Err(EXIT_USAGE);
+            }
+            // Open the device once up front, so an unavailable GPU is reported before any work.
+            device::probe(dev).map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INVALID
+            })?;
+            let mut failed = None;
+            let rows = se_compile::lower::parity::run_all(&mut |net: &Net| match device::place(
+                net.clone_for_device(),
+                dev,
+            ) {
+                Ok(m) => m,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    Box::new(net.clone_for_device())
+                }
+            });
+            if let Some(e) = failed {
+                eprintln!("error: {e}");
+                return Err(EXIT_INVALID);
+            }
+            let name = device.clone();
+            print!(
+                "{}",
+                se_compile::lower::parity::table(&rows, &name, tolerance)
+            );
+            if rows.iter().any(|r| !r.passes(tolerance)) {
+                return Err(EXIT_INVALID);
+            }
         }
         Cmd::Graph { spec, output } => {
             let (_, vg) = cx.build(&spec)?;

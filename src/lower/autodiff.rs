@@ -35,6 +35,7 @@ impl<T: Tape<f32, Cpu>> Act<T> {
 }
 
 /// A weight tensor with a cached copy of its values for the kernels.
+#[derive(Clone)]
 pub struct Param {
     pub name: String,
     pub t: Tensor<(usize,), f32, Cpu>,

@@ -102,7 +102,7 @@ pub struct Window {
 impl Window {
     /// Input (y, x) for output (oy, ox) and tap (ky, kx), or None in the padding.
     #[inline]
-    fn src(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+    pub fn src(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
         let iy = (oy * self.sh + ky * self.dh) as isize - self.pt as isize;
         let ix = (ox * self.sw + kx * self.dw) as isize - self.pl as isize;
         if iy < 0 || ix < 0 || iy >= self.h as isize || ix >= self.w as isize {
@@ -135,7 +135,7 @@ impl ConvShape {
         self.win.kh * self.win.kw * self.cin_g()
     }
     /// A 1x1, stride-1, unpadded, ungrouped conv reads the input as its im2col matrix.
-    fn direct(&self) -> bool {
+    pub fn direct(&self) -> bool {
         let w = &self.win;
         w.kh == 1
             && w.kw == 1

@@ -1,8 +1,11 @@
 //! Lowering: one runtime layer per IR node, run on dfdx with the project's kernels. Each layer
 //! kind's lowering lives here, in one match arm of `Layer::forward`.
 
-use super::autodiff::{apply, Act, BackwardFn, Grads, Param};
+use super::autodiff::{apply, cross_entropy, Act, BackwardFn, Grads, Param};
 use super::kernels::{self, ConvShape, Window};
+use super::model::{
+    host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamValues, StepResult,
+};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
 use crate::ir::{Graph, NodeId};
@@ -55,6 +58,136 @@ pub struct Net {
     pub dev: Cpu,
     uses: Vec<usize>,
     dropout_rng: Rng,
+    opt: Option<Optim<Cpu>>,
+}
+
+/// How many layers read each node's output (the graph output counts as one reader).
+fn use_counts(g: &Graph) -> Vec<usize> {
+    let mut uses = vec![0; g.nodes.len()];
+    for id in g.ids() {
+        for &i in &g.node(id).inputs {
+            uses[i.index()] += 1;
+        }
+    }
+    uses[g.output.index()] += 1;
+    uses
+}
+
+/// The layer whose output the loss reads: the output, or the input of a final softmax, so
+/// that training sees logits (softmax and cross-entropy are fused there). The flag says the
+/// output is a Dense layer whose own softmax is to be skipped.
+pub fn logits_node(g: &Graph, layers: &[Layer]) -> (NodeId, bool) {
+    let out = g.output;
+    match &layers[out.index()] {
+        Layer::Activation(ActFn::Softmax) => (g.node(out).inputs[0], false),
+        Layer::Dense {
+            act: Some(ActFn::Softmax),
+            ..
+        } => (out, true),
+        _ => (out, false),
+    }
+}
+
+/// Runs the graph in node order up to `stop` and returns that node's value. A value read by
+/// several layers is handed out with `branch` until its last reader takes it. `layer` gets the
+/// node index, its inputs and its output shape with the batch axis.
+pub fn walk<A>(
+    g: &Graph,
+    uses: &[usize],
+    stop: NodeId,
+    batch: usize,
+    x: A,
+    branch: impl Fn(&A) -> A,
+    mut layer: impl FnMut(usize, Vec<A>, Vec<usize>) -> A,
+) -> A {
+    let mut remaining = uses.to_vec();
+    // The loss reads `stop`; layers after it (a final softmax) are not run.
+    remaining[stop.index()] += 1;
+    let mut vals: Vec<Option<A>> = (0..g.nodes.len()).map(|_| None).collect();
+    vals[0] = Some(x);
+    for idx in 1..=stop.index() {
+        let node = g.node(NodeId(idx as u32));
+        let mut ins = vec![];
+        for &i in &node.inputs {
+            let i = i.index();
+            remaining[i] -= 1;
+            ins.push(if remaining[i] == 0 {
+                vals[i].take().expect("topological order")
+            } else {
+                branch(vals[i].as_ref().expect("topological order"))
+            });
+        }
+        let out_shape: Vec<usize> = std::iter::once(batch)
+            .chain(node.shape.iter().copied())
+            .collect();
+        vals[idx] = Some(layer(idx, ins, out_shape));
+    }
+    vals[stop.index()].take().expect("output computed")
+}
+
+/// The convolution geometry of a conv layer between two batch shapes (N, H, W, C).
+pub fn conv_shape(op: &crate::ir::ops::Conv2d, ins: &[usize], outs: &[usize]) -> ConvShape {
+    let pads = op.pads([ins[1], ins[2]]);
+    ConvShape {
+        win: Window {
+            n: ins[0],
+            h: ins[1],
+            w: ins[2],
+            c: ins[3],
+            kh: op.kernel[0],
+            kw: op.kernel[1],
+            sh: op.stride[0],
+            sw: op.stride[1],
+            dh: op.dilation[0],
+            dw: op.dilation[1],
+            pt: pads[0][0],
+            pl: pads[1][0],
+            ho: outs[1],
+            wo: outs[2],
+        },
+        cout: op.filters,
+        groups: op.groups,
+    }
+}
+
+pub fn pool_window(op: &crate::ir::ops::Pool2d, ins: &[usize], outs: &[usize]) -> Window {
+    let pads = op.pads([ins[1], ins[2]]);
+    Window {
+        n: ins[0],
+        h: ins[1],
+        w: ins[2],
+        c: ins[3],
+        kh: op.size[0],
+        kw: op.size[1],
+        sh: op.stride[0],
+        sw: op.stride[1],
+        dh: 1,
+        dw: 1,
+        pt: pads[0][0],
+        pl: pads[1][0],
+        ho: outs[1],
+        wo: outs[2],
+    }
+}
+
+/// A global pool is a pool whose window is the whole image.
+pub fn global_window(ins: &[usize]) -> Window {
+    Window {
+        n: ins[0],
+        h: ins[1],
+        w: ins[2],
+        c: ins[3],
+        kh: ins[1],
+        kw: ins[2],
+        sh: 1,
+        sw: 1,
+        dh: 1,
+        dw: 1,
+        pt: 0,
+        pl: 0,
+        ho: 1,
+        wo: 1,
+    }
 }
 
 fn he_normal(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
@@ -149,20 +282,27 @@ impl Net {
             };
             layers.push(layer);
         }
-        let mut uses = vec![0; g.nodes.len()];
-        for id in g.ids() {
-            for &i in &g.node(id).inputs {
-                uses[i.index()] += 1;
-            }
-        }
-        uses[g.output.index()] += 1;
         Net {
+            uses: use_counts(&g),
             graph: g,
             layers,
             params,
             dev,
-            uses,
             dropout_rng: rng.fork(7),
+            opt: None,
+        }
+    }
+
+    /// A copy with the same parameters and no optimizer state, to place on another device.
+    pub fn clone_for_device(&self) -> Net {
+        Net {
+            graph: self.graph.clone(),
+            layers: self.layers.clone(),
+            params: self.params.clone(),
+            dev: self.dev.clone(),
+            uses: self.uses.clone(),
+            dropout_rng: self.dropout_rng.clone(),
+            opt: None,
         }
     }
 
@@ -191,52 +331,35 @@ impl Net {
         self.graph.input_shape()
     }
 
-    /// The layer whose output the loss reads: the output, or the input of a final softmax, so
-    /// that training sees logits (softmax and cross-entropy are fused there).
     pub fn logits_node(&self) -> (NodeId, bool) {
-        let out = self.graph.output;
-        match &self.layers[out.index()] {
-            Layer::Activation(ActFn::Softmax) => (self.graph.node(out).inputs[0], false),
-            Layer::Dense {
-                act: Some(ActFn::Softmax),
-                ..
-            } => (out, true),
-            _ => (out, false),
-        }
+        logits_node(&self.graph, &self.layers)
+    }
+
+    pub fn use_counts(&self) -> &[usize] {
+        &self.uses
     }
 
     /// Runs the network on a batch (N, H, W, C). `train` selects batch statistics and dropout.
     /// Returns logits: a final softmax is left out (see `logits_node`).
     pub fn forward<T: Tape<f32, Cpu>>(&mut self, x: Act<T>, train: bool) -> Act<T> {
         let (stop, skip_dense_softmax) = self.logits_node();
-        let n = self.graph.nodes.len();
-        let mut remaining = self.uses.clone();
-        // The loss reads `stop`; layers after it (a final softmax) are not run.
-        remaining[stop.index()] += 1;
-        let mut vals: Vec<Option<Act<T>>> = (0..n).map(|_| None).collect();
-        vals[0] = Some(Act { key: 0, ..x });
-        for idx in 1..=stop.index() {
-            let node = self.graph.node(NodeId(idx as u32));
-            let mut ins = vec![];
-            for &i in &node.inputs {
-                let i = i.index();
-                remaining[i] -= 1;
-                let a = if remaining[i] == 0 {
-                    vals[i].take().expect("topological order")
-                } else {
-                    vals[i].as_ref().expect("topological order").branch()
-                };
-                ins.push(a);
-            }
-            let out_shape: Vec<usize> = std::iter::once(ins[0].shape[0])
-                .chain(node.shape.iter().copied())
-                .collect();
-            let skip_act = skip_dense_softmax && idx == stop.index();
-            let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
-            out.key = idx;
-            vals[idx] = Some(out);
-        }
-        vals[stop.index()].take().expect("output computed")
+        let graph = self.graph.clone();
+        let uses = self.uses.clone();
+        let batch = x.shape[0];
+        walk(
+            &graph,
+            &uses,
+            stop,
+            batch,
+            Act { key: 0, ..x },
+            Act::branch,
+            |idx, ins, out_shape| {
+                let skip_act = skip_dense_softmax && idx == stop.index();
+                let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
+                out.key = idx;
+                out
+            },
+        )
     }
 
     fn layer_forward<T: Tape<f32, Cpu>>(
@@ -253,28 +376,7 @@ impl Net {
         match layer {
             Layer::Input => ins.remove(0),
             Layer::Conv { op, w, b } => {
-                let [n, h, wd, c] = img(&in_shape);
-                let pads = op.pads([h, wd]);
-                let s = ConvShape {
-                    win: Window {
-                        n,
-                        h,
-                        w: wd,
-                        c,
-                        kh: op.kernel[0],
-                        kw: op.kernel[1],
-                        sh: op.stride[0],
-                        sw: op.stride[1],
-                        dh: op.dilation[0],
-                        dw: op.dilation[1],
-                        pt: pads[0][0],
-                        pl: pads[1][0],
-                        ho: out_shape[1],
-                        wo: out_shape[2],
-                    },
-                    cout: op.filters,
-                    groups: op.groups,
-                };
+                let s = conv_shape(&op, &in_shape, &out_shape);
                 let wt = self.params[w].data();
                 let bias = b.map(|b| self.params[b].data());
                 let mut ps = vec![&self.params[w]];
@@ -443,46 +545,10 @@ impl Net {
                 })
             }
             Layer::Pool { max, op } => {
-                let [n, h, w, c] = img(&in_shape);
-                let pads = op.pads([h, w]);
-                let win = Window {
-                    n,
-                    h,
-                    w,
-                    c,
-                    kh: op.size[0],
-                    kw: op.size[1],
-                    sh: op.stride[0],
-                    sw: op.stride[1],
-                    dh: 1,
-                    dw: 1,
-                    pt: pads[0][0],
-                    pl: pads[1][0],
-                    ho: out_shape[1],
-                    wo: out_shape[2],
-                };
+                let win = pool_window(&op, &in_shape, &out_shape);
                 pool(ins, out_shape, win, max)
             }
-            Layer::GlobalPool { max } => {
-                let [n, h, w, c] = img(&in_shape);
-                let win = Window {
-                    n,
-                    h,
-                    w,
-                    c,
-                    kh: h,
-                    kw: w,
-                    sh: 1,
-                    sw: 1,
-                    dh: 1,
-                    dw: 1,
-                    pt: 0,
-                    pl: 0,
-                    ho: 1,
-                    wo: 1,
-                };
-                pool(ins, out_shape, win, max)
-            }
+            Layer::GlobalPool { max } => pool(ins, out_shape, global_window(&in_shape), max),
             Layer::Dense { w, b, act } => {
                 let cin = *in_shape.last().expect("rank >= 1");
                 let units = *out_shape.last().expect("rank >= 1");
@@ -906,4 +972,86 @@ pub fn input_act<T: Tape<f32, Cpu>>(dev: &Cpu, data: Vec<f32>, shape: Vec<usize>
         needs_grad: false,
         key: 0,
     }
+}
+
+impl Net {
+    fn optimizer(&mut self) -> Optim<Cpu> {
+        self.opt.take().unwrap_or_else(|| {
+            let sizes: Vec<(usize, bool)> =
+                self.params.iter().map(|p| (p.len(), p.trainable)).collect();
+            Optim::new(&self.dev, &sizes)
+        })
+    }
+
+    fn loss_with_tape(
+        &mut self,
+        b: Batch,
+        dropout_seed: u64,
+    ) -> (Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>>, StepResult) {
+        self.reseed_dropout(dropout_seed);
+        let inp = input_act::<OwnedTape<f32, Cpu>>(&self.dev, b.x, b.shape);
+        let (loss, probs) = cross_entropy(self.forward(inp, true), b.labels);
+        let l = loss.array();
+        (loss, StepResult { loss: l, probs })
+    }
+}
+
+impl Model for Net {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    fn device_name(&self) -> String {
+        "cpu".into()
+    }
+    fn infer(&mut self, b: Batch) -> StepResult {
+        let inp = input_act::<NoneTape>(&self.dev, b.x, b.shape);
+        let (loss, probs) = cross_entropy(self.forward(inp, false), b.labels);
+        StepResult {
+            loss: loss.array(),
+            probs,
+        }
+    }
+    fn train_step(&mut self, b: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
+        let (loss, res) = self.loss_with_tape(b, dropout_seed);
+        if res.loss.is_finite() {
+            let mut grads = loss.backward();
+            let mut optim = self.optimizer();
+            optim.update(
+                self.params.iter_mut().map(|p| (&mut p.t, p.trainable)),
+                &mut grads,
+                opt,
+            );
+            self.opt = Some(optim);
+            self.params.iter_mut().for_each(Param::refresh);
+        }
+        res
+    }
+    fn gradients(&mut self, b: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
+        let (loss, res) = self.loss_with_tape(b, dropout_seed);
+        let mut grads = loss.backward();
+        let g = host_gradients(self.params.iter().map(|p| (&p.t, p.trainable)), &mut grads);
+        (res, g)
+    }
+    fn params(&self) -> Vec<ParamValues> {
+        self.params
+            .iter()
+            .map(|p| ParamValues {
+                name: p.name.clone(),
+                values: p.data().to_vec(),
+                trainable: p.trainable,
+            })
+            .collect()
+    }
+    fn set_param(&mut self, i: usize, values: Vec<f32>) {
+        self.params[i].set(values);
+    }
+    fn opt_state(&self) -> (i32, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        opt_state_of(&self.opt, &self.dev)
+    }
+    fn set_opt_state(&mut self, step: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) {
+        let mut o = self.optimizer();
+        o.set_state(&self.dev, step, m, v);
+        self.opt = Some(o);
+    }
+    fn synchronize(&self) {}
 }

@@ -1,8 +1,13 @@
-//! The dfdx back end: the runtime network, the project's own CPU kernels, autodiff wiring.
+//! The dfdx back end: the runtime networks (the project's own CPU kernels, and dfdx composites
+//! for any dfdx device), autodiff wiring, devices.
 
 pub mod autodiff;
+pub mod composite;
+pub mod device;
 pub mod kernels;
 pub mod layers;
+pub mod model;
+pub mod parity;
 pub mod rng;
 
 /// Keeps freed activation buffers in the process instead of returning them to the kernel:

@@ -1,7 +1,7 @@
 //! Weights (and optimizer state) as safetensors, named like Keras weights
 //! (`conv2d_3/kernel`, `batch_normalization/moving_mean`), written atomically.
 
-use crate::lower::layers::Net;
+use crate::lower::model::Model;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -25,14 +25,14 @@ fn to_bytes(v: &[f32]) -> Vec<u8> {
 /// Saves every parameter, plus extra named tensors (optimizer moments) and metadata.
 pub fn save(
     path: &Path,
-    net: &Net,
+    net: &dyn Model,
     extra: &[(String, Vec<f32>)],
     meta: HashMap<String, String>,
 ) -> Result<(), String> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = net
-        .params
+        .params()
         .iter()
-        .map(|p| (p.name.clone(), vec![p.len()], to_bytes(&p.data())))
+        .map(|p| (p.name.clone(), vec![p.values.len()], to_bytes(&p.values)))
         .collect();
     owned.extend(
         extra
@@ -93,8 +93,8 @@ pub fn read(path: &Path) -> Result<Loaded, String> {
 }
 
 /// Loads weights into `net` by name; any missing or mis-sized tensor is an error that names it.
-pub fn load_into(net: &mut Net, ck: &Loaded, path: &Path) -> Result<(), String> {
-    for p in net.params.iter_mut() {
+pub fn load_into(net: &mut dyn Model, ck: &Loaded, path: &Path) -> Result<(), String> {
+    for (i, p) in net.params().iter().enumerate() {
         let Some(v) = ck.tensors.get(&p.name) else {
             return Err(format!(
                 "{}: has no tensor `{}`; was it saved from a different spec?",
@@ -102,16 +102,16 @@ pub fn load_into(net: &mut Net, ck: &Loaded, path: &Path) -> Result<(), String> 
                 p.name
             ));
         };
-        if v.len() != p.len() {
+        if v.len() != p.values.len() {
             return Err(format!(
                 "{}: tensor `{}` has {} values but the spec's layer needs {}; the weights belong to a different spec",
                 path.display(),
                 p.name,
                 v.len(),
-                p.len()
+                p.values.len()
             ));
         }
-        p.set(v.clone());
+        net.set_param(i, v.clone());
     }
     Ok(())
 }

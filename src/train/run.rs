@@ -1,13 +1,10 @@
 //! The training loop (the seed's `model.fit`), evaluation, prediction and the speed benchmark.
 
 use super::checkpoint::{self, OPT_M, OPT_V};
-use super::config::{Optimizer, TrainConfig};
+use super::config::TrainConfig;
 use super::data::{Dataset, Split};
-use crate::lower::autodiff::cross_entropy;
-use crate::lower::layers::{input_act, Net};
+use crate::lower::model::{Batch, Model, OptSettings};
 use crate::lower::rng::Rng;
-use dfdx::prelude::*;
-use dfdx::tensor::Storage;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -34,101 +31,48 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
-/// Optimizer state: moments per trainable parameter and Adam's step count.
-pub struct OptState {
-    pub step: i32,
-    m: Vec<<Cpu as Storage<f32>>::Vec>,
-    v: Vec<<Cpu as Storage<f32>>::Vec>,
+/// The optimizer moments as named checkpoint tensors.
+fn opt_tensors(model: &dyn Model) -> (i32, Vec<(String, Vec<f32>)>) {
+    let (step, m, v) = model.opt_state();
+    let mut out = vec![];
+    for ((p, m), v) in model.params().iter().zip(m).zip(v) {
+        if p.trainable && !m.is_empty() {
+            out.push((format!("{OPT_M}{}", p.name), m));
+            out.push((format!("{OPT_V}{}", p.name), v));
+        }
+    }
+    (step, out)
 }
 
-impl OptState {
-    pub fn new(net: &Net) -> OptState {
-        let alloc = |n: usize| net.dev.try_alloc_len(n).expect("CPU allocation");
-        let m = net
-            .params
-            .iter()
-            .map(|p| alloc(if p.trainable { p.len() } else { 0 }))
-            .collect();
-        let v = net
-            .params
-            .iter()
-            .map(|p| alloc(if p.trainable { p.len() } else { 0 }))
-            .collect();
-        OptState { step: 0, m, v }
-    }
-
-    fn tensors(&self, net: &Net) -> Vec<(String, Vec<f32>)> {
-        let mut out = vec![];
-        for (i, p) in net.params.iter().enumerate().filter(|(_, p)| p.trainable) {
-            out.push((format!("{OPT_M}{}", p.name), self.m[i].to_vec()));
-            out.push((format!("{OPT_V}{}", p.name), self.v[i].to_vec()));
+fn restore_opt(model: &mut dyn Model, ck: &checkpoint::Loaded) -> Result<(), String> {
+    let (mut ms, mut vs) = (vec![], vec![]);
+    for p in model.params() {
+        if !p.trainable {
+            ms.push(vec![]);
+            vs.push(vec![]);
+            continue;
         }
-        out
-    }
-
-    fn restore(&mut self, net: &Net, ck: &checkpoint::Loaded) -> Result<(), String> {
-        for (i, p) in net.params.iter().enumerate().filter(|(_, p)| p.trainable) {
-            for (prefix, dst) in [(OPT_M, &mut self.m[i]), (OPT_V, &mut self.v[i])] {
-                let v = ck
-                    .tensors
-                    .get(&format!("{prefix}{}", p.name))
-                    .ok_or_else(|| format!("checkpoint has no optimizer state for `{}`", p.name))?;
-                if v.len() != dst.len() {
-                    return Err(format!(
-                        "optimizer state for `{}` has the wrong size",
-                        p.name
-                    ));
-                }
-                dst.copy_from_slice(v);
+        for (prefix, dst) in [(OPT_M, &mut ms), (OPT_V, &mut vs)] {
+            let v = ck
+                .tensors
+                .get(&format!("{prefix}{}", p.name))
+                .ok_or_else(|| format!("checkpoint has no optimizer state for `{}`", p.name))?;
+            if v.len() != p.values.len() {
+                return Err(format!(
+                    "optimizer state for `{}` has the wrong size",
+                    p.name
+                ));
             }
-        }
-        self.step = ck
-            .meta
-            .get("optimizer_step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Ok(())
-    }
-
-    /// One optimizer step with dfdx's Adam or SGD kernels.
-    fn apply(
-        &mut self,
-        net: &mut Net,
-        grads: &mut dfdx::tensor::Gradients<f32, Cpu>,
-        cfg: &TrainConfig,
-        lr: f64,
-    ) {
-        use dfdx::optim::{Momentum, WeightDecay};
-        self.step += 1;
-        let wd = (cfg.weight_decay > 0.0).then_some(WeightDecay::L2(cfg.weight_decay));
-        for (i, p) in net.params.iter_mut().enumerate() {
-            if !p.trainable {
-                continue;
-            }
-            let g = grads.get_or_alloc_mut(&p.t).expect("CPU allocation");
-            match cfg.optimizer {
-                Optimizer::Adam => {
-                    let c = dfdx::optim::AdamConfig {
-                        lr,
-                        weight_decay: wd,
-                        ..Default::default()
-                    };
-                    c.try_update(self.step, &mut p.t, &mut self.m[i], &mut self.v[i], g)
-                        .expect("CPU kernel");
-                }
-                Optimizer::Sgd => {
-                    let c = dfdx::optim::SgdConfig {
-                        lr,
-                        momentum: Some(Momentum::Classic(cfg.momentum)),
-                        weight_decay: wd,
-                    };
-                    c.try_update(&mut p.t, &mut self.m[i], g)
-                        .expect("CPU kernel");
-                }
-            }
-            p.refresh();
+            dst.push(v.clone());
         }
     }
+    let step = ck
+        .meta
+        .get("optimizer_step")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    model.set_opt_state(step, ms, vs);
+    Ok(())
 }
 
 /// Options of one `train` call.
@@ -155,7 +99,7 @@ fn bar(done: usize, total: usize) -> String {
 /// Loss and accuracy of `split` in inference mode (moving BN statistics), with the confusion
 /// matrix (rows: true class, columns: predicted) when `classes` is given.
 pub fn evaluate(
-    net: &mut Net,
+    net: &mut dyn Model,
     ds: &Dataset,
     split: &Split,
     batch: usize,
@@ -167,10 +111,13 @@ pub fn evaluate(
     for chunk in idx.chunks(batch.max(1)) {
         let (x, y) = ds.batch(split, chunk, None);
         let shape = vec![chunk.len(), ds.h, ds.w, ds.c];
-        let logits = net.forward(input_act::<NoneTape>(&net.dev, x, shape), false);
-        let (l, probs) = cross_entropy(logits, &y);
-        loss += l.array() as f64 * chunk.len() as f64;
-        for (p, &t) in probs.iter().zip(&y) {
+        let r = net.infer(Batch {
+            x,
+            shape,
+            labels: &y,
+        });
+        loss += r.loss as f64 * chunk.len() as f64;
+        for (p, &t) in r.probs.iter().zip(&y) {
             let pred = argmax(p);
             correct += usize::from(pred == t);
             if t < classes && pred < classes {
@@ -229,22 +176,46 @@ fn write_history(dir: &Path, hist: &[EpochRecord]) -> Result<(), String> {
     )
 }
 
+/// `steps.csv`: the training loss of every step, for comparing runs (CPU and GPU) step by step.
+/// On resume, lines of epochs after `done_epochs` (an interrupted epoch) are dropped.
+fn open_step_log(dir: &Path, done_epochs: usize) -> Result<std::fs::File, String> {
+    let path = dir.join("steps.csv");
+    let mut kept = String::from("epoch,step,loss\n");
+    if done_epochs > 0 {
+        if let Ok(old) = std::fs::read_to_string(&path) {
+            for line in old.lines().skip(1) {
+                let epoch: usize = line
+                    .split(',')
+                    .next()
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(usize::MAX);
+                if epoch <= done_epochs {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+        }
+    }
+    checkpoint::write_atomic(&path, kept.as_bytes())
+        .and_then(|_| std::fs::OpenOptions::new().append(true).open(&path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Trains `net` as the seed's `model.fit` does and fills the run directory. Returns the history.
 pub fn train(
-    net: &mut Net,
+    net: &mut dyn Model,
     ds: &Dataset,
     cfg: &TrainConfig,
     opts: &TrainOptions,
 ) -> Result<Vec<EpochRecord>, String> {
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| format!("{}: cannot create: {e}", opts.out.display()))?;
-    let mut opt = OptState::new(net);
     let mut history: Vec<EpochRecord> = vec![];
     let last = opts.out.join("last.safetensors");
     if opts.resume {
         let ck = checkpoint::read(&last)?;
         checkpoint::load_into(net, &ck, &last)?;
-        opt.restore(net, &ck)?;
+        restore_opt(net, &ck)?;
         let h = std::fs::read_to_string(opts.out.join("history.json"))
             .map_err(|e| format!("{}: {e}", opts.out.join("history.json").display()))?;
         history = serde_json::from_str(&h).map_err(|e| format!("history.json: {e}"))?;
@@ -292,6 +263,7 @@ pub fn train(
             }
         })
         .fold(f64::NEG_INFINITY, f64::max);
+    let mut step_log = Some(open_step_log(&opts.out, history.len())?);
     for epoch in history.len()..cfg.epochs {
         let lr = cfg.lr_at(epoch);
         println!("Epoch {}/{}", epoch + 1, cfg.epochs);
@@ -323,12 +295,19 @@ pub fn train(
                 let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
                 for step in 0..steps {
                     let (x, y, bs) = rx.recv().map_err(|_| "data worker stopped".to_string())?;
-                    net.reseed_dropout(cfg.seed ^ ((epoch as u64) << 40) ^ step as u64);
-                    let inp =
-                        input_act::<OwnedTape<f32, Cpu>>(&net.dev, x, vec![bs, ds.h, ds.w, ds.c]);
-                    let logits = net.forward(inp, true);
-                    let (loss, probs) = cross_entropy(logits, &y);
-                    let l = loss.array() as f64;
+                    let r = net.train_step(
+                        Batch {
+                            x,
+                            shape: vec![bs, ds.h, ds.w, ds.c],
+                            labels: &y,
+                        },
+                        &OptSettings::new(cfg, lr),
+                        cfg.seed ^ ((epoch as u64) << 40) ^ step as u64,
+                    );
+                    let l = r.loss as f64;
+                    if let Some(log) = step_log.as_mut() {
+                        let _ = writeln!(log, "{},{},{l:.7}", epoch + 1, step + 1);
+                    }
                     if !l.is_finite() {
                         return Err(format!(
                         "loss became {l} at epoch {} step {}: stopping. {} Lower the learning rate (now {lr:e}).",
@@ -341,11 +320,10 @@ pub fn train(
                         }
                     ));
                     }
-                    let mut grads = loss.backward();
-                    opt.apply(net, &mut grads, cfg, lr);
                     loss_sum += l * bs as f64;
                     seen += bs;
-                    correct += probs
+                    correct += r
+                        .probs
                         .iter()
                         .zip(&y)
                         .filter(|(p, t)| argmax(p) == **t)
@@ -401,10 +379,11 @@ pub fn train(
         history.push(rec.clone());
         let mut meta = HashMap::new();
         meta.insert("format".into(), "se-compile-weights".into());
-        meta.insert("model".into(), net.graph.model.clone());
+        meta.insert("model".into(), net.graph().model.clone());
         meta.insert("epoch".into(), (epoch + 1).to_string());
-        meta.insert("optimizer_step".into(), opt.step.to_string());
-        checkpoint::save(&last, net, &opt.tensors(net), meta.clone())?;
+        let (opt_step, opt_state) = opt_tensors(net);
+        meta.insert("optimizer_step".into(), opt_step.to_string());
+        checkpoint::save(&last, net, &opt_state, meta.clone())?;
         let score = if ds.val.is_empty() {
             -rec.loss
         } else {
@@ -419,56 +398,54 @@ pub fn train(
     Ok(history)
 }
 
-/// Train and inference images per second for `steps` steps on random data.
-pub fn bench(net: &mut Net, batch: usize, steps: usize, lr: f64) -> (f64, f64, f64, f64) {
-    let s = net.input_shape().to_vec();
+/// Train and inference speed over `steps` timed steps on random data, after one warm-up step.
+pub struct BenchResult {
+    pub train_img_s: f64,
+    pub infer_img_s: f64,
+    pub train_ms: f64,
+    pub infer_ms: f64,
+}
+
+pub fn bench(net: &mut dyn Model, batch: usize, steps: usize, lr: f64) -> BenchResult {
+    let s = net.input_shape();
     let per: usize = s.iter().product();
     let mut rng = Rng::new(1);
     let x: Vec<f32> = (0..batch * per).map(|_| rng.uniform()).collect();
-    let classes = net
-        .graph
-        .node(net.logits_node().0)
-        .shape
-        .last()
-        .copied()
-        .unwrap_or(1);
+    let classes = net.classes();
     let y: Vec<usize> = (0..batch).map(|i| i % classes).collect();
     let shape = vec![batch, s[0], s[1], s[2]];
-    let mut opt = OptState::new(net);
     let cfg = TrainConfig {
         lr,
         ..Default::default()
     };
-    let mut train_step = |net: &mut Net| {
-        let inp = input_act::<OwnedTape<f32, Cpu>>(&net.dev, x.clone(), shape.clone());
-        let (loss, _) = cross_entropy(net.forward(inp, true), &y);
-        let mut g = loss.backward();
-        opt.apply(net, &mut g, &cfg, lr);
+    let opt = OptSettings::new(&cfg, lr);
+    let batch_of = || Batch {
+        x: x.clone(),
+        shape: shape.clone(),
+        labels: &y,
     };
-    train_step(net);
+    net.train_step(batch_of(), &opt, 0);
+    net.infer(batch_of());
+    net.synchronize();
+    net.profile_reset();
     let t = Instant::now();
-    for _ in 0..steps {
-        train_step(net);
+    for k in 0..steps {
+        net.train_step(batch_of(), &opt, k as u64);
     }
+    net.synchronize();
     let train_s = t.elapsed().as_secs_f64() / steps as f64;
-    let infer = |net: &mut Net| {
-        let _ = net.forward(
-            input_act::<NoneTape>(&net.dev, x.clone(), shape.clone()),
-            false,
-        );
-    };
-    infer(net);
     let t = Instant::now();
     for _ in 0..steps {
-        infer(net);
+        net.infer(batch_of());
     }
+    net.synchronize();
     let infer_s = t.elapsed().as_secs_f64() / steps as f64;
-    (
-        batch as f64 / train_s,
-        batch as f64 / infer_s,
-        train_s * 1e3,
-        infer_s * 1e3,
-    )
+    BenchResult {
+        train_img_s: batch as f64 / train_s,
+        infer_img_s: batch as f64 / infer_s,
+        train_ms: train_s * 1e3,
+        infer_ms: infer_s * 1e3,
+    }
 }
 
 pub fn stderr_is_terminal() -> bool {

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Every GPU check in one run, for a GPU machine with no cargo (GPU time is scarce):
+#   1. parity: each layer kind, CPU kernels vs CUDA, forward and gradients;
+#   2. loss curves: se_resnet_mini trained on the bundled data on the CPU and on the GPU, same
+#      seed, compared step by step;
+#   3. speed: SE-ResNet-50 (the seed's) at 224x224, batch 64, train and inference images/s,
+#      with a per-layer-kind time profile;
+#   4. one summary table.
+# Usage, from the repo root after scripts/build-cuda.sh:  bash .gpu/gpu-check.sh [OUT_DIR]
+set -u
+cd "$(dirname "$0")/.."
+OUTD=${1:-${OUT:-/tmp/gpu-check}}
+mkdir -p "$OUTD"
+RUN="bash .gpu/run-on-gpu.sh .gpu/se-compile"
+EPOCHS=${EPOCHS:-4}
+BATCH=${BATCH:-16}
+STEPS=${STEPS:-10}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
+
+PY=$(command -v python3 || ls "${TORCH_VENV:-/opt/torch/.venv}"/bin/python3)
+
+echo "== 0. a GPU that does not exist: a clear error, exit 1 =="
+$RUN parity --device cuda:7; echo "exit code $?"
+
+echo "== 1. parity (CPU kernels vs CUDA) =="
+$RUN parity --device cuda 2>&1 | tee "$OUTD/parity.txt"
+parity_rc=${PIPESTATUS[0]}
+
+echo "== 2. loss curves: se_resnet_mini, $EPOCHS epochs, batch $BATCH =="
+for d in cpu cuda; do
+  rm -rf "$OUTD/mini-$d"
+  /usr/bin/time -f "$d wall %e s" $RUN train models/se_resnet_mini.yaml --device $d \
+    --epochs "$EPOCHS" --batch-size "$BATCH" --out "$OUTD/mini-$d" 2>&1 | tee "$OUTD/train-$d.txt"
+done
+"$PY" - "$OUTD" <<'PY' | tee "$OUTD/curves.txt"
+import csv, sys
+d = sys.argv[1]
+def steps(dev):
+    with open(f"{d}/mini-{dev}/steps.csv") as f:
+        return [(int(r["epoch"]), float(r["loss"])) for r in csv.DictReader(f)]
+def hist(dev):
+    with open(f"{d}/mini-{dev}/history.csv") as f:
+        return list(csv.DictReader(f))
+a, b = steps("cpu"), steps("cuda")
+n = min(len(a), len(b))
+print(f"steps: cpu {len(a)}, cuda {len(b)}")
+print("step   cpu loss   cuda loss   |diff|")
+for i in list(range(0, min(n, 10))) + list(range(10, n, max(1, n // 12))):
+    print(f"{i+1:>4} {a[i][1]:>10.5f} {b[i][1]:>11.5f} {abs(a[i][1]-b[i][1]):>8.2e}")
+# Identical weights and data: step 1 is a pure forward parity. Later steps drift apart (Adam
+# turns rounding-level gradients of scale-invariant weights into full-size steps), so the curves
+# are compared smoothed over windows of 16 steps, and per epoch.
+first = abs(a[0][1] - b[0][1]) if n else float("inf")
+ok = len(a) == len(b) and n > 0
+W = 16
+win = 0.0
+for s in range(0, n - W + 1, W):
+    ma = sum(x[1] for x in a[s:s + W]) / W
+    mb = sum(x[1] for x in b[s:s + W]) / W
+    win = max(win, abs(ma - mb) / max(abs(ma), 1e-9))
+print("epoch  cpu mean loss  cuda mean loss  rel diff  cpu val_acc  cuda val_acc")
+worst = 0.0
+for (ha, hb) in zip(hist("cpu"), hist("cuda")):
+    la, lb = float(ha["loss"]), float(hb["loss"])
+    rel = abs(la - lb) / max(abs(la), 1e-9)
+    worst = max(worst, rel)
+    print(f"{ha['epoch']:>5} {la:>14.5f} {lb:>15.5f} {rel:>9.2e} {float(ha['val_accuracy']):>12.4f} {float(hb['val_accuracy']):>13.4f}")
+ok = ok and first < 1e-4 and win < 0.1 and worst < 0.05
+print(f"step 1 |diff| {first:.2e} (limit 1e-4); worst {W}-step-window relative difference {win:.2e} (limit 0.1); worst epoch-mean relative difference {worst:.2e} (limit 0.05)")
+print("loss curves:", "MATCH" if ok else "DIFFER")
+sys.exit(0 if ok else 1)
+PY
+curves_rc=${PIPESTATUS[0]}
+
+echo "== 3. speed: SE-ResNet-50 224x224, batch 64 =="
+$RUN bench models/se_resnet50.yaml --device cuda --input 224 --batch-size 64 --steps "$STEPS" 2>&1 | tee "$OUTD/bench.txt"
+bench_rc=${PIPESTATUS[0]}
+if [ "$bench_rc" != 0 ]; then
+  echo "batch 64 failed (exit $bench_rc); batch 32:"
+  $RUN bench models/se_resnet50.yaml --device cuda --input 224 --batch-size 32 --steps "$STEPS" 2>&1 | tee -a "$OUTD/bench.txt"
+fi
+SE_COMPILE_PROFILE=1 $RUN bench models/se_resnet50.yaml --device cuda --input 224 --batch-size 64 --steps 3 2>&1 | tee "$OUTD/profile.txt"
+
+echo "== 4. summary =="
+tr=$(awk '/^train:/{print $2}' "$OUTD/bench.txt"); inf=$(awk '/^inference:/{print $2}' "$OUTD/bench.txt")
+{
+  echo "| check | result |"
+  echo "|---|---|"
+  echo "| parity, $(grep -c ' ok$' "$OUTD/parity.txt") layer kinds ok | $([ "$parity_rc" = 0 ] && echo pass || echo FAIL) |"
+  echo "| se_resnet_mini loss curve, cpu vs cuda | $([ "$curves_rc" = 0 ] && echo pass || echo FAIL) |"
+  echo "| SE-ResNet-50 train, 224², batch 64 | ${tr:-?} img/s (PyTorch fp32, TF32 off, H200: 807; target >= 403.5) |"
+  echo "| SE-ResNet-50 inference, 224², batch 64 | ${inf:-?} img/s (PyTorch: 2884; target >= 1442) |"
+} | tee "$OUTD/summary.md"
+[ "$parity_rc" = 0 ] && [ "$curves_rc" = 0 ] && [ "$bench_rc" = 0 ]

@@ -1,0 +1,163 @@
+//! `--device cpu | cuda[:N]`: parsing, opening the device, and building the network on it.
+
+use super::composite::CompositeNet;
+use super::layers::Net;
+use super::model::Model;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The project's own CPU kernels.
+    Cpu,
+    /// dfdx's ops on the CPU: the GPU's code path, for checking it without a GPU.
+    CpuComposite,
+    Cuda(usize),
+}
+
+/// Why a device cannot be used; `Usage` errors are the caller's to fix on the command line.
+#[derive(Debug)]
+pub enum DeviceError {
+    Usage(String),
+    Unavailable(String),
+}
+
+impl std::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceError::Usage(m) | DeviceError::Unavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
+    let bad = || {
+        DeviceError::Usage(format!(
+            "--device {s}: unknown device; use cpu, cuda or cuda:N (N = GPU index), or cpu-composite"
+        ))
+    };
+    match s {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cpu-composite" => Ok(DeviceSpec::CpuComposite),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => match s.strip_prefix("cuda:") {
+            Some(n) => n.parse().map(DeviceSpec::Cuda).map_err(|_| bad()),
+            None => Err(bad()),
+        },
+    }
+}
+
+/// Whether this binary was built with `--features cuda`.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Checks that the device can exist in this build, before any work is done.
+pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
+    match spec {
+        DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(DeviceError::Usage(format!(
+            "--device {flag}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (scripts/build-cuda.sh does it without a local GPU; see README, \"Training on a GPU\")"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the device once, to report an unavailable GPU before any work starts.
+pub fn probe(spec: DeviceSpec) -> Result<(), DeviceError> {
+    match spec {
+        DeviceSpec::Cpu | DeviceSpec::CpuComposite => Ok(()),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(i) => open_cuda(i).map(drop),
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(i) => check(spec, &format!("cuda:{i}")),
+    }
+}
+
+/// The network `net` on the device: the CPU network itself, or its composite on the GPU.
+pub fn place(net: Net, spec: DeviceSpec) -> Result<Box<dyn Model>, DeviceError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Box::new(net)),
+        DeviceSpec::CpuComposite => Ok(Box::new(composite_cpu(&net))),
+        DeviceSpec::Cuda(i) => cuda(net, i),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_net: Net, i: usize) -> Result<Box<dyn Model>, DeviceError> {
+    check(DeviceSpec::Cuda(i), &format!("cuda:{i}")).map(|_| unreachable!())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(net: Net, i: usize) -> Result<Box<dyn Model>, DeviceError> {
+    let dev = open_cuda(i)?;
+    Ok(Box::new(CompositeNet::from_net(
+        &net,
+        dev,
+        format!("cuda:{i}"),
+    )))
+}
+
+/// Opens GPU `i` with dfdx's allocation cache on, after making sure NVRTC finds its headers.
+#[cfg(feature = "cuda")]
+pub fn open_cuda(i: usize) -> Result<dfdx::tensor::Cuda, DeviceError> {
+    use dfdx::tensor::Cache;
+    nvrtc::ensure_headers().map_err(DeviceError::Unavailable)?;
+    // cudarc 0.9 unwraps cuInit's result inside CudaDevice::new: a machine without a usable
+    // driver panics there. Catch it quietly and say what to check instead.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| dfdx::tensor::Cuda::try_build(i, 0));
+    std::panic::set_hook(hook);
+    let dev = match opened {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            // Not `{e:?}`: cudarc's Debug asks the driver for a message and panics if it can't.
+            let why = match &e {
+                dfdx::tensor::CudaError::Driver(d) => format!("CUDA driver: {:?}", d.0),
+                dfdx::tensor::CudaError::Blas(b) => format!("cuBLAS: {:?}", b.0),
+                dfdx::tensor::CudaError::Cpu(c) => format!("{c:?}"),
+            };
+            return Err(DeviceError::Unavailable(format!(
+                "--device cuda:{i}: cannot open the GPU ({why}). Check `nvidia-smi`, the GPU index, and that the CUDA 13 libraries (libcublas, libnvrtc) are on LD_LIBRARY_PATH (scripts/run-on-gpu.sh sets them)"
+            )))
+        }
+        Err(_) => {
+            return Err(DeviceError::Unavailable(format!(
+                "--device cuda:{i}: cannot open GPU {i}: no such GPU (they are numbered from 0), or no working CUDA driver; check `nvidia-smi`"
+            )))
+        }
+    };
+    dev.enable_cache();
+    Ok(dev)
+}
+
+/// The composite network on the CPU: the same code path as on the GPU, for tests and checks.
+pub fn composite_cpu(net: &Net) -> CompositeNet<dfdx::tensor::Cpu> {
+    CompositeNet::from_net(net, dfdx::tensor::Cpu::default(), "cpu-composite".into())
+}
+
+#[cfg(feature = "cuda")]
+pub mod nvrtc {
+    //! The headers dfdx's run-time kernels include, embedded at build time (see build.rs).
+
+    const HEADERS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/nvrtc_headers.rs"));
+
+    /// The directory dfdx looks in: `SE_COMPILE_NVRTC_INCLUDE` at build time.
+    pub const BAKED_DIR: &str = env!("SE_COMPILE_NVRTC_INCLUDE");
+
+    /// Writes any missing header to the baked directory.
+    pub fn ensure_headers() -> Result<(), String> {
+        let dir = std::path::Path::new(BAKED_DIR);
+        for (name, bytes) in HEADERS {
+            let p = dir.join(name);
+            if p.is_file() {
+                continue;
+            }
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&p, bytes))
+                .map_err(|e| {
+                    format!(
+                        "cannot write the NVRTC header {}: {e}. dfdx looks for its run-time kernel headers in {BAKED_DIR} (fixed when this binary was built); make that directory writable, or rebuild with CUDA_ROOT set to a writable place (scripts/build-cuda.sh)",
+                        p.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
