@@ -238,7 +238,11 @@ fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
 
 /// The network on the device; a GPU that cannot be opened is an error, not a panic.
 fn on_device(net: Net, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
-    device::place(net, d).map_err(|e| {
+    open_device(d).map(|dev| dev.place(net))
+}
+
+fn open_device(d: DeviceSpec) -> Result<device::Opened, u8> {
+    device::open(d).map_err(|e| {
         eprintln!("error: {e}");
         match e {
             device::DeviceError::Usage(_) => EXIT_USAGE,
@@ -651,26 +655,10 @@ fn run(cli: Cli) -> Result<(), u8> {
                 );
                 return Err(EXIT_USAGE);
             }
-            // Open the device once up front, so an unavailable GPU is reported before any work.
-            device::probe(dev).map_err(|e| {
-                eprintln!("error: {e}");
-                EXIT_INVALID
-            })?;
-            let mut failed = None;
-            let rows = se_compile::lower::parity::run_all(&mut |net: &Net| match device::place(
-                net.clone_for_device(),
-                dev,
-            ) {
-                Ok(m) => m,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    Box::new(net.clone_for_device())
-                }
+            let opened = open_device(dev)?;
+            let rows = se_compile::lower::parity::run_all(&mut |net: &Net| {
+                opened.place(net.clone_for_device())
             });
-            if let Some(e) = failed {
-                eprintln!("error: {e}");
-                return Err(EXIT_INVALID);
-            }
             let name = device.clone();
             print!(
                 "{}",

@@ -342,7 +342,7 @@ fn pooling_forward_and_gradients() {
         let (y, shape) = forward(&mut net, &x, n, true);
         let (ho, wo) = (shape[1], shape[2]);
         // Padding from the IR, as Keras computes it.
-        let g = net.graph.clone();
+        let g = &net.plan.graph;
         let pads = match &g.node(g.output).op {
             se_compile::ir::Op::Pool2d(p) => p.pads([h, w]),
             _ => unreachable!(),

@@ -19,6 +19,28 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `se-compile train SPEC --data DATA --out OUT EXTRA...`.
+fn train(spec: &str, data: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "train",
+        spec,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// `se-compile train SPEC --data DATA EXTRA... --resume DIR`.
+fn resume(spec: &str, data: &Path, dir: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["train", spec, "--data", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--resume", dir.to_str().unwrap()]);
+    run(&args)
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("se-compile-train-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -72,18 +94,12 @@ fn one_epoch_smoke_writes_every_file() {
     // One corrupt image: reported, skipped and counted, never fatal.
     std::fs::write(data.join("train/0_tshirt_top/broken.png"), b"not a png").unwrap();
     let out = tmp("smoke-run").join("run");
-    let (code, stdout, stderr) = run(&[
-        "train",
+    let (code, stdout, stderr) = train(
         "models/se_resnet_mini.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &data,
+        &out,
+        &["--epochs", "1", "--batch-size", "8"],
+    );
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stdout.contains("Found 40 training and 20 validation images in 10 classes"),
@@ -190,16 +206,12 @@ fn one_epoch_smoke_writes_every_file() {
         "{stderr}"
     );
     // An existing run is never overwritten.
-    let (code, _, stderr) = run(&[
-        "train",
+    let (code, _, stderr) = train(
         "models/se_resnet_mini.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &data,
+        &out,
+        &["--epochs", "1"],
+    );
     assert_eq!(code, 2);
     assert!(stderr.contains("--resume"), "{stderr}");
 }
@@ -209,29 +221,13 @@ fn resume_gives_the_same_metrics_as_an_uninterrupted_run() {
     let data = tiny_data("resume", 3);
     let base = tmp("resume-runs");
     let (a, b) = (base.join("a"), base.join("b"));
-    let common = [
-        "train",
-        "models/se_resnet_mini.yaml",
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "10",
-        "--seed",
-        "7",
-        "--augment",
-        "true",
-    ];
-    let with = |extra: &[&str]| -> Vec<String> {
-        common.iter().chain(extra).map(|s| s.to_string()).collect()
-    };
-    let args = with(&["--epochs", "2", "--out", a.to_str().unwrap()]);
-    let (code, _, e) = run(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let common = ["--batch-size", "10", "--seed", "7", "--augment", "true"];
+    let spec = "models/se_resnet_mini.yaml";
+    let (code, _, e) = train(spec, &data, &a, &[&common[..], &["--epochs", "2"]].concat());
     assert_eq!(code, 0, "{e}");
-    let args = with(&["--epochs", "1", "--out", b.to_str().unwrap()]);
-    let (code, _, e) = run(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let (code, _, e) = train(spec, &data, &b, &[&common[..], &["--epochs", "1"]].concat());
     assert_eq!(code, 0, "{e}");
-    let args = with(&["--epochs", "2", "--resume", b.to_str().unwrap()]);
-    let (code, out, e) = run(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let (code, out, e) = resume(spec, &data, &b, &[&common[..], &["--epochs", "2"]].concat());
     assert_eq!(code, 0, "{e}");
     assert!(
         out.contains("Epoch 2/2") && !out.contains("Epoch 1/2"),
@@ -255,17 +251,7 @@ fn resume_gives_the_same_metrics_as_an_uninterrupted_run() {
 
 /// One epoch of `spec` on `data`, writing the run into `data/r`.
 fn train_one_epoch(spec: &str, data: &Path) -> (i32, String, String) {
-    let out = data.join("r");
-    run(&[
-        "train",
-        spec,
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    train(spec, data, &data.join("r"), &["--epochs", "1"])
 }
 
 #[test]
@@ -310,22 +296,21 @@ fn nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     let spec = dir.join("diverge.yaml");
     std::fs::write(&spec, "model: diverge\ninput: [28, 28, 1]\nclasses: 10\nlayers:\n  - conv2d: {filters: 8, kernel: 3}\n  - global_avg_pool\n  - dense: {units: 10}\n").unwrap();
     let out = dir.join("run");
-    let (code, o, e) = run(&[
-        "train",
+    let (code, o, e) = train(
         spec.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "4",
-        "--lr",
-        "1e30",
-        "--optimizer",
-        "sgd",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &data,
+        &out,
+        &[
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e30",
+            "--optimizer",
+            "sgd",
+        ],
+    );
     assert_eq!(code, 1, "{o}\n{e}");
     assert!(
         e.contains("loss became") && e.contains("no checkpoint"),
@@ -333,43 +318,15 @@ fn nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     );
     // With a finished epoch, the NaN in the next one leaves epoch 1's checkpoint intact.
     let out2 = dir.join("run2");
-    let base = [
-        "train",
+    let (spec, opts) = (
         spec.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--optimizer",
-        "sgd",
-    ];
-    let first: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain([
-            "--epochs",
-            "1",
-            "--lr",
-            "0.01",
-            "--out",
-            out2.to_str().unwrap(),
-        ])
-        .collect();
-    assert_eq!(run(&first).0, 0);
+        ["--batch-size", "4", "--optimizer", "sgd"],
+    );
+    let first = [&opts[..], &["--epochs", "1", "--lr", "0.01"]].concat();
+    assert_eq!(train(spec, &data, &out2, &first).0, 0);
     let before = std::fs::read(out2.join("last.safetensors")).unwrap();
-    let second: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain([
-            "--epochs",
-            "3",
-            "--lr",
-            "1e30",
-            "--resume",
-            out2.to_str().unwrap(),
-        ])
-        .collect();
-    let (code, _, e) = run(&second);
+    let second = [&opts[..], &["--epochs", "3", "--lr", "1e30"]].concat();
+    let (code, _, e) = resume(spec, &data, &out2, &second);
     assert_eq!(code, 1, "{e}");
     assert!(e.contains("last good checkpoint is kept"), "{e}");
     assert_eq!(

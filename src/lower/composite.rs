@@ -6,17 +6,19 @@
 //! those of `layers::Net`, so both networks load the same checkpoints and can be compared.
 
 use super::kernels::{ConvShape, Window};
-use super::layers::{conv_shape, logits_node, pool_window, walk, Layer, Net};
+use super::layers::{conv_shape, pool_window, Layer, Net};
 use super::model::{
-    host_gradients, opt_state_of, Batch, DeviceBuffers, Model, OptSettings, Optim, ParamValues,
+    host_gradients, opt_state_of, Batch, DeviceBuffers, Model, OptSettings, Optim, ParamInfo,
     StepResult,
 };
+use super::plan::Plan;
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::Graph;
 use dfdx::prelude::*;
 use dfdx::tensor::{Gradients, Tape};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 type T2<D, T> = Tensor<(usize, usize), f32, D, T>;
 type Index<D> = Tensor<(usize,), usize, D>;
@@ -36,10 +38,8 @@ pub struct DevParam<D: Device<f32>> {
 pub struct CompositeNet<D: DeviceBuffers> {
     pub dev: D,
     device_name: String,
-    graph: Graph,
-    layers: Vec<Layer>,
+    plan: Arc<Plan>,
     pub params: Vec<DevParam<D>>,
-    uses: Vec<usize>,
     dropout_rng: Rng,
     opt: Option<Optim<D>>,
     /// Gather indices per (node, batch size): built on the host once, kept on the device.
@@ -179,10 +179,8 @@ impl<D: DeviceBuffers> CompositeNet<D> {
         CompositeNet {
             dev,
             device_name,
-            graph: net.graph.clone(),
-            layers: net.layers.clone(),
+            plan: net.plan.clone(),
             params,
-            uses: net.use_counts().to_vec(),
             dropout_rng: Rng::new(0),
             opt: None,
             indices: HashMap::new(),
@@ -234,22 +232,16 @@ impl<D: DeviceBuffers> CompositeNet<D> {
         x: DAct<D, T>,
         train: bool,
     ) -> DAct<D, T> {
-        let (stop, skip_dense_softmax) = logits_node(&self.graph, &self.layers);
-        let graph = self.graph.clone();
-        let uses = self.uses.clone();
+        let plan = self.plan.clone();
         let batch = x.shape[0];
-        walk(
-            &graph,
-            &uses,
-            stop,
+        plan.walk(
             batch,
             x,
             |a: &DAct<D, T>| DAct {
                 t: a.t.retaped(),
                 shape: a.shape.clone(),
             },
-            |idx, ins, out_shape| {
-                let skip_act = skip_dense_softmax && idx == stop.index();
+            |idx, ins, out_shape, skip_act| {
                 if self.profile.is_none() {
                     return self.layer_forward(idx, ins, out_shape, train, skip_act);
                 }
@@ -257,7 +249,7 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                 let t = std::time::Instant::now();
                 let y = self.layer_forward(idx, ins, out_shape, train, skip_act);
                 self.dev.synchronize();
-                let what = format!("  forward: {}", kind_label(&self.layers[idx]));
+                let what = format!("  forward: {}", kind_label(&plan.layers[idx]));
                 if let Some(p) = self.profile.as_mut() {
                     p.add(&what, t.elapsed().as_secs_f64());
                 }
@@ -274,7 +266,7 @@ impl<D: DeviceBuffers> CompositeNet<D> {
         train: bool,
         skip_act: bool,
     ) -> DAct<D, T> {
-        let layer = self.layers[idx].clone();
+        let layer = self.plan.layers[idx].clone();
         let in_shape = ins[0].shape.clone();
         let (rows_out, cout) = rows_of(&out_shape);
         let t = match layer {
@@ -643,18 +635,17 @@ impl<D: DeviceBuffers> CompositeNet<D> {
             }
         }
     }
+}
 
-    fn optimizer(&mut self) -> &mut Optim<D> {
-        if self.opt.is_none() {
-            let sizes: Vec<(usize, bool)> = self
-                .params
-                .iter()
-                .map(|p| (p.t.shape().0, p.trainable))
-                .collect();
-            self.opt = Some(Optim::new(&self.dev, &sizes));
-        }
-        self.opt.as_mut().expect("just made")
-    }
+fn param_info<D: Device<f32>>(params: &[DevParam<D>]) -> Vec<ParamInfo> {
+    params
+        .iter()
+        .map(|p| ParamInfo {
+            name: p.name.clone(),
+            len: p.t.shape().0,
+            trainable: p.trainable,
+        })
+        .collect()
 }
 
 fn probabilities<D: Device<f32>>(logits: &T2<D, NoneTape>) -> Vec<Vec<f32>> {
@@ -692,7 +683,7 @@ fn activation<D: Device<f32>, T: Tape<f32, D> + Merge<T>>(x: T2<D, T>, f: ActFn)
 
 impl<D: DeviceBuffers> Model for CompositeNet<D> {
     fn graph(&self) -> &Graph {
-        &self.graph
+        &self.plan.graph
     }
     fn device_name(&self) -> String {
         self.device_name.clone()
@@ -717,14 +708,14 @@ impl<D: DeviceBuffers> Model for CompositeNet<D> {
             let mut grads: Gradients<f32, D> = loss.backward();
             self.phase_end("train backward", t);
             let t = self.phase_start();
-            self.optimizer();
-            let mut optim = self.opt.take().expect("optimizer made");
+            let optim = self
+                .opt
+                .get_or_insert_with(|| Optim::new(&self.dev, &param_info(&self.params)));
             optim.update(
                 self.params.iter_mut().map(|p| (&mut p.t, p.trainable)),
                 &mut grads,
                 opt,
             );
-            self.opt = Some(optim);
             drop(grads);
             self.phase_end("optimizer", t);
         }
@@ -744,15 +735,11 @@ impl<D: DeviceBuffers> Model for CompositeNet<D> {
         let g = host_gradients(self.params.iter().map(|p| (&p.t, p.trainable)), &mut grads);
         (res, g)
     }
-    fn params(&self) -> Vec<ParamValues> {
-        self.params
-            .iter()
-            .map(|p| ParamValues {
-                name: p.name.clone(),
-                values: p.t.as_vec(),
-                trainable: p.trainable,
-            })
-            .collect()
+    fn param_info(&self) -> Vec<ParamInfo> {
+        param_info(&self.params)
+    }
+    fn param_values(&self) -> Vec<Vec<f32>> {
+        self.params.iter().map(|p| p.t.as_vec()).collect()
     }
     fn set_param(&mut self, i: usize, values: Vec<f32>) {
         let n = values.len();
@@ -762,8 +749,9 @@ impl<D: DeviceBuffers> Model for CompositeNet<D> {
         opt_state_of(&self.opt, &self.dev)
     }
     fn set_opt_state(&mut self, step: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) {
-        let dev = self.dev.clone();
-        self.optimizer().set_state(&dev, step, m, v);
+        self.opt
+            .get_or_insert_with(|| Optim::new(&self.dev, &param_info(&self.params)))
+            .set_state(&self.dev, step, m, v);
     }
     fn synchronize(&self) {
         self.dev.synchronize();

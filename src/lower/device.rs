@@ -48,49 +48,54 @@ pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
 /// Whether this binary was built with `--features cuda`.
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
+fn not_built(flag: &str) -> DeviceError {
+    DeviceError::Usage(format!(
+        "--device {flag}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (scripts/build-cuda.sh does it without a local GPU; see README, \"Training on a GPU\")"
+    ))
+}
+
 /// Checks that the device can exist in this build, before any work is done.
 pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
     match spec {
-        DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(DeviceError::Usage(format!(
-            "--device {flag}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (scripts/build-cuda.sh does it without a local GPU; see README, \"Training on a GPU\")"
-        ))),
+        DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(not_built(flag)),
         _ => Ok(()),
     }
 }
 
-/// Opens the device once, to report an unavailable GPU before any work starts.
-pub fn probe(spec: DeviceSpec) -> Result<(), DeviceError> {
+/// A device opened once, on which any number of networks are placed.
+pub enum Opened {
+    Cpu,
+    CpuComposite,
+    #[cfg(feature = "cuda")]
+    Cuda(dfdx::tensor::Cuda, usize),
+}
+
+/// Opens the device; an unavailable GPU is an error here, before any work starts.
+pub fn open(spec: DeviceSpec) -> Result<Opened, DeviceError> {
     match spec {
-        DeviceSpec::Cpu | DeviceSpec::CpuComposite => Ok(()),
+        DeviceSpec::Cpu => Ok(Opened::Cpu),
+        DeviceSpec::CpuComposite => Ok(Opened::CpuComposite),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(i) => open_cuda(i).map(drop),
+        DeviceSpec::Cuda(i) => open_cuda(i).map(|d| Opened::Cuda(d, i)),
         #[cfg(not(feature = "cuda"))]
-        DeviceSpec::Cuda(i) => check(spec, &format!("cuda:{i}")),
+        DeviceSpec::Cuda(i) => Err(not_built(&format!("cuda:{i}"))),
     }
 }
 
-/// The network `net` on the device: the CPU network itself, or its composite on the GPU.
-pub fn place(net: Net, spec: DeviceSpec) -> Result<Box<dyn Model>, DeviceError> {
-    match spec {
-        DeviceSpec::Cpu => Ok(Box::new(net)),
-        DeviceSpec::CpuComposite => Ok(Box::new(composite_cpu(&net))),
-        DeviceSpec::Cuda(i) => cuda(net, i),
+impl Opened {
+    /// The network `net` on this device: the CPU network itself, or its composite.
+    pub fn place(&self, net: Net) -> Box<dyn Model> {
+        match self {
+            Opened::Cpu => Box::new(net),
+            Opened::CpuComposite => Box::new(composite_cpu(&net)),
+            #[cfg(feature = "cuda")]
+            Opened::Cuda(dev, i) => Box::new(CompositeNet::from_net(
+                &net,
+                dev.clone(),
+                format!("cuda:{i}"),
+            )),
+        }
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda(_net: Net, i: usize) -> Result<Box<dyn Model>, DeviceError> {
-    check(DeviceSpec::Cuda(i), &format!("cuda:{i}")).map(|_| unreachable!())
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(net: Net, i: usize) -> Result<Box<dyn Model>, DeviceError> {
-    let dev = open_cuda(i)?;
-    Ok(Box::new(CompositeNet::from_net(
-        &net,
-        dev,
-        format!("cuda:{i}"),
-    )))
 }
 
 /// Opens GPU `i` with dfdx's allocation cache on, after making sure NVRTC finds its headers.

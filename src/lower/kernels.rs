@@ -100,6 +100,34 @@ pub struct Window {
 }
 
 impl Window {
+    /// The window of a layer between batch shapes `ins` and `outs` (N, H, W, C): kernel,
+    /// stride and dilation per axis (H, W), and the top and left padding.
+    pub fn between(
+        ins: &[usize],
+        outs: &[usize],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pad_top_left: [usize; 2],
+    ) -> Window {
+        Window {
+            n: ins[0],
+            h: ins[1],
+            w: ins[2],
+            c: ins[3],
+            kh: kernel[0],
+            kw: kernel[1],
+            sh: stride[0],
+            sw: stride[1],
+            dh: dilation[0],
+            dw: dilation[1],
+            pt: pad_top_left[0],
+            pl: pad_top_left[1],
+            ho: outs[1],
+            wo: outs[2],
+        }
+    }
+
     /// Input (y, x) for output (oy, ox) and tap (ky, kx), or None in the padding.
     #[inline]
     pub fn src(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {

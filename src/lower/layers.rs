@@ -4,15 +4,17 @@
 use super::autodiff::{apply, cross_entropy, Act, BackwardFn, Grads, Param};
 use super::kernels::{self, ConvShape, Window};
 use super::model::{
-    host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamValues, StepResult,
+    host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamInfo, StepResult,
 };
+use super::plan::Plan;
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
-use crate::ir::{Graph, NodeId};
+use crate::ir::Graph;
 use crate::validate::ValidGraph;
 use dfdx::prelude::*;
 use dfdx::tensor::Tape;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Indices into `Net::params`.
 #[derive(Clone, Debug)]
@@ -52,99 +54,26 @@ pub enum Layer {
 }
 
 pub struct Net {
-    pub graph: Graph,
-    pub layers: Vec<Layer>,
+    /// The graph and its layers, shared with the same network on another device.
+    pub plan: Arc<Plan>,
     pub params: Vec<Param>,
     pub dev: Cpu,
-    uses: Vec<usize>,
     dropout_rng: Rng,
     opt: Option<Optim<Cpu>>,
-}
-
-/// How many layers read each node's output (the graph output counts as one reader).
-fn use_counts(g: &Graph) -> Vec<usize> {
-    let mut uses = vec![0; g.nodes.len()];
-    for id in g.ids() {
-        for &i in &g.node(id).inputs {
-            uses[i.index()] += 1;
-        }
-    }
-    uses[g.output.index()] += 1;
-    uses
-}
-
-/// The layer whose output the loss reads: the output, or the input of a final softmax, so
-/// that training sees logits (softmax and cross-entropy are fused there). The flag says the
-/// output is a Dense layer whose own softmax is to be skipped.
-pub fn logits_node(g: &Graph, layers: &[Layer]) -> (NodeId, bool) {
-    let out = g.output;
-    match &layers[out.index()] {
-        Layer::Activation(ActFn::Softmax) => (g.node(out).inputs[0], false),
-        Layer::Dense {
-            act: Some(ActFn::Softmax),
-            ..
-        } => (out, true),
-        _ => (out, false),
-    }
-}
-
-/// Runs the graph in node order up to `stop` and returns that node's value. A value read by
-/// several layers is handed out with `branch` until its last reader takes it. `layer` gets the
-/// node index, its inputs and its output shape with the batch axis.
-pub fn walk<A>(
-    g: &Graph,
-    uses: &[usize],
-    stop: NodeId,
-    batch: usize,
-    x: A,
-    branch: impl Fn(&A) -> A,
-    mut layer: impl FnMut(usize, Vec<A>, Vec<usize>) -> A,
-) -> A {
-    let mut remaining = uses.to_vec();
-    // The loss reads `stop`; layers after it (a final softmax) are not run.
-    remaining[stop.index()] += 1;
-    let mut vals: Vec<Option<A>> = (0..g.nodes.len()).map(|_| None).collect();
-    vals[0] = Some(x);
-    for idx in 1..=stop.index() {
-        let node = g.node(NodeId(idx as u32));
-        let mut ins = vec![];
-        for &i in &node.inputs {
-            let i = i.index();
-            remaining[i] -= 1;
-            ins.push(if remaining[i] == 0 {
-                vals[i].take().expect("topological order")
-            } else {
-                branch(vals[i].as_ref().expect("topological order"))
-            });
-        }
-        let out_shape: Vec<usize> = std::iter::once(batch)
-            .chain(node.shape.iter().copied())
-            .collect();
-        vals[idx] = Some(layer(idx, ins, out_shape));
-    }
-    vals[stop.index()].take().expect("output computed")
 }
 
 /// The convolution geometry of a conv layer between two batch shapes (N, H, W, C).
 pub fn conv_shape(op: &crate::ir::ops::Conv2d, ins: &[usize], outs: &[usize]) -> ConvShape {
     let pads = op.pads([ins[1], ins[2]]);
     ConvShape {
-        win: Window {
-            n: ins[0],
-            h: ins[1],
-            w: ins[2],
-            c: ins[3],
-            kh: op.kernel[0],
-            kw: op.kernel[1],
-            sh: op.stride[0],
-            sw: op.stride[1],
-            dh: op.dilation[0],
-            dw: op.dilation[1],
-            pt: pads[0][0],
-            pl: pads[1][0],
-            ho: outs[1],
-            wo: outs[2],
-        },
+        win: Window::between(
+            ins,
+            outs,
+            op.kernel,
+            op.stride,
+            op.dilation,
+            [pads[0][0], pads[1][0]],
+        ),
         cout: op.filters,
         groups: op.groups,
     }
@@ -152,47 +81,52 @@ pub fn conv_shape(op: &crate::ir::ops::Conv2d, ins: &[usize], outs: &[usize]) ->
 
 pub fn pool_window(op: &crate::ir::ops::Pool2d, ins: &[usize], outs: &[usize]) -> Window {
     let pads = op.pads([ins[1], ins[2]]);
-    Window {
-        n: ins[0],
-        h: ins[1],
-        w: ins[2],
-        c: ins[3],
-        kh: op.size[0],
-        kw: op.size[1],
-        sh: op.stride[0],
-        sw: op.stride[1],
-        dh: 1,
-        dw: 1,
-        pt: pads[0][0],
-        pl: pads[1][0],
-        ho: outs[1],
-        wo: outs[2],
-    }
+    Window::between(
+        ins,
+        outs,
+        op.size,
+        op.stride,
+        [1, 1],
+        [pads[0][0], pads[1][0]],
+    )
 }
 
 /// A global pool is a pool whose window is the whole image.
 pub fn global_window(ins: &[usize]) -> Window {
-    Window {
-        n: ins[0],
-        h: ins[1],
-        w: ins[2],
-        c: ins[3],
-        kh: ins[1],
-        kw: ins[2],
-        sh: 1,
-        sw: 1,
-        dh: 1,
-        dw: 1,
-        pt: 0,
-        pl: 0,
-        ho: 1,
-        wo: 1,
-    }
+    let outs = [ins[0], 1, 1, ins[3]];
+    Window::between(ins, &outs, [ins[1], ins[2]], [1, 1], [1, 1], [0, 0])
 }
 
-fn he_normal(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
-    let std = (2.0 / fan_in.max(1) as f32).sqrt();
-    (0..n).map(|_| rng.normal() * std).collect()
+/// The parameters being created, in order, and the initialiser's random stream.
+struct Init {
+    dev: Cpu,
+    rng: Rng,
+    params: Vec<Param>,
+}
+
+impl Init {
+    fn add(&mut self, name: String, values: Vec<f32>, trainable: bool) -> usize {
+        self.params
+            .push(Param::new(&self.dev, name, values, trainable));
+        self.params.len() - 1
+    }
+
+    /// A He-normal kernel of `fan_in` × `units` and, when `bias`, a zero bias of `units`.
+    fn kernel_and_bias(
+        &mut self,
+        node: &str,
+        fan_in: usize,
+        units: usize,
+        bias: bool,
+    ) -> (usize, Option<usize>) {
+        let std = (2.0 / fan_in.max(1) as f32).sqrt();
+        let kernel = (0..fan_in * units)
+            .map(|_| self.rng.normal() * std)
+            .collect();
+        let w = self.add(format!("{node}/kernel"), kernel, true);
+        let b = bias.then(|| self.add(format!("{node}/bias"), vec![0.0; units], true));
+        (w, b)
+    }
 }
 
 impl Net {
@@ -200,12 +134,10 @@ impl Net {
     /// moving mean 0, moving variance 1.
     pub fn new(vg: &ValidGraph, seed: u64) -> Net {
         let g = vg.graph().clone();
-        let dev = Cpu::default();
-        let mut rng = Rng::new(seed);
-        let mut params: Vec<Param> = vec![];
-        let mut add = |name: String, v: Vec<f32>, trainable: bool| {
-            params.push(Param::new(&dev, name, v, trainable));
-            params.len() - 1
+        let mut init = Init {
+            dev: Cpu::default(),
+            rng: Rng::new(seed),
+            params: vec![],
         };
         let mut layers = vec![];
         for id in g.ids() {
@@ -220,14 +152,7 @@ impl Net {
                 Op::Input(_) => Layer::Input,
                 Op::Conv2d(c) => {
                     let fan_in = c.kernel[0] * c.kernel[1] * (cin / c.groups);
-                    let w = add(
-                        format!("{n}/kernel"),
-                        he_normal(&mut rng, fan_in * c.filters, fan_in),
-                        true,
-                    );
-                    let b = c
-                        .use_bias
-                        .then(|| add(format!("{n}/bias"), vec![0.0; c.filters], true));
+                    let (w, b) = init.kernel_and_bias(n, fan_in, c.filters, c.use_bias);
                     Layer::Conv {
                         op: c.clone(),
                         w,
@@ -237,12 +162,12 @@ impl Net {
                 Op::BatchNorm(b) => {
                     let gamma = b
                         .scale
-                        .then(|| add(format!("{n}/gamma"), vec![1.0; cin], true));
+                        .then(|| init.add(format!("{n}/gamma"), vec![1.0; cin], true));
                     let beta = b
                         .center
-                        .then(|| add(format!("{n}/beta"), vec![0.0; cin], true));
-                    let mean = add(format!("{n}/moving_mean"), vec![0.0; cin], false);
-                    let var = add(format!("{n}/moving_variance"), vec![1.0; cin], false);
+                        .then(|| init.add(format!("{n}/beta"), vec![0.0; cin], true));
+                    let mean = init.add(format!("{n}/moving_mean"), vec![0.0; cin], false);
+                    let var = init.add(format!("{n}/moving_variance"), vec![1.0; cin], false);
                     Layer::BatchNorm {
                         gamma,
                         beta,
@@ -262,14 +187,7 @@ impl Net {
                     max: p.kind == PoolKind::Max,
                 },
                 Op::Dense(d) => {
-                    let w = add(
-                        format!("{n}/kernel"),
-                        he_normal(&mut rng, cin * d.units, cin),
-                        true,
-                    );
-                    let b = d
-                        .use_bias
-                        .then(|| add(format!("{n}/bias"), vec![0.0; d.units], true));
+                    let (w, b) = init.kernel_and_bias(n, cin, d.units, d.use_bias);
                     Layer::Dense {
                         w,
                         b,
@@ -283,12 +201,10 @@ impl Net {
             layers.push(layer);
         }
         Net {
-            uses: use_counts(&g),
-            graph: g,
-            layers,
-            params,
-            dev,
-            dropout_rng: rng.fork(7),
+            plan: Arc::new(Plan::new(g, layers)),
+            params: init.params,
+            dev: init.dev,
+            dropout_rng: init.rng.fork(7),
             opt: None,
         }
     }
@@ -296,11 +212,9 @@ impl Net {
     /// A copy with the same parameters and no optimizer state, to place on another device.
     pub fn clone_for_device(&self) -> Net {
         Net {
-            graph: self.graph.clone(),
-            layers: self.layers.clone(),
+            plan: self.plan.clone(),
             params: self.params.clone(),
             dev: self.dev.clone(),
-            uses: self.uses.clone(),
             dropout_rng: self.dropout_rng.clone(),
             opt: None,
         }
@@ -328,33 +242,19 @@ impl Net {
     }
 
     pub fn input_shape(&self) -> &[usize] {
-        self.graph.input_shape()
-    }
-
-    pub fn logits_node(&self) -> (NodeId, bool) {
-        logits_node(&self.graph, &self.layers)
-    }
-
-    pub fn use_counts(&self) -> &[usize] {
-        &self.uses
+        self.plan.graph.input_shape()
     }
 
     /// Runs the network on a batch (N, H, W, C). `train` selects batch statistics and dropout.
-    /// Returns logits: a final softmax is left out (see `logits_node`).
+    /// Returns logits: a final softmax is left out (see `Plan::logits`).
     pub fn forward<T: Tape<f32, Cpu>>(&mut self, x: Act<T>, train: bool) -> Act<T> {
-        let (stop, skip_dense_softmax) = self.logits_node();
-        let graph = self.graph.clone();
-        let uses = self.uses.clone();
+        let plan = self.plan.clone();
         let batch = x.shape[0];
-        walk(
-            &graph,
-            &uses,
-            stop,
+        plan.walk(
             batch,
             Act { key: 0, ..x },
             Act::branch,
-            |idx, ins, out_shape| {
-                let skip_act = skip_dense_softmax && idx == stop.index();
+            |idx, ins, out_shape, skip_act| {
                 let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
                 out.key = idx;
                 out
@@ -370,7 +270,7 @@ impl Net {
         train: bool,
         skip_act: bool,
     ) -> Act<T> {
-        let layer = self.layers[idx].clone();
+        let layer = self.plan.layers[idx].clone();
         let in_shape = ins[0].shape.clone();
         let img = |s: &[usize]| -> [usize; 4] { [s[0], s[1], s[2], s[3]] };
         match layer {
@@ -975,14 +875,6 @@ pub fn input_act<T: Tape<f32, Cpu>>(dev: &Cpu, data: Vec<f32>, shape: Vec<usize>
 }
 
 impl Net {
-    fn optimizer(&mut self) -> Optim<Cpu> {
-        self.opt.take().unwrap_or_else(|| {
-            let sizes: Vec<(usize, bool)> =
-                self.params.iter().map(|p| (p.len(), p.trainable)).collect();
-            Optim::new(&self.dev, &sizes)
-        })
-    }
-
     fn loss_with_tape(
         &mut self,
         b: Batch,
@@ -996,9 +888,20 @@ impl Net {
     }
 }
 
+fn param_info(params: &[Param]) -> Vec<ParamInfo> {
+    params
+        .iter()
+        .map(|p| ParamInfo {
+            name: p.name.clone(),
+            len: p.len(),
+            trainable: p.trainable,
+        })
+        .collect()
+}
+
 impl Model for Net {
     fn graph(&self) -> &Graph {
-        &self.graph
+        &self.plan.graph
     }
     fn device_name(&self) -> String {
         "cpu".into()
@@ -1015,13 +918,14 @@ impl Model for Net {
         let (loss, res) = self.loss_with_tape(b, dropout_seed);
         if res.loss.is_finite() {
             let mut grads = loss.backward();
-            let mut optim = self.optimizer();
+            let optim = self
+                .opt
+                .get_or_insert_with(|| Optim::new(&self.dev, &param_info(&self.params)));
             optim.update(
                 self.params.iter_mut().map(|p| (&mut p.t, p.trainable)),
                 &mut grads,
                 opt,
             );
-            self.opt = Some(optim);
             self.params.iter_mut().for_each(Param::refresh);
         }
         res
@@ -1032,15 +936,11 @@ impl Model for Net {
         let g = host_gradients(self.params.iter().map(|p| (&p.t, p.trainable)), &mut grads);
         (res, g)
     }
-    fn params(&self) -> Vec<ParamValues> {
-        self.params
-            .iter()
-            .map(|p| ParamValues {
-                name: p.name.clone(),
-                values: p.data().to_vec(),
-                trainable: p.trainable,
-            })
-            .collect()
+    fn param_info(&self) -> Vec<ParamInfo> {
+        param_info(&self.params)
+    }
+    fn param_values(&self) -> Vec<Vec<f32>> {
+        self.params.iter().map(|p| p.data().to_vec()).collect()
     }
     fn set_param(&mut self, i: usize, values: Vec<f32>) {
         self.params[i].set(values);
@@ -1049,9 +949,9 @@ impl Model for Net {
         opt_state_of(&self.opt, &self.dev)
     }
     fn set_opt_state(&mut self, step: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) {
-        let mut o = self.optimizer();
-        o.set_state(&self.dev, step, m, v);
-        self.opt = Some(o);
+        self.opt
+            .get_or_insert_with(|| Optim::new(&self.dev, &param_info(&self.params)))
+            .set_state(&self.dev, step, m, v);
     }
     fn synchronize(&self) {}
 }

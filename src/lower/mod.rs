@@ -8,6 +8,7 @@ pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod parity;
+pub mod plan;
 pub mod rng;
 
 /// Keeps freed activation buffers in the process instead of returning them to the kernel:

@@ -42,10 +42,10 @@ impl OptSettings {
     }
 }
 
-/// A parameter copied to the host.
-pub struct ParamValues {
+/// A parameter's name, size and kind, without its values (those stay on the device).
+pub struct ParamInfo {
     pub name: String,
-    pub values: Vec<f32>,
+    pub len: usize,
     pub trainable: bool,
 }
 
@@ -61,7 +61,9 @@ pub trait Model {
     /// Like `train_step` but without the update: the gradient of every parameter, in `params`
     /// order (empty for non-trainable ones). For checking one device against another.
     fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>);
-    fn params(&self) -> Vec<ParamValues>;
+    fn param_info(&self) -> Vec<ParamInfo>;
+    /// Every parameter's values, copied to the host, in `param_info` order.
+    fn param_values(&self) -> Vec<Vec<f32>>;
     /// Replaces parameter `i`; the length is checked by the caller.
     fn set_param(&mut self, i: usize, values: Vec<f32>);
     /// Adam's step count and the first and second moments per parameter (empty when not
@@ -77,12 +79,6 @@ pub trait Model {
     /// Forgets the times so far (the warm-up step compiles kernels and fills caches).
     fn profile_reset(&mut self) {}
 
-    fn param_counts(&self) -> (usize, usize) {
-        let ps = self.params();
-        let t = ps.iter().filter(|p| p.trainable).map(|p| p.values.len());
-        let n = ps.iter().filter(|p| !p.trainable).map(|p| p.values.len());
-        (t.sum(), n.sum())
-    }
     /// The number of classes the loss sees.
     fn classes(&self) -> usize {
         let g = self.graph();
@@ -157,15 +153,16 @@ pub struct Optim<D: Storage<f32>> {
 }
 
 impl<D: DeviceBuffers> Optim<D> {
-    pub fn new(dev: &D, sizes: &[(usize, bool)]) -> Optim<D> {
-        let alloc = |&(n, t): &(usize, bool)| {
-            <D as Storage<f32>>::try_alloc_len(dev, if t { n } else { 0 })
+    /// Moments for the trainable parameters of `params`; made on the first step.
+    pub fn new(dev: &D, params: &[ParamInfo]) -> Optim<D> {
+        let alloc = |p: &ParamInfo| {
+            <D as Storage<f32>>::try_alloc_len(dev, if p.trainable { p.len } else { 0 })
                 .expect("device allocation for optimizer state")
         };
         Optim {
             step: 0,
-            m: sizes.iter().map(alloc).collect(),
-            v: sizes.iter().map(alloc).collect(),
+            m: params.iter().map(alloc).collect(),
+            v: params.iter().map(alloc).collect(),
         }
     }
 

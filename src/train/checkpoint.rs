@@ -30,9 +30,10 @@ pub fn save(
     meta: HashMap<String, String>,
 ) -> Result<(), String> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = net
-        .params()
-        .iter()
-        .map(|p| (p.name.clone(), vec![p.values.len()], to_bytes(&p.values)))
+        .param_info()
+        .into_iter()
+        .zip(net.param_values())
+        .map(|(p, v)| (p.name, vec![p.len], to_bytes(&v)))
         .collect();
     owned.extend(
         extra
@@ -94,7 +95,7 @@ pub fn read(path: &Path) -> Result<Loaded, String> {
 
 /// Loads weights into `net` by name; any missing or mis-sized tensor is an error that names it.
 pub fn load_into(net: &mut dyn Model, ck: &Loaded, path: &Path) -> Result<(), String> {
-    for (i, p) in net.params().iter().enumerate() {
+    for (i, p) in net.param_info().iter().enumerate() {
         let Some(v) = ck.tensors.get(&p.name) else {
             return Err(format!(
                 "{}: has no tensor `{}`; was it saved from a different spec?",
@@ -102,13 +103,13 @@ pub fn load_into(net: &mut dyn Model, ck: &Loaded, path: &Path) -> Result<(), St
                 p.name
             ));
         };
-        if v.len() != p.values.len() {
+        if v.len() != p.len {
             return Err(format!(
                 "{}: tensor `{}` has {} values but the spec's layer needs {}; the weights belong to a different spec",
                 path.display(),
                 p.name,
                 v.len(),
-                p.values.len()
+                p.len
             ));
         }
         net.set_param(i, v.clone());

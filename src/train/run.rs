@@ -35,7 +35,7 @@ pub struct RunConfig {
 fn opt_tensors(model: &dyn Model) -> (i32, Vec<(String, Vec<f32>)>) {
     let (step, m, v) = model.opt_state();
     let mut out = vec![];
-    for ((p, m), v) in model.params().iter().zip(m).zip(v) {
+    for ((p, m), v) in model.param_info().iter().zip(m).zip(v) {
         if p.trainable && !m.is_empty() {
             out.push((format!("{OPT_M}{}", p.name), m));
             out.push((format!("{OPT_V}{}", p.name), v));
@@ -46,7 +46,7 @@ fn opt_tensors(model: &dyn Model) -> (i32, Vec<(String, Vec<f32>)>) {
 
 fn restore_opt(model: &mut dyn Model, ck: &checkpoint::Loaded) -> Result<(), String> {
     let (mut ms, mut vs) = (vec![], vec![]);
-    for p in model.params() {
+    for p in model.param_info() {
         if !p.trainable {
             ms.push(vec![]);
             vs.push(vec![]);
@@ -57,7 +57,7 @@ fn restore_opt(model: &mut dyn Model, ck: &checkpoint::Loaded) -> Result<(), Str
                 .tensors
                 .get(&format!("{prefix}{}", p.name))
                 .ok_or_else(|| format!("checkpoint has no optimizer state for `{}`", p.name))?;
-            if v.len() != p.values.len() {
+            if v.len() != p.len {
                 return Err(format!(
                     "optimizer state for `{}` has the wrong size",
                     p.name
