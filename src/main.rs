@@ -238,7 +238,11 @@ fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
 
 /// The network on the device; a GPU that cannot be opened is an error, not a panic.
 fn on_device(net: Net, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
-    open_device(d).map(|dev| dev.place(net))
+    let dev = open_device(d)?;
+    dev.place(net).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_INVALID
+    })
 }
 
 fn open_device(d: DeviceSpec) -> Result<device::Opened, u8> {
@@ -657,7 +661,9 @@ fn run(cli: Cli) -> Result<(), u8> {
             }
             let opened = open_device(dev)?;
             let rows = se_compile::lower::parity::run_all(&mut |net: &Net| {
-                opened.place(net.clone_for_device())
+                opened
+                    .place(net.clone_for_device())
+                    .unwrap_or_else(|e| panic!("parity cases run on every device: {e}"))
             });
             let name = device.clone();
             print!(

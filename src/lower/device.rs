@@ -1,6 +1,9 @@
 //! `--device cpu | cuda[:N]`: parsing, opening the device, and building the network on it.
 
 use super::composite::CompositeNet;
+#[cfg(feature = "cuda")]
+use super::kernelnet::cuda::CudaKernels;
+use super::kernelnet::{host::Host, KernelNet};
 use super::layers::Net;
 use super::model::Model;
 
@@ -10,7 +13,11 @@ pub enum DeviceSpec {
     Cpu,
     /// dfdx's ops on the CPU: the GPU's code path, for checking it without a GPU.
     CpuComposite,
+    /// The kernel network's wiring run with host loops: its GPU kernels' reference.
+    KernelNetHost,
     Cuda(usize),
+    /// The kernel network on GPU N: the project's own CUDA kernels and cuBLAS.
+    CudaKernelNet(usize),
 }
 
 /// Why a device cannot be used; `Usage` errors are the caller's to fix on the command line.
@@ -31,16 +38,24 @@ impl std::fmt::Display for DeviceError {
 pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
     let bad = || {
         DeviceError::Usage(format!(
-            "--device {s}: unknown device; use cpu, cuda or cuda:N (N = GPU index), or cpu-composite"
+            "--device {s}: unknown device; use cpu, cuda or cuda:N (N = GPU index), or for checks cpu-composite, cpu-kernelnet, cuda-kernelnet[:N]"
         ))
+    };
+    let gpu = |rest: &str, make: fn(usize) -> DeviceSpec| match rest {
+        "" => Ok(make(0)),
+        _ => match rest.strip_prefix(':') {
+            Some(n) => n.parse().map(make).map_err(|_| bad()),
+            None => Err(bad()),
+        },
     };
     match s {
         "cpu" => Ok(DeviceSpec::Cpu),
         "cpu-composite" => Ok(DeviceSpec::CpuComposite),
-        "cuda" => Ok(DeviceSpec::Cuda(0)),
-        _ => match s.strip_prefix("cuda:") {
-            Some(n) => n.parse().map(DeviceSpec::Cuda).map_err(|_| bad()),
-            None => Err(bad()),
+        "cpu-kernelnet" => Ok(DeviceSpec::KernelNetHost),
+        _ => match (s.strip_prefix("cuda-kernelnet"), s.strip_prefix("cuda")) {
+            (Some(rest), _) => gpu(rest, DeviceSpec::CudaKernelNet),
+            (None, Some(rest)) => gpu(rest, DeviceSpec::Cuda),
+            _ => Err(bad()),
         },
     }
 }
@@ -57,7 +72,9 @@ fn not_built(flag: &str) -> DeviceError {
 /// Checks that the device can exist in this build, before any work is done.
 pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
     match spec {
-        DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(not_built(flag)),
+        DeviceSpec::Cuda(_) | DeviceSpec::CudaKernelNet(_) if !CUDA_BUILT => {
+            Err(not_built(flag))
+        }
         _ => Ok(()),
     }
 }
@@ -66,8 +83,11 @@ pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
 pub enum Opened {
     Cpu,
     CpuComposite,
+    KernelNetHost,
     #[cfg(feature = "cuda")]
     Cuda(dfdx::tensor::Cuda, usize),
+    #[cfg(feature = "cuda")]
+    CudaKernelNet(std::sync::Arc<cudarc::driver::CudaDevice>, usize),
 }
 
 /// Opens the device; an unavailable GPU is an error here, before any work starts.
@@ -75,26 +95,51 @@ pub fn open(spec: DeviceSpec) -> Result<Opened, DeviceError> {
     match spec {
         DeviceSpec::Cpu => Ok(Opened::Cpu),
         DeviceSpec::CpuComposite => Ok(Opened::CpuComposite),
+        DeviceSpec::KernelNetHost => Ok(Opened::KernelNetHost),
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(i) => open_cuda(i).map(|d| Opened::Cuda(d, i)),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::CudaKernelNet(i) => {
+            // dfdx opens the GPU (and reports a missing one in words); the kernel network
+            // runs on the same CUDA context and stream.
+            let d = open_cuda(i)?;
+            let buf = <dfdx::tensor::Cuda as dfdx::tensor::Storage<f32>>::try_alloc_len(&d, 1)
+                .map_err(|e| DeviceError::Unavailable(format!("--device cuda-kernelnet:{i}: {e:?}")))?;
+            Ok(Opened::CudaKernelNet(buf.device(), i))
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(i) => Err(not_built(&format!("cuda:{i}"))),
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::CudaKernelNet(i) => Err(not_built(&format!("cuda-kernelnet:{i}"))),
     }
 }
 
 impl Opened {
-    /// The network `net` on this device: the CPU network itself, or its composite.
-    pub fn place(&self, net: Net) -> Box<dyn Model> {
-        match self {
+    /// The network `net` on this device: the CPU network itself, its composite, or the
+    /// kernel network (which fails for a broadcast it has no kernel for).
+    pub fn place(&self, net: Net) -> Result<Box<dyn Model>, DeviceError> {
+        Ok(match self {
             Opened::Cpu => Box::new(net),
             Opened::CpuComposite => Box::new(composite_cpu(&net)),
+            Opened::KernelNetHost => Box::new(
+                KernelNet::from_net(&net, Host, "cpu-kernelnet".into())
+                    .map_err(DeviceError::Unavailable)?,
+            ),
             #[cfg(feature = "cuda")]
             Opened::Cuda(dev, i) => Box::new(CompositeNet::from_net(
                 &net,
                 dev.clone(),
                 format!("cuda:{i}"),
             )),
-        }
+            #[cfg(feature = "cuda")]
+            Opened::CudaKernelNet(dev, i) => {
+                let be = CudaKernels::new(dev.clone()).map_err(DeviceError::Unavailable)?;
+                Box::new(
+                    KernelNet::from_net(&net, be, format!("cuda-kernelnet:{i}"))
+                        .map_err(DeviceError::Unavailable)?,
+                )
+            }
+        })
     }
 }
 

@@ -1,0 +1,252 @@
+//! What the kernel network asks of a device: buffers, cuBLAS-style matmuls and the project's
+//! own kernels, with one meaning shared by every implementation. `host::Host` runs them as
+//! plain loops (the reference the network's wiring is tested with); `cuda::CudaKernels` runs
+//! the same kernels from `kernels.cu` on a GPU.
+
+/// A window over an NHWC tensor: convolution taps, pooling, zero padding (a 1×1 window with
+/// an offset). The im2col matrix has one row per output position and its columns ordered
+/// (group, ky, kx, channel in group), which for one group is Keras' kernel row order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Geom {
+    pub n: i32,
+    pub h: i32,
+    pub w: i32,
+    pub c: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub sh: i32,
+    pub sw: i32,
+    pub dh: i32,
+    pub dw: i32,
+    pub pt: i32,
+    pub pl: i32,
+    pub ho: i32,
+    pub wo: i32,
+    pub groups: i32,
+}
+
+impl Geom {
+    pub fn of(w: &crate::lower::kernels::Window, groups: usize) -> Geom {
+        let i = |v: usize| v as i32;
+        Geom {
+            n: i(w.n),
+            h: i(w.h),
+            w: i(w.w),
+            c: i(w.c),
+            kh: i(w.kh),
+            kw: i(w.kw),
+            sh: i(w.sh),
+            sw: i(w.sw),
+            dh: i(w.dh),
+            dw: i(w.dw),
+            pt: i(w.pt),
+            pl: i(w.pl),
+            ho: i(w.ho),
+            wo: i(w.wo),
+            groups: i(groups),
+        }
+    }
+    pub fn out_rows(&self) -> usize {
+        (self.n * self.ho * self.wo) as usize
+    }
+    pub fn taps(&self) -> usize {
+        (self.kh * self.kw) as usize
+    }
+    /// Columns of the im2col matrix: taps × channels.
+    pub fn cols(&self) -> usize {
+        self.taps() * self.c as usize
+    }
+    pub fn in_len(&self) -> usize {
+        (self.n * self.h * self.w * self.c) as usize
+    }
+    /// Input (y, x) of output (oy, ox) and tap (ky, kx), or None in the padding.
+    pub fn src(&self, oy: i32, ox: i32, ky: i32, kx: i32) -> Option<(i32, i32)> {
+        let iy = oy * self.sh + ky * self.dh - self.pt;
+        let ix = ox * self.sw + kx * self.dw - self.pl;
+        (iy >= 0 && ix >= 0 && iy < self.h && ix < self.w).then_some((iy, ix))
+    }
+}
+
+/// Row-major C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b] for b < batch, where op(A) is
+/// m×k (stored k×m when `ta`), op(B) is k×n (stored n×k when `tb`), and matrix b starts
+/// `sa`, `sb`, `sc` elements after matrix b-1.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub batch: usize,
+    pub sa: usize,
+    pub sb: usize,
+    pub sc: usize,
+}
+
+impl Gemm {
+    /// One plain product (m×k)·(k×n) into C, overwriting it.
+    pub fn plain(m: usize, n: usize, k: usize) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            ta: false,
+            tb: false,
+            lda: k,
+            ldb: n,
+            ldc: n,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: 1,
+            sa: 0,
+            sb: 0,
+            sc: 0,
+        }
+    }
+}
+
+/// Activation codes shared with `kernels.cu`.
+pub fn act_code(f: crate::ir::ops::ActFn) -> i32 {
+    use crate::ir::ops::ActFn::*;
+    match f {
+        Linear => 0,
+        Relu => 1,
+        Relu6 => 2,
+        Sigmoid => 3,
+        HardSigmoid => 4,
+        Tanh => 5,
+        Swish => 6,
+        Gelu => 7,
+        Elu => 8,
+        Softmax => 9,
+    }
+}
+
+/// Per-channel BatchNorm inputs for `bn_coeffs`: in training the batch sums, otherwise the
+/// moving statistics are read.
+pub struct BnParams<'a, Buf> {
+    pub gamma: Option<&'a Buf>,
+    pub beta: Option<&'a Buf>,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+/// Adam (dfdx's formula, L2 weight decay added to the gradient) or SGD with classic momentum.
+#[derive(Clone, Copy, Debug)]
+pub enum Update {
+    Adam {
+        step: i32,
+        lr: f32,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        wd: f32,
+    },
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        wd: f32,
+    },
+}
+
+/// Outputs are freshly made unless the name says `_acc` (then `out += …`).
+pub trait Backend {
+    type Buf;
+    fn upload(&self, v: &[f32]) -> Self::Buf;
+    fn download(&self, b: &Self::Buf) -> Vec<f32>;
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn len(&self, b: &Self::Buf) -> usize;
+    fn synchronize(&self);
+
+    fn gemm(&self, g: &Gemm, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf);
+    /// (out rows, taps·C) window taps of x; `fill` where a tap falls in the padding.
+    fn im2col(&self, x: &Self::Buf, g: &Geom, fill: f32) -> Self::Buf;
+    /// dx += the im2col matrix's gradient summed back onto the input.
+    fn col2im_acc(&self, dcols: &Self::Buf, g: &Geom, dx: &mut Self::Buf);
+    /// Max (with the winning tap) or average over the taps of an im2col matrix of one group;
+    /// the average leaves out taps in the padding (Keras).
+    fn taps_reduce(&self, cols: &Self::Buf, g: &Geom, max: bool) -> (Self::Buf, Self::Buf);
+    /// The im2col-shaped gradient of `taps_reduce`.
+    fn taps_expand(&self, dy: &Self::Buf, arg: &Self::Buf, g: &Geom, max: bool) -> Self::Buf;
+    /// (groups, C): scale · Σ over each group's `rows` rows of a (times b).
+    fn col_sums(
+        &self,
+        a: &Self::Buf,
+        b: Option<&Self::Buf>,
+        groups: usize,
+        rows: usize,
+        c: usize,
+        scale: f32,
+    ) -> Self::Buf;
+    /// out (+)= s[c]·u + t[c]·v + d[c] over (rows, C).
+    #[allow(clippy::too_many_arguments)]
+    fn chan_affine(
+        &self,
+        u: &Self::Buf,
+        s: &Self::Buf,
+        vt: Option<(&Self::Buf, &Self::Buf)>,
+        d: &Self::Buf,
+        c: usize,
+        out: &mut Self::Buf,
+        accumulate: bool,
+    );
+    /// mean, inv_std, scale, shift per channel. In training `stats` holds Σx and Σx² over
+    /// `rows` rows and the moving statistics are updated; otherwise they are read.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_coeffs(
+        &self,
+        stats: Option<(&Self::Buf, &Self::Buf, usize)>,
+        p: &BnParams<Self::Buf>,
+        moving_mean: &mut Self::Buf,
+        moving_var: &mut Self::Buf,
+        c: usize,
+    ) -> [Self::Buf; 4];
+    /// From Σdy and Σdy·x: accumulates dgamma and dbeta, returns the (s, t, d) of
+    /// dx = s·dy + t·x + d.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_back_coeffs(
+        &self,
+        sum_dy: &Self::Buf,
+        sum_dyx: &Self::Buf,
+        mean: &Self::Buf,
+        inv_std: &Self::Buf,
+        gamma: Option<&Self::Buf>,
+        dgamma: Option<&mut Self::Buf>,
+        dbeta: Option<&mut Self::Buf>,
+        rows: usize,
+    ) -> [Self::Buf; 3];
+    fn act(&self, x: &Self::Buf, code: i32) -> Self::Buf;
+    fn act_back_acc(&self, x: &Self::Buf, y: &Self::Buf, dy: &Self::Buf, code: i32, dx: &mut Self::Buf);
+    fn softmax(&self, x: &Self::Buf, c: usize) -> Self::Buf;
+    fn softmax_back_acc(&self, y: &Self::Buf, dy: &Self::Buf, c: usize, dx: &mut Self::Buf);
+    /// y[n, p, c] = x[n, p, c] · g[n, c] (the SE gate), or accumulated into out.
+    fn gate_mul(&self, x: &Self::Buf, g: &Self::Buf, n: usize, c: usize, out: &mut Self::Buf, accumulate: bool);
+    /// out[n, p, c] += scale · g[n, c].
+    fn bcast_rows_acc(&self, g: &Self::Buf, n: usize, c: usize, scale: f32, out: &mut Self::Buf);
+    fn mul(&self, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf, accumulate: bool);
+    /// out += alpha · x.
+    fn axpy(&self, x: &Self::Buf, alpha: f32, out: &mut Self::Buf);
+    /// y[r, c] += b[c].
+    fn add_bias(&self, y: &mut Self::Buf, b: &Self::Buf);
+    /// dst[r, dst_off + j] (+)= src[r, src_off + j] for j < width, over `rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn col_copy(
+        &self,
+        src: &Self::Buf,
+        src_c: usize,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_c: usize,
+        dst_off: usize,
+        width: usize,
+        rows: usize,
+        accumulate: bool,
+    );
+    fn update(&self, u: &Update, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
+}

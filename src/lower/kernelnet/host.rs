@@ -1,0 +1,357 @@
+//! The kernel network's operations as plain loops on host vectors: the meaning of every
+//! kernel in `kernels.cu`, written the same way, so that the network's wiring (shapes,
+//! matmul layouts, gradient flow) is checked against the CPU network without a GPU.
+
+use super::backend::{Backend, BnParams, Gemm, Geom, Update};
+use crate::lower::layers::{act_grad, act_value};
+
+pub struct Host;
+
+fn act_of(code: i32) -> crate::ir::ops::ActFn {
+    use crate::ir::ops::ActFn::*;
+    [Linear, Relu, Relu6, Sigmoid, HardSigmoid, Tanh, Swish, Gelu, Elu, Softmax][code as usize]
+}
+
+impl Backend for Host {
+    type Buf = Vec<f32>;
+    fn upload(&self, v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+    fn download(&self, b: &Vec<f32>) -> Vec<f32> {
+        b.clone()
+    }
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn len(&self, b: &Vec<f32>) -> usize {
+        b.len()
+    }
+    fn synchronize(&self) {}
+
+    fn gemm(&self, g: &Gemm, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) {
+        for bt in 0..g.batch {
+            let (oa, ob, oc) = (bt * g.sa, bt * g.sb, bt * g.sc);
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let mut s = 0.0f32;
+                    for l in 0..g.k {
+                        let av = if g.ta { a[oa + l * g.lda + i] } else { a[oa + i * g.lda + l] };
+                        let bv = if g.tb { b[ob + j * g.ldb + l] } else { b[ob + l * g.ldb + j] };
+                        s += av * bv;
+                    }
+                    let o = &mut c[oc + i * g.ldc + j];
+                    *o = g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * *o };
+                }
+            }
+        }
+    }
+
+    fn im2col(&self, x: &Vec<f32>, g: &Geom, fill: f32) -> Vec<f32> {
+        let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
+        let mut out = Vec::with_capacity(g.out_rows() * g.cols());
+        for n in 0..g.n {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    for grp in 0..g.groups as usize {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                match g.src(oy, ox, ky, kx) {
+                                    Some((iy, ix)) => {
+                                        let base = (((n * g.h + iy) * g.w + ix) as usize) * c
+                                            + grp * cg;
+                                        out.extend_from_slice(&x[base..base + cg]);
+                                    }
+                                    None => out.extend(std::iter::repeat_n(fill, cg)),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn col2im_acc(&self, dcols: &Vec<f32>, g: &Geom, dx: &mut Vec<f32>) {
+        let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
+        let mut i = 0;
+        for n in 0..g.n {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    for grp in 0..g.groups as usize {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some((iy, ix)) = g.src(oy, ox, ky, kx) {
+                                    let base = (((n * g.h + iy) * g.w + ix) as usize) * c
+                                        + grp * cg;
+                                    for j in 0..cg {
+                                        dx[base + j] += dcols[i + j];
+                                    }
+                                }
+                                i += cg;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn taps_reduce(&self, cols: &Vec<f32>, g: &Geom, max: bool) -> (Vec<f32>, Vec<f32>) {
+        let (c, kk) = (g.c as usize, g.taps());
+        let rows = g.out_rows();
+        let mut y = vec![0.0f32; rows * c];
+        let mut arg = vec![0.0f32; if max { rows * c } else { 0 }];
+        for r in 0..rows {
+            let (oy, ox) = (((r / g.wo as usize) % g.ho as usize) as i32, (r % g.wo as usize) as i32);
+            let inside = (0..kk)
+                .filter(|t| g.src(oy, ox, *t as i32 / g.kw, *t as i32 % g.kw).is_some())
+                .count()
+                .max(1);
+            for j in 0..c {
+                let tap = |t: usize| cols[(r * kk + t) * c + j];
+                if max {
+                    let (mut best, mut at) = (tap(0), 0);
+                    for t in 1..kk {
+                        if tap(t) > best {
+                            best = tap(t);
+                            at = t;
+                        }
+                    }
+                    y[r * c + j] = best;
+                    arg[r * c + j] = at as f32;
+                } else {
+                    y[r * c + j] = (0..kk).map(tap).sum::<f32>() / inside as f32;
+                }
+            }
+        }
+        (y, arg)
+    }
+
+    fn taps_expand(&self, dy: &Vec<f32>, arg: &Vec<f32>, g: &Geom, max: bool) -> Vec<f32> {
+        let (c, kk) = (g.c as usize, g.taps());
+        let rows = g.out_rows();
+        let mut d = vec![0.0f32; rows * kk * c];
+        for r in 0..rows {
+            let (oy, ox) = (((r / g.wo as usize) % g.ho as usize) as i32, (r % g.wo as usize) as i32);
+            let inside = (0..kk)
+                .filter(|t| g.src(oy, ox, *t as i32 / g.kw, *t as i32 % g.kw).is_some())
+                .count()
+                .max(1);
+            for j in 0..c {
+                for t in 0..kk {
+                    d[(r * kk + t) * c + j] = if max {
+                        if arg[r * c + j] as usize == t { dy[r * c + j] } else { 0.0 }
+                    } else {
+                        dy[r * c + j] / inside as f32
+                    };
+                }
+            }
+        }
+        d
+    }
+
+    fn col_sums(
+        &self,
+        a: &Vec<f32>,
+        b: Option<&Vec<f32>>,
+        groups: usize,
+        rows: usize,
+        c: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0f32; groups * c];
+        for gi in 0..groups {
+            for j in 0..c {
+                let mut s = 0.0f64;
+                for r in 0..rows {
+                    let i = (gi * rows + r) * c + j;
+                    s += (a[i] * b.map_or(1.0, |b| b[i])) as f64;
+                }
+                out[gi * c + j] = (s * scale as f64) as f32;
+            }
+        }
+        out
+    }
+
+    fn chan_affine(
+        &self,
+        u: &Vec<f32>,
+        s: &Vec<f32>,
+        vt: Option<(&Vec<f32>, &Vec<f32>)>,
+        d: &Vec<f32>,
+        c: usize,
+        out: &mut Vec<f32>,
+        accumulate: bool,
+    ) {
+        for i in 0..u.len() {
+            let j = i % c;
+            let mut y = s[j] * u[i] + d[j];
+            if let Some((v, t)) = vt {
+                y += t[j] * v[i];
+            }
+            out[i] = if accumulate { out[i] + y } else { y };
+        }
+    }
+
+    fn bn_coeffs(
+        &self,
+        stats: Option<(&Vec<f32>, &Vec<f32>, usize)>,
+        p: &BnParams<Vec<f32>>,
+        mm: &mut Vec<f32>,
+        mv: &mut Vec<f32>,
+        c: usize,
+    ) -> [Vec<f32>; 4] {
+        let mut out = [vec![0.0; c], vec![0.0; c], vec![0.0; c], vec![0.0; c]];
+        for j in 0..c {
+            let (mean, var) = match stats {
+                Some((s1, s2, rows)) => {
+                    let r = rows as f32;
+                    let mean = s1[j] / r;
+                    let var = (s2[j] / r - mean * mean).max(0.0);
+                    let unbias = if rows > 1 { r / (r - 1.0) } else { 1.0 };
+                    mm[j] = p.momentum * mm[j] + (1.0 - p.momentum) * mean;
+                    mv[j] = p.momentum * mv[j] + (1.0 - p.momentum) * unbias * var;
+                    (mean, var)
+                }
+                None => (mm[j], mv[j]),
+            };
+            let inv_std = 1.0 / (var + p.eps).sqrt();
+            let scale = p.gamma.map_or(1.0, |g| g[j]) * inv_std;
+            out[0][j] = mean;
+            out[1][j] = inv_std;
+            out[2][j] = scale;
+            out[3][j] = p.beta.map_or(0.0, |b| b[j]) - mean * scale;
+        }
+        out
+    }
+
+    fn bn_back_coeffs(
+        &self,
+        sum_dy: &Vec<f32>,
+        sum_dyx: &Vec<f32>,
+        mean: &Vec<f32>,
+        inv_std: &Vec<f32>,
+        gamma: Option<&Vec<f32>>,
+        mut dgamma: Option<&mut Vec<f32>>,
+        mut dbeta: Option<&mut Vec<f32>>,
+        rows: usize,
+    ) -> [Vec<f32>; 3] {
+        let c = mean.len();
+        let r = rows as f32;
+        let mut out = [vec![0.0; c], vec![0.0; c], vec![0.0; c]];
+        for j in 0..c {
+            let is = inv_std[j];
+            let sxh = is * (sum_dyx[j] - mean[j] * sum_dy[j]);
+            if let Some(dg) = dgamma.as_deref_mut() {
+                dg[j] += sxh;
+            }
+            if let Some(db) = dbeta.as_deref_mut() {
+                db[j] += sum_dy[j];
+            }
+            let gm = gamma.map_or(1.0, |g| g[j]);
+            let t = -gm * is * is * sxh / r;
+            out[0][j] = gm * is;
+            out[1][j] = t;
+            out[2][j] = -gm * is * sum_dy[j] / r - t * mean[j];
+        }
+        out
+    }
+
+    fn act(&self, x: &Vec<f32>, code: i32) -> Vec<f32> {
+        let f = act_of(code);
+        x.iter().map(|v| act_value(f, *v)).collect()
+    }
+    fn act_back_acc(&self, x: &Vec<f32>, y: &Vec<f32>, dy: &Vec<f32>, code: i32, dx: &mut Vec<f32>) {
+        let f = act_of(code);
+        for i in 0..x.len() {
+            dx[i] += dy[i] * act_grad(f, x[i], y[i]);
+        }
+    }
+    fn softmax(&self, x: &Vec<f32>, c: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; x.len()];
+        for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
+            let m = xr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut z = 0.0;
+            for (o, v) in yr.iter_mut().zip(xr) {
+                *o = (v - m).exp();
+                z += *o;
+            }
+            yr.iter_mut().for_each(|o| *o /= z);
+        }
+        y
+    }
+    fn softmax_back_acc(&self, y: &Vec<f32>, dy: &Vec<f32>, c: usize, dx: &mut Vec<f32>) {
+        for r in 0..y.len() / c {
+            let row = r * c..(r + 1) * c;
+            let dot: f32 = y[row.clone()].iter().zip(&dy[row.clone()]).map(|(a, b)| a * b).sum();
+            for i in row {
+                dx[i] += y[i] * (dy[i] - dot);
+            }
+        }
+    }
+    fn gate_mul(&self, x: &Vec<f32>, g: &Vec<f32>, n: usize, c: usize, out: &mut Vec<f32>, acc: bool) {
+        let per = x.len() / n.max(1);
+        for i in 0..x.len() {
+            let v = x[i] * g[(i / per) * c + i % c];
+            out[i] = if acc { out[i] + v } else { v };
+        }
+    }
+    fn bcast_rows_acc(&self, g: &Vec<f32>, n: usize, c: usize, scale: f32, out: &mut Vec<f32>) {
+        let per = out.len() / n.max(1);
+        for i in 0..out.len() {
+            out[i] += scale * g[(i / per) * c + i % c];
+        }
+    }
+    fn mul(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>, acc: bool) {
+        for i in 0..a.len() {
+            out[i] = if acc { out[i] + a[i] * b[i] } else { a[i] * b[i] };
+        }
+    }
+    fn axpy(&self, x: &Vec<f32>, alpha: f32, out: &mut Vec<f32>) {
+        out.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
+    }
+    fn add_bias(&self, y: &mut Vec<f32>, b: &Vec<f32>) {
+        let c = b.len();
+        y.iter_mut().enumerate().for_each(|(i, v)| *v += b[i % c]);
+    }
+    fn col_copy(
+        &self,
+        src: &Vec<f32>,
+        src_c: usize,
+        src_off: usize,
+        dst: &mut Vec<f32>,
+        dst_c: usize,
+        dst_off: usize,
+        width: usize,
+        rows: usize,
+        acc: bool,
+    ) {
+        for r in 0..rows {
+            for j in 0..width {
+                let v = src[r * src_c + src_off + j];
+                let o = &mut dst[r * dst_c + dst_off + j];
+                *o = if acc { *o + v } else { v };
+            }
+        }
+    }
+    fn update(&self, u: &Update, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>) {
+        for i in 0..p.len() {
+            match *u {
+                Update::Adam { step, lr, b1, b2, eps, wd } => {
+                    let gi = g[i] + wd * p[i];
+                    m[i] = m[i] * b1 + gi * (1.0 - b1);
+                    v[i] = v[i] * b2 + gi * gi * (1.0 - b2);
+                    let mh = m[i] / (1.0 - b1.powi(step));
+                    let vh = v[i] / (1.0 - b2.powi(step));
+                    p[i] -= lr * mh / (vh.sqrt() + eps);
+                }
+                Update::Sgd { lr, momentum, wd } => {
+                    let gi = g[i] + wd * p[i];
+                    m[i] = gi + momentum * m[i];
+                    p[i] -= lr * m[i];
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,815 @@
+//! The kernel network: the same layers, parameter names, layouts and values as the CPU
+//! network, run on raw device buffers with the project's own kernels and matmuls (see
+//! `backend`), and its own tape: the training forward keeps each layer's inputs and what its
+//! backward needs, and the backward walks the layers in reverse, accumulating one gradient
+//! buffer per node. On a GPU this replaces dfdx's composites (gather + scatter-add per
+//! window, matmul-with-ones reductions) by one kernel per step; dfdx's public API gives no
+//! access to a tensor's device buffer, so these kernels cannot work on dfdx's tensors.
+
+pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod host;
+
+use super::kernels::ConvShape;
+use super::layers::{conv_shape, global_window, pool_window, Layer, Net};
+use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
+use super::plan::Plan;
+use super::rng::Rng;
+use crate::ir::ops::{ActFn, MergeKind};
+use crate::ir::{Graph, NodeId};
+use crate::train::config::Optimizer;
+use backend::{act_code, Backend, BnParams, Gemm, Geom, Update};
+use std::rc::Rc;
+use std::sync::Arc;
+
+struct Param<Buf> {
+    name: String,
+    len: usize,
+    trainable: bool,
+    buf: Buf,
+}
+
+/// A value between layers: its buffer (shared by every reader) and shape, batch first.
+struct Val<Buf> {
+    buf: Rc<Buf>,
+    shape: Vec<usize>,
+}
+
+impl<Buf> Clone for Val<Buf> {
+    fn clone(&self) -> Self {
+        Val {
+            buf: self.buf.clone(),
+            shape: self.shape.clone(),
+        }
+    }
+}
+
+/// What a layer's backward needs besides its inputs and output.
+enum Saved<Buf> {
+    None,
+    /// The im2col matrix of a convolution or pool (the input itself for a direct 1×1 conv).
+    Cols(Rc<Buf>),
+    /// A pool's im2col matrix is not needed: its winning taps are.
+    Arg(Buf),
+    Bn { mean: Buf, inv_std: Buf },
+    /// A Dense layer's output before its activation.
+    PreAct(Buf),
+    Mask(Buf),
+}
+
+struct Record<Buf> {
+    ins: Vec<Val<Buf>>,
+    out: Val<Buf>,
+    saved: Saved<Buf>,
+}
+
+fn rows_of(shape: &[usize]) -> (usize, usize) {
+    let last = *shape.last().expect("rank >= 1");
+    (shape.iter().product::<usize>() / last.max(1), last)
+}
+
+/// (N, 1, …, 1, C) against (N, H, W, C): the SE gate.
+fn is_gate(gate: &[usize], x: &[usize]) -> bool {
+    gate.len() == x.len()
+        && gate[0] == x[0]
+        && gate[gate.len() - 1] == x[x.len() - 1]
+        && gate[1..gate.len() - 1].iter().all(|&d| d == 1)
+}
+
+pub struct KernelNet<B: Backend> {
+    pub be: B,
+    device_name: String,
+    plan: Arc<Plan>,
+    params: Vec<Param<B::Buf>>,
+    dropout_rng: Rng,
+    /// Optimizer step and the moments of each parameter (empty when not trainable).
+    opt: Option<(i32, Vec<B::Buf>, Vec<B::Buf>)>,
+}
+
+impl<B: Backend> KernelNet<B> {
+    /// The same network as `net`, with its current parameter values. Fails for a Multiply
+    /// whose broadcast is neither equal shapes nor the SE gate.
+    pub fn from_net(net: &Net, be: B, device_name: String) -> Result<KernelNet<B>, String> {
+        let g = &net.plan.graph;
+        for (i, l) in net.plan.layers.iter().enumerate() {
+            if let Layer::Merge(MergeKind::Multiply) = l {
+                let node = g.node(NodeId(i as u32));
+                // Node shapes leave out the batch axis; the gate test wants it.
+                let batched = |s: &[usize]| -> Vec<usize> { std::iter::once(1).chain(s.iter().copied()).collect() };
+                let out = batched(&node.shape);
+                let shapes: Vec<Vec<usize>> =
+                    node.inputs.iter().map(|&j| batched(&g.node(j).shape)).collect();
+                let ok = shapes.iter().all(|s| *s == out)
+                    || (shapes.len() == 2
+                        && ((shapes[0] == out && is_gate(&shapes[1], &out))
+                            || (shapes[1] == out && is_gate(&shapes[0], &out))));
+                if !ok {
+                    return Err(format!(
+                        "layer `{}`: the kernel network multiplies equal shapes or an SE gate (N, 1, 1, C) with (N, H, W, C) only; use --device cuda (dfdx composites) for this model",
+                        node.name
+                    ));
+                }
+            }
+        }
+        let params = net
+            .params
+            .iter()
+            .map(|p| Param {
+                name: p.name.clone(),
+                len: p.len(),
+                trainable: p.trainable,
+                buf: be.upload(&p.data()),
+            })
+            .collect();
+        Ok(KernelNet {
+            be,
+            device_name,
+            plan: net.plan.clone(),
+            params,
+            dropout_rng: Rng::new(0),
+            opt: None,
+        })
+    }
+
+    fn fresh(&self, shape: Vec<usize>, buf: B::Buf) -> Val<B::Buf> {
+        Val {
+            buf: Rc::new(buf),
+            shape,
+        }
+    }
+
+    /// Runs the layers up to the logits; with `records`, keeps what the backward needs.
+    fn forward(
+        &mut self,
+        x: Val<B::Buf>,
+        train: bool,
+        mut records: Option<&mut Vec<Option<Record<B::Buf>>>>,
+    ) -> Val<B::Buf> {
+        let plan = self.plan.clone();
+        let batch = x.shape[0];
+        plan.walk(batch, x, Val::clone, |idx, ins, out_shape, skip| {
+            let (out, saved) = self.layer_forward(idx, &ins, out_shape, train, skip);
+            if let Some(r) = records.as_deref_mut() {
+                r[idx] = Some(Record {
+                    ins,
+                    out: out.clone(),
+                    saved,
+                });
+            }
+            out
+        })
+    }
+
+    fn conv_gemm(&self, s: &ConvShape, rows: usize) -> Gemm {
+        // Group g reads its columns of the im2col matrix and its output columns of the Keras
+        // kernel (kh, kw, C/G, Cout): a strided batch of one matmul per group.
+        let (g, kd) = (s.groups, s.win.kh * s.win.kw * s.win.c / s.groups);
+        let (cout, cog) = (s.cout, s.cout / s.groups);
+        Gemm {
+            m: rows,
+            n: cog,
+            k: kd,
+            ta: false,
+            tb: false,
+            lda: kd * g,
+            ldb: cout,
+            ldc: cout,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: g,
+            sa: kd,
+            sb: cog,
+            sc: cog,
+        }
+    }
+
+    fn layer_forward(
+        &mut self,
+        idx: usize,
+        ins: &[Val<B::Buf>],
+        out_shape: Vec<usize>,
+        train: bool,
+        skip_act: bool,
+    ) -> (Val<B::Buf>, Saved<B::Buf>) {
+        let layer = self.plan.layers[idx].clone();
+        let be = &self.be;
+        let x = &ins[0];
+        let (rows_out, cout) = rows_of(&out_shape);
+        let total = rows_out * cout;
+        let (y, saved) = match layer {
+            Layer::Input => return (x.clone(), Saved::None),
+            Layer::Conv { op, w, b } => {
+                let s = conv_shape(&op, &x.shape, &out_shape);
+                let cols = if s.direct() {
+                    x.buf.clone()
+                } else {
+                    Rc::new(be.im2col(&x.buf, &Geom::of(&s.win, s.groups), 0.0))
+                };
+                let mut y = be.zeros(total);
+                be.gemm(&self.conv_gemm(&s, rows_out), &cols, &self.params[w].buf, &mut y);
+                if let Some(b) = b {
+                    be.add_bias(&mut y, &self.params[b].buf);
+                }
+                (y, Saved::Cols(cols))
+            }
+            Layer::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+                momentum,
+            } => {
+                let (rows, c) = rows_of(&x.shape);
+                // The moving statistics are parameters too: take them out to update them.
+                let mut mm = std::mem::replace(&mut self.params[mean].buf, be.zeros(0));
+                let mut mv = std::mem::replace(&mut self.params[var].buf, be.zeros(0));
+                let p = BnParams {
+                    gamma: gamma.map(|i| &self.params[i].buf),
+                    beta: beta.map(|i| &self.params[i].buf),
+                    eps,
+                    momentum,
+                };
+                let sums = train.then(|| {
+                    (
+                        be.col_sums(&x.buf, None, 1, rows, c, 1.0),
+                        be.col_sums(&x.buf, Some(&x.buf), 1, rows, c, 1.0),
+                    )
+                });
+                let [m, inv_std, scale, shift] = be.bn_coeffs(
+                    sums.as_ref().map(|(a, b)| (a, b, rows)),
+                    &p,
+                    &mut mm,
+                    &mut mv,
+                    c,
+                );
+                self.params[mean].buf = mm;
+                self.params[var].buf = mv;
+                let mut y = be.zeros(total);
+                be.chan_affine(&x.buf, &scale, None, &shift, c, &mut y, false);
+                (y, Saved::Bn { mean: m, inv_std })
+            }
+            Layer::Activation(ActFn::Softmax) => (be.softmax(&x.buf, cout), Saved::None),
+            Layer::Activation(f) => (be.act(&x.buf, act_code(f)), Saved::None),
+            Layer::ZeroPad(p) => {
+                let g = Geom {
+                    n: x.shape[0] as i32,
+                    h: x.shape[1] as i32,
+                    w: x.shape[2] as i32,
+                    c: x.shape[3] as i32,
+                    kh: 1,
+                    kw: 1,
+                    sh: 1,
+                    sw: 1,
+                    dh: 1,
+                    dw: 1,
+                    pt: p[0][0] as i32,
+                    pl: p[1][0] as i32,
+                    ho: out_shape[1] as i32,
+                    wo: out_shape[2] as i32,
+                    groups: 1,
+                };
+                (be.im2col(&x.buf, &g, 0.0), Saved::None)
+            }
+            Layer::Pool { max, op } => {
+                let g = Geom::of(&pool_window(&op, &x.shape, &out_shape), 1);
+                let fill = if max { f32::NEG_INFINITY } else { 0.0 };
+                let cols = be.im2col(&x.buf, &g, fill);
+                let (y, arg) = be.taps_reduce(&cols, &g, max);
+                (y, Saved::Arg(arg))
+            }
+            Layer::GlobalPool { max } => {
+                let (n, c) = (x.shape[0], *x.shape.last().expect("rank 4"));
+                let hw = x.shape[1] * x.shape[2];
+                if max {
+                    // The whole image is one window: the input is its own im2col matrix.
+                    let g = Geom::of(&global_window(&x.shape), 1);
+                    let (y, arg) = be.taps_reduce(&x.buf, &g, true);
+                    (y, Saved::Arg(arg))
+                } else {
+                    let y = be.col_sums(&x.buf, None, n, hw, c, 1.0 / hw as f32);
+                    (y, Saved::None)
+                }
+            }
+            Layer::Dense { w, b, act } => {
+                let cin = *x.shape.last().expect("rank >= 1");
+                let mut z = be.zeros(total);
+                be.gemm(&Gemm::plain(rows_out, cout, cin), &x.buf, &self.params[w].buf, &mut z);
+                if let Some(b) = b {
+                    be.add_bias(&mut z, &self.params[b].buf);
+                }
+                match act {
+                    Some(f) if !skip_act && f != ActFn::Linear => {
+                        let y = if f == ActFn::Softmax {
+                            be.softmax(&z, cout)
+                        } else {
+                            be.act(&z, act_code(f))
+                        };
+                        (y, Saved::PreAct(z))
+                    }
+                    _ => (z, Saved::None),
+                }
+            }
+            Layer::Dropout(rate) => {
+                if !train || rate <= 0.0 {
+                    return (x.clone(), Saved::None);
+                }
+                // The same masks as the CPU network: drawn on the host from the same stream.
+                let mut rng = self.dropout_rng.fork(idx as u64);
+                let keep = 1.0 - rate;
+                let mask: Vec<f32> = (0..total)
+                    .map(|_| if rng.uniform() < keep { 1.0 / keep } else { 0.0 })
+                    .collect();
+                let mask = be.upload(&mask);
+                let mut y = be.zeros(total);
+                be.mul(&x.buf, &mask, &mut y, false);
+                (y, Saved::Mask(mask))
+            }
+            Layer::Reshape => {
+                return (
+                    Val {
+                        buf: x.buf.clone(),
+                        shape: out_shape,
+                    },
+                    Saved::None,
+                )
+            }
+            Layer::Merge(kind) => (self.merge_forward(ins, &out_shape, kind), Saved::None),
+        };
+        (self.fresh(out_shape, y), saved)
+    }
+
+    fn merge_forward(&self, ins: &[Val<B::Buf>], out_shape: &[usize], kind: MergeKind) -> B::Buf {
+        let be = &self.be;
+        let (rows, last) = rows_of(out_shape);
+        let mut y = be.zeros(rows * last);
+        match kind {
+            MergeKind::Add => ins.iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y)),
+            MergeKind::Concatenate => {
+                let mut off = 0;
+                for a in ins {
+                    let w = *a.shape.last().expect("rank >= 1");
+                    be.col_copy(&a.buf, w, 0, &mut y, last, off, w, rows, false);
+                    off += w;
+                }
+            }
+            MergeKind::Multiply => {
+                if ins.len() == 2 && ins[0].shape != ins[1].shape {
+                    let (x, g) = if ins[0].shape == out_shape {
+                        (&ins[0], &ins[1])
+                    } else {
+                        (&ins[1], &ins[0])
+                    };
+                    be.gate_mul(&x.buf, &g.buf, out_shape[0], last, &mut y, false);
+                } else {
+                    be.mul(&ins[0].buf, &ins[1].buf, &mut y, false);
+                    for a in &ins[2..] {
+                        let mut next = be.zeros(rows * last);
+                        be.mul(&y, &a.buf, &mut next, false);
+                        y = next;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn input(&self, b: &Batch) -> Val<B::Buf> {
+        self.fresh(b.shape.clone(), self.be.upload(&b.x))
+    }
+
+    /// Forward in training mode, the loss, and the gradient of every parameter (in `params`
+    /// order; empty for non-trainable ones).
+    fn loss_and_grads(&mut self, b: &Batch, dropout_seed: u64) -> (StepResult, Vec<B::Buf>) {
+        self.dropout_rng = Rng::new(dropout_seed);
+        let n_nodes = self.plan.graph.nodes.len();
+        let mut records: Vec<Option<Record<B::Buf>>> = (0..n_nodes).map(|_| None).collect();
+        let x = self.input(b);
+        let logits = self.forward(x, true, Some(&mut records));
+        let (res, dlogits) = cross_entropy(&self.be.download(&logits.buf), logits.shape[1], b.labels);
+        drop(logits);
+        let mut pgrads: Vec<B::Buf> = self
+            .params
+            .iter()
+            .map(|p| self.be.zeros(if p.trainable { p.len } else { 0 }))
+            .collect();
+        let mut grads: Vec<Option<B::Buf>> = (0..n_nodes).map(|_| None).collect();
+        let (stop, _) = self.plan.logits();
+        grads[stop.index()] = Some(self.be.upload(&dlogits));
+        for idx in (1..=stop.index()).rev() {
+            let (Some(dy), Some(rec)) = (grads[idx].take(), records[idx].take()) else {
+                continue;
+            };
+            self.layer_backward(idx, dy, rec, &mut grads, &mut pgrads);
+        }
+        (res, pgrads)
+    }
+
+    /// Adds `g` into node `i`'s gradient, taking it over when there is none yet.
+    fn accumulate(&self, grads: &mut [Option<B::Buf>], i: usize, g: B::Buf) {
+        match &mut grads[i] {
+            Some(acc) => self.be.axpy(&g, 1.0, acc),
+            slot @ None => *slot = Some(g),
+        }
+    }
+
+    /// Node `i`'s gradient buffer, made (zero) on first use; None for the network input.
+    fn grad_slot<'a>(&self, grads: &'a mut [Option<B::Buf>], i: usize, len: usize) -> Option<&'a mut B::Buf> {
+        if i == 0 {
+            return None;
+        }
+        Some(grads[i].get_or_insert_with(|| self.be.zeros(len)))
+    }
+
+    fn layer_backward(
+        &mut self,
+        idx: usize,
+        dy: B::Buf,
+        rec: Record<B::Buf>,
+        grads: &mut [Option<B::Buf>],
+        pgrads: &mut [B::Buf],
+    ) {
+        let layer = self.plan.layers[idx].clone();
+        let inputs: Vec<usize> = self.plan.graph.node(NodeId(idx as u32)).inputs.iter().map(|i| i.index()).collect();
+        let be = &self.be;
+        let x = &rec.ins[0];
+        let xi = inputs[0];
+        let xlen: usize = x.shape.iter().product();
+        let (rows_out, cout) = rows_of(&rec.out.shape);
+        match layer {
+            Layer::Input => {}
+            Layer::Conv { op, w, b } => {
+                let s = conv_shape(&op, &x.shape, &rec.out.shape);
+                let Saved::Cols(cols) = rec.saved else { unreachable!("conv saves its columns") };
+                if let Some(b) = b {
+                    let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
+                    be.axpy(&db, 1.0, &mut pgrads[b]);
+                }
+                let f = self.conv_gemm(&s, rows_out);
+                // dW += colsᵀ · dy, per group.
+                let dw = Gemm {
+                    m: f.k,
+                    n: f.n,
+                    k: rows_out,
+                    ta: true,
+                    lda: f.lda,
+                    ldb: f.ldc,
+                    ldc: f.ldb,
+                    beta: 1.0,
+                    sa: f.sa,
+                    sb: f.sc,
+                    sc: f.sb,
+                    ..f
+                };
+                be.gemm(&dw, &cols, &dy, &mut pgrads[w]);
+                drop(cols);
+                if xi == 0 {
+                    return;
+                }
+                // dcols = dy · Wᵀ, per group.
+                let dc = Gemm {
+                    m: rows_out,
+                    n: f.k,
+                    k: f.n,
+                    tb: true,
+                    lda: f.ldc,
+                    ldb: f.ldb,
+                    ldc: f.lda,
+                    sa: f.sc,
+                    sb: f.sb,
+                    sc: f.sa,
+                    ..f
+                };
+                if s.direct() {
+                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
+                    be.gemm(&Gemm { beta: 1.0, ..dc }, &dy, &self.params[w].buf, dx);
+                } else {
+                    let mut dcols = be.zeros(rows_out * f.lda);
+                    be.gemm(&dc, &dy, &self.params[w].buf, &mut dcols);
+                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
+                    be.col2im_acc(&dcols, &Geom::of(&s.win, s.groups), dx);
+                }
+            }
+            Layer::BatchNorm { gamma, beta, .. } => {
+                let Saved::Bn { mean, inv_std } = rec.saved else { unreachable!("bn saves statistics") };
+                let (rows, c) = rows_of(&x.shape);
+                let sdy = be.col_sums(&dy, None, 1, rows, c, 1.0);
+                let sdyx = be.col_sums(&dy, Some(&x.buf), 1, rows, c, 1.0);
+                let (mut dg, mut db) = (None, None);
+                for (i, slot) in pgrads.iter_mut().enumerate() {
+                    if Some(i) == gamma {
+                        dg = Some(slot);
+                    } else if Some(i) == beta {
+                        db = Some(slot);
+                    }
+                }
+                let gm = gamma.map(|i| &self.params[i].buf);
+                let [s, t, d] = be.bn_back_coeffs(&sdy, &sdyx, &mean, &inv_std, gm, dg, db, rows);
+                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                    be.chan_affine(&dy, &s, Some((&x.buf, &t)), &d, c, dx, true);
+                }
+            }
+            Layer::Activation(f) => {
+                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                    if f == ActFn::Softmax {
+                        be.softmax_back_acc(&rec.out.buf, &dy, cout, dx);
+                    } else {
+                        be.act_back_acc(&x.buf, &rec.out.buf, &dy, act_code(f), dx);
+                    }
+                }
+            }
+            Layer::ZeroPad(p) => {
+                let g = Geom {
+                    n: x.shape[0] as i32,
+                    h: x.shape[1] as i32,
+                    w: x.shape[2] as i32,
+                    c: x.shape[3] as i32,
+                    kh: 1,
+                    kw: 1,
+                    sh: 1,
+                    sw: 1,
+                    dh: 1,
+                    dw: 1,
+                    pt: p[0][0] as i32,
+                    pl: p[1][0] as i32,
+                    ho: rec.out.shape[1] as i32,
+                    wo: rec.out.shape[2] as i32,
+                    groups: 1,
+                };
+                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                    be.col2im_acc(&dy, &g, dx);
+                }
+            }
+            Layer::Pool { max, op } => {
+                let Saved::Arg(arg) = rec.saved else { unreachable!("pool saves its taps") };
+                let g = Geom::of(&pool_window(&op, &x.shape, &rec.out.shape), 1);
+                if xi != 0 {
+                    let dcols = be.taps_expand(&dy, &arg, &g, max);
+                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
+                    be.col2im_acc(&dcols, &g, dx);
+                }
+            }
+            Layer::GlobalPool { max } => {
+                let (n, c) = (x.shape[0], *x.shape.last().expect("rank 4"));
+                let hw = x.shape[1] * x.shape[2];
+                if xi == 0 {
+                    return;
+                }
+                if max {
+                    let Saved::Arg(arg) = rec.saved else { unreachable!("max pool saves its taps") };
+                    let g = Geom::of(&global_window(&x.shape), 1);
+                    let d = be.taps_expand(&dy, &arg, &g, true);
+                    self.accumulate(grads, xi, d);
+                } else {
+                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
+                    be.bcast_rows_acc(&dy, n, c, 1.0 / hw as f32, dx);
+                }
+            }
+            Layer::Dense { w, b, act } => {
+                let cin = *x.shape.last().expect("rank >= 1");
+                let dz = match rec.saved {
+                    Saved::PreAct(z) => {
+                        let f = act.expect("an activation was applied");
+                        let mut dz = be.zeros(rows_out * cout);
+                        if f == ActFn::Softmax {
+                            be.softmax_back_acc(&rec.out.buf, &dy, cout, &mut dz);
+                        } else {
+                            be.act_back_acc(&z, &rec.out.buf, &dy, act_code(f), &mut dz);
+                        }
+                        dz
+                    }
+                    _ => dy,
+                };
+                if let Some(b) = b {
+                    let db = be.col_sums(&dz, None, 1, rows_out, cout, 1.0);
+                    be.axpy(&db, 1.0, &mut pgrads[b]);
+                }
+                let dw = Gemm { ta: true, lda: cin, ldb: cout, ldc: cout, beta: 1.0, ..Gemm::plain(cin, cout, rows_out) };
+                be.gemm(&dw, &x.buf, &dz, &mut pgrads[w]);
+                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                    let g = Gemm { tb: true, lda: cout, ldb: cout, ldc: cin, beta: 1.0, ..Gemm::plain(rows_out, cin, cout) };
+                    be.gemm(&g, &dz, &self.params[w].buf, dx);
+                }
+            }
+            Layer::Dropout(_) => match rec.saved {
+                Saved::Mask(mask) => {
+                    if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                        be.mul(&dy, &mask, dx, true);
+                    }
+                }
+                _ => {
+                    if xi != 0 {
+                        self.accumulate(grads, xi, dy);
+                    }
+                }
+            },
+            Layer::Reshape => {
+                if xi != 0 {
+                    self.accumulate(grads, xi, dy);
+                }
+            }
+            Layer::Merge(kind) => self.merge_backward(&rec, &inputs, dy, kind, grads),
+        }
+    }
+
+    fn merge_backward(
+        &self,
+        rec: &Record<B::Buf>,
+        inputs: &[usize],
+        dy: B::Buf,
+        kind: MergeKind,
+        grads: &mut [Option<B::Buf>],
+    ) {
+        let be = &self.be;
+        let (rows, last) = rows_of(&rec.out.shape);
+        let total = rows * last;
+        match kind {
+            MergeKind::Add => {
+                for &i in inputs {
+                    if let Some(dx) = self.grad_slot(grads, i, total) {
+                        be.axpy(&dy, 1.0, dx);
+                    }
+                }
+            }
+            MergeKind::Concatenate => {
+                let mut off = 0;
+                for (a, &i) in rec.ins.iter().zip(inputs) {
+                    let w = *a.shape.last().expect("rank >= 1");
+                    if let Some(dx) = self.grad_slot(grads, i, rows * w) {
+                        be.col_copy(&dy, last, off, dx, w, 0, w, rows, true);
+                    }
+                    off += w;
+                }
+            }
+            MergeKind::Multiply => {
+                let ins = &rec.ins;
+                if ins.len() == 2 && ins[0].shape != ins[1].shape {
+                    let full = usize::from(ins[0].shape != rec.out.shape);
+                    let (x, g) = (&ins[full], &ins[1 - full]);
+                    let n = rec.out.shape[0];
+                    if let Some(dx) = self.grad_slot(grads, inputs[full], total) {
+                        be.gate_mul(&dy, &g.buf, n, last, dx, true);
+                    }
+                    if inputs[1 - full] != 0 {
+                        let dg = be.col_sums(&dy, Some(&x.buf), n, rows / n.max(1), last, 1.0);
+                        self.accumulate(grads, inputs[1 - full], dg);
+                    }
+                    return;
+                }
+                for (k, &i) in inputs.iter().enumerate() {
+                    if i == 0 {
+                        continue;
+                    }
+                    // dy times every other operand.
+                    let mut prod = be.zeros(total);
+                    be.axpy(&dy, 1.0, &mut prod);
+                    for (j, a) in ins.iter().enumerate() {
+                        if j != k {
+                            let mut next = be.zeros(total);
+                            be.mul(&prod, &a.buf, &mut next, false);
+                            prod = next;
+                        }
+                    }
+                    self.accumulate(grads, i, prod);
+                }
+            }
+        }
+    }
+
+    fn param_info(&self) -> Vec<ParamInfo> {
+        self.params
+            .iter()
+            .map(|p| ParamInfo {
+                name: p.name.clone(),
+                len: p.len,
+                trainable: p.trainable,
+            })
+            .collect()
+    }
+
+    fn moments(&mut self) -> &mut (i32, Vec<B::Buf>, Vec<B::Buf>) {
+        let be = &self.be;
+        let params = &self.params;
+        self.opt.get_or_insert_with(|| {
+            let make = || {
+                params
+                    .iter()
+                    .map(|p| be.zeros(if p.trainable { p.len } else { 0 }))
+                    .collect()
+            };
+            (0, make(), make())
+        })
+    }
+}
+
+/// Mean softmax cross-entropy of logits (N, K) on the host (K is small): the loss, the
+/// probabilities, and the gradient of the loss with respect to the logits.
+fn cross_entropy(logits: &[f32], k: usize, labels: &[usize]) -> (StepResult, Vec<f32>) {
+    let n = logits.len() / k.max(1);
+    let mut probs = vec![0.0f32; n * k];
+    let mut loss = 0.0f64;
+    let mut d = vec![0.0f32; n * k];
+    for i in 0..n {
+        let row = &logits[i * k..(i + 1) * k];
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
+        for j in 0..k {
+            probs[i * k + j] = (((row[j] - m) as f64).exp() / z) as f32;
+            let t = if j == labels[i] { 1.0 } else { 0.0 };
+            d[i * k + j] = (probs[i * k + j] - t) / n as f32;
+        }
+        loss += z.ln() - (row[labels[i].min(k - 1)] - m) as f64;
+    }
+    let res = StepResult {
+        loss: (loss / n.max(1) as f64) as f32,
+        probs: probs.chunks(k.max(1)).map(|r| r.to_vec()).collect(),
+    };
+    (res, d)
+}
+
+impl<B: Backend> Model for KernelNet<B> {
+    fn graph(&self) -> &Graph {
+        &self.plan.graph
+    }
+    fn device_name(&self) -> String {
+        self.device_name.clone()
+    }
+    fn infer(&mut self, batch: Batch) -> StepResult {
+        let x = self.input(&batch);
+        let logits = self.forward(x, false, None);
+        cross_entropy(&self.be.download(&logits.buf), logits.shape[1], batch.labels).0
+    }
+    fn train_step(&mut self, batch: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
+        let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
+        if !res.loss.is_finite() {
+            return res;
+        }
+        let (step, mut m, mut v) = std::mem::take(self.moments());
+        let step = step + 1;
+        let wd = opt.weight_decay as f32;
+        let u = match opt.kind {
+            Optimizer::Adam => Update::Adam {
+                step,
+                lr: opt.lr as f32,
+                b1: 0.9,
+                b2: 0.999,
+                eps: 1e-8,
+                wd,
+            },
+            Optimizer::Sgd => Update::Sgd {
+                lr: opt.lr as f32,
+                momentum: opt.momentum as f32,
+                wd,
+            },
+        };
+        for (i, p) in self.params.iter_mut().enumerate() {
+            if p.trainable {
+                self.be.update(&u, &mut p.buf, &pgrads[i], &mut m[i], &mut v[i]);
+            }
+        }
+        self.opt = Some((step, m, v));
+        res
+    }
+    fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
+        let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
+        let g = pgrads.iter().map(|b| self.be.download(b)).collect();
+        (res, g)
+    }
+    fn param_info(&self) -> Vec<ParamInfo> {
+        KernelNet::param_info(self)
+    }
+    fn param_values(&self) -> Vec<Vec<f32>> {
+        self.params.iter().map(|p| self.be.download(&p.buf)).collect()
+    }
+    fn set_param(&mut self, i: usize, values: Vec<f32>) {
+        self.params[i].buf = self.be.upload(&values);
+    }
+    fn opt_state(&self) -> (i32, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        match &self.opt {
+            Some((step, m, v)) => (
+                *step,
+                m.iter().map(|b| self.be.download(b)).collect(),
+                v.iter().map(|b| self.be.download(b)).collect(),
+            ),
+            None => (0, vec![], vec![]),
+        }
+    }
+    fn set_opt_state(&mut self, step: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) {
+        let lens: Vec<usize> = self.params.iter().map(|p| if p.trainable { p.len } else { 0 }).collect();
+        let be = &self.be;
+        let st = self.opt.get_or_insert_with(|| (0, vec![], vec![]));
+        let pick = |src: &[Vec<f32>], i: usize| -> Vec<f32> {
+            match src.get(i) {
+                Some(s) if s.len() == lens[i] => s.clone(),
+                _ => vec![0.0; lens[i]],
+            }
+        };
+        st.0 = step;
+        st.1 = (0..lens.len()).map(|i| be.upload(&pick(&m, i))).collect();
+        st.2 = (0..lens.len()).map(|i| be.upload(&pick(&v, i))).collect();
+    }
+    fn synchronize(&self) {
+        self.be.synchronize();
+    }
+}
