@@ -3,6 +3,7 @@
 //! a short training run step by step. The GPU repeats the same checks (scripts/gpu-check.sh).
 
 use se_compile::lower::device;
+use se_compile::lower::kernelnet::{host::Host, KernelNet};
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::{Batch, Model, OptSettings};
 use se_compile::lower::parity;
@@ -32,12 +33,13 @@ fn parity_detects_a_different_network() {
     assert!(!row.passes(1e-4));
 }
 
-#[test]
-fn composite_training_follows_the_cpu_loss_curve() {
+/// Six Adam steps of `se_resnet_mini` on the CPU kernels and on `make`'s network from the same
+/// weights: the loss of each step and the first moments at the end agree.
+fn training_follows_the_cpu_loss_curve(make: &dyn Fn(&Net) -> Box<dyn Model>) {
     let src = se_compile::load("models/se_resnet_mini.yaml").expect("zoo model");
     let vg = se_compile::compile(&src).expect("compiles");
     let mut cpu = Net::new(&vg, 5);
-    let mut comp = device::composite_cpu(&cpu);
+    let mut other = make(&cpu);
     let cfg = TrainConfig::default();
     let opt = OptSettings::new(&cfg, 1e-3);
     let mut rng = Rng::new(8);
@@ -52,21 +54,22 @@ fn composite_training_follows_the_cpu_loss_curve() {
             labels: &y,
         };
         let a = cpu.train_step(batch(&x), &opt, step);
-        let b = comp.train_step(batch(&x), &opt, step);
+        let b = other.train_step(batch(&x), &opt, step);
         // Step 1 is a pure forward on identical weights. Later steps drift apart: Adam turns
         // rounding-level gradients of scale-invariant weights (before BatchNorm) into full steps.
         let tol = if step == 0 { 1e-5 } else { 0.02 * a.loss.abs() };
         assert!(
             (a.loss - b.loss).abs() <= tol,
-            "step {step}: cpu {} vs composite {}",
+            "step {step}: cpu {} vs {} {}",
             a.loss,
+            other.device_name(),
             b.loss
         );
         losses.push(a.loss);
     }
     // The steps did train: the optimizer state moved on both, identically.
     let (sa, ma, _) = cpu.opt_state();
-    let (sb, mb, _) = comp.opt_state();
+    let (sb, mb, _) = other.opt_state();
     assert_eq!((sa, sb), (6, 6));
     let (mut d2, mut n2) = (0.0f64, 0.0f64);
     for (p, q) in ma.iter().flatten().zip(mb.iter().flatten()) {
@@ -83,6 +86,11 @@ fn composite_training_follows_the_cpu_loss_curve() {
 }
 
 #[test]
+fn composite_training_follows_the_cpu_loss_curve() {
+    training_follows_the_cpu_loss_curve(&|net| Box::new(device::composite_cpu(net)));
+}
+
+#[test]
 fn device_flags_parse() {
     use device::DeviceSpec::*;
     assert_eq!(device::parse("cpu").unwrap(), Cpu);
@@ -93,4 +101,58 @@ fn device_flags_parse() {
         let e = device::parse(bad).unwrap_err().to_string();
         assert!(e.contains("use cpu, cuda or cuda:N"), "{bad}: {e}");
     }
+}
+
+mod emulated_gpu;
+
+fn kernelnet_passes_parity(make: &mut dyn FnMut(&Net) -> Box<dyn Model>, name: &str) {
+    let rows = parity::run_all(make);
+    assert_eq!(rows.len(), parity::CASES.len());
+    let table = parity::table(&rows, name, 1e-4);
+    for r in &rows {
+        assert!(r.passes(1e-4), "{}\n{table}", r.name);
+        assert!(r.params > 0, "{}: no gradients compared", r.name);
+    }
+}
+
+#[test]
+fn kernel_network_wiring_matches_the_cpu_kernels_for_every_layer_kind() {
+    kernelnet_passes_parity(
+        &mut |net: &Net| Box::new(KernelNet::from_net(net, Host, "cpu-kernelnet".into()).unwrap()),
+        "cpu-kernelnet",
+    );
+}
+
+#[test]
+fn cuda_kernels_emulated_match_the_cpu_kernels_for_every_layer_kind() {
+    kernelnet_passes_parity(
+        &mut |net: &Net| {
+            Box::new(KernelNet::from_net(net, emulated_gpu::build(), "emulated".into()).unwrap())
+        },
+        "emulated cuda kernels",
+    );
+}
+
+#[test]
+fn cuda_kernels_emulated_training_follows_the_cpu_loss_curve() {
+    let be = std::rc::Rc::new(std::cell::RefCell::new(Some(emulated_gpu::build())));
+    training_follows_the_cpu_loss_curve(&|net| {
+        let be = be.borrow_mut().take().expect("one network");
+        Box::new(KernelNet::from_net(net, be, "emulated".into()).unwrap())
+    });
+}
+
+#[test]
+fn kernel_network_refuses_a_broadcast_it_has_no_kernel_for() {
+    // (N, 6, 5, 4) times (N, 1, 5, 4): neither equal shapes nor an SE gate.
+    let spec = "model: m\ninput: [6, 5, 4]\nlayers:\n  - conv2d: {filters: 4, kernel: 1}\n    id: a\n  - avg_pool2d: {size: [6, 1]}\n    id: p\n  - multiply: {}\n    from: [a, p]\n  - flatten\n  - dense: {units: 3}\n";
+    let src = se_compile::SourceFile::new("m.yaml", spec);
+    let vg = se_compile::compile(&src).expect("compiles");
+    let e = KernelNet::from_net(&Net::new(&vg, 1), Host, "cpu-kernelnet".into())
+        .err()
+        .expect("refused");
+    assert!(
+        e.contains("layer `multiply`") && e.contains("--device cuda"),
+        "{e}"
+    );
 }

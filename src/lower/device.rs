@@ -72,9 +72,7 @@ fn not_built(flag: &str) -> DeviceError {
 /// Checks that the device can exist in this build, before any work is done.
 pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
     match spec {
-        DeviceSpec::Cuda(_) | DeviceSpec::CudaKernelNet(_) if !CUDA_BUILT => {
-            Err(not_built(flag))
-        }
+        DeviceSpec::Cuda(_) | DeviceSpec::CudaKernelNet(_) if !CUDA_BUILT => Err(not_built(flag)),
         _ => Ok(()),
     }
 }
@@ -104,7 +102,9 @@ pub fn open(spec: DeviceSpec) -> Result<Opened, DeviceError> {
             // runs on the same CUDA context and stream.
             let d = open_cuda(i)?;
             let buf = <dfdx::tensor::Cuda as dfdx::tensor::Storage<f32>>::try_alloc_len(&d, 1)
-                .map_err(|e| DeviceError::Unavailable(format!("--device cuda-kernelnet:{i}: {e:?}")))?;
+                .map_err(|e| {
+                    DeviceError::Unavailable(format!("--device cuda-kernelnet:{i}: {e:?}"))
+                })?;
             Ok(Opened::CudaKernelNet(buf.device(), i))
         }
         #[cfg(not(feature = "cuda"))]

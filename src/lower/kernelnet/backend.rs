@@ -155,6 +155,97 @@ pub enum Update {
     },
 }
 
+/// `BnScalars` of kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BnScalars {
+    pub rows: f32,
+    pub eps: f32,
+    pub momentum: f32,
+    /// Bit 0: training (batch statistics), bit 1: gamma, bit 2: beta.
+    pub flags: i32,
+}
+
+impl BnScalars {
+    pub fn forward<Buf>(train: bool, rows: usize, p: &BnParams<Buf>) -> BnScalars {
+        BnScalars {
+            rows: rows as f32,
+            eps: p.eps,
+            momentum: p.momentum,
+            flags: i32::from(train)
+                | i32::from(p.gamma.is_some()) << 1
+                | i32::from(p.beta.is_some()) << 2,
+        }
+    }
+    pub fn backward(rows: usize, gamma: bool, beta: bool) -> BnScalars {
+        BnScalars {
+            rows: rows as f32,
+            eps: 0.0,
+            momentum: 0.0,
+            flags: i32::from(gamma) << 1 | i32::from(beta) << 2,
+        }
+    }
+}
+
+/// `UpdateCfg` of kernels.cu: Adam's bias corrections 1 - beta^step are computed here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UpdateCfg {
+    pub lr: f32,
+    pub b1: f32,
+    pub b2: f32,
+    pub eps: f32,
+    pub wd: f32,
+    pub momentum: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+    pub kind: i32,
+}
+
+impl UpdateCfg {
+    pub fn of(u: &Update) -> UpdateCfg {
+        match *u {
+            Update::Adam {
+                step,
+                lr,
+                b1,
+                b2,
+                eps,
+                wd,
+            } => UpdateCfg {
+                lr,
+                b1,
+                b2,
+                eps,
+                wd,
+                momentum: 0.0,
+                bc1: 1.0 - b1.powi(step),
+                bc2: 1.0 - b2.powi(step),
+                kind: 0,
+            },
+            Update::Sgd { lr, momentum, wd } => UpdateCfg {
+                lr,
+                b1: 0.0,
+                b2: 0.0,
+                eps: 0.0,
+                wd,
+                momentum,
+                bc1: 1.0,
+                bc2: 1.0,
+                kind: 1,
+            },
+        }
+    }
+}
+
+/// How `col_partial` splits the rows: (chunks, rows per chunk), for about 64k threads, each
+/// summing a chunk of rows of one column.
+pub fn col_chunks(groups: usize, rows: usize, c: usize) -> (usize, usize) {
+    let chunks = (65536 / (groups * c).max(1)).clamp(1, rows.max(1));
+    let chunk_rows = rows.div_ceil(chunks).max(1);
+    (rows.div_ceil(chunk_rows), chunk_rows)
+}
+
 /// Outputs are freshly made unless the name says `_acc` (then `out += …`).
 pub trait Backend {
     type Buf;
@@ -222,11 +313,26 @@ pub trait Backend {
         rows: usize,
     ) -> [Self::Buf; 3];
     fn act(&self, x: &Self::Buf, code: i32) -> Self::Buf;
-    fn act_back_acc(&self, x: &Self::Buf, y: &Self::Buf, dy: &Self::Buf, code: i32, dx: &mut Self::Buf);
+    fn act_back_acc(
+        &self,
+        x: &Self::Buf,
+        y: &Self::Buf,
+        dy: &Self::Buf,
+        code: i32,
+        dx: &mut Self::Buf,
+    );
     fn softmax(&self, x: &Self::Buf, c: usize) -> Self::Buf;
     fn softmax_back_acc(&self, y: &Self::Buf, dy: &Self::Buf, c: usize, dx: &mut Self::Buf);
     /// y[n, p, c] = x[n, p, c] · g[n, c] (the SE gate), or accumulated into out.
-    fn gate_mul(&self, x: &Self::Buf, g: &Self::Buf, n: usize, c: usize, out: &mut Self::Buf, accumulate: bool);
+    fn gate_mul(
+        &self,
+        x: &Self::Buf,
+        g: &Self::Buf,
+        n: usize,
+        c: usize,
+        out: &mut Self::Buf,
+        accumulate: bool,
+    );
     /// out[n, p, c] += scale · g[n, c].
     fn bcast_rows_acc(&self, g: &Self::Buf, n: usize, c: usize, scale: f32, out: &mut Self::Buf);
     fn mul(&self, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf, accumulate: bool);
@@ -248,5 +354,12 @@ pub trait Backend {
         rows: usize,
         accumulate: bool,
     );
-    fn update(&self, u: &Update, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
+    fn update(
+        &self,
+        u: &Update,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    );
 }

@@ -9,7 +9,18 @@ pub struct Host;
 
 fn act_of(code: i32) -> crate::ir::ops::ActFn {
     use crate::ir::ops::ActFn::*;
-    [Linear, Relu, Relu6, Sigmoid, HardSigmoid, Tanh, Swish, Gelu, Elu, Softmax][code as usize]
+    [
+        Linear,
+        Relu,
+        Relu6,
+        Sigmoid,
+        HardSigmoid,
+        Tanh,
+        Swish,
+        Gelu,
+        Elu,
+        Softmax,
+    ][code as usize]
 }
 
 impl Backend for Host {
@@ -35,8 +46,16 @@ impl Backend for Host {
                 for j in 0..g.n {
                     let mut s = 0.0f32;
                     for l in 0..g.k {
-                        let av = if g.ta { a[oa + l * g.lda + i] } else { a[oa + i * g.lda + l] };
-                        let bv = if g.tb { b[ob + j * g.ldb + l] } else { b[ob + l * g.ldb + j] };
+                        let av = if g.ta {
+                            a[oa + l * g.lda + i]
+                        } else {
+                            a[oa + i * g.lda + l]
+                        };
+                        let bv = if g.tb {
+                            b[ob + j * g.ldb + l]
+                        } else {
+                            b[ob + l * g.ldb + j]
+                        };
                         s += av * bv;
                     }
                     let o = &mut c[oc + i * g.ldc + j];
@@ -57,8 +76,8 @@ impl Backend for Host {
                             for kx in 0..g.kw {
                                 match g.src(oy, ox, ky, kx) {
                                     Some((iy, ix)) => {
-                                        let base = (((n * g.h + iy) * g.w + ix) as usize) * c
-                                            + grp * cg;
+                                        let base =
+                                            (((n * g.h + iy) * g.w + ix) as usize) * c + grp * cg;
                                         out.extend_from_slice(&x[base..base + cg]);
                                     }
                                     None => out.extend(std::iter::repeat_n(fill, cg)),
@@ -82,8 +101,8 @@ impl Backend for Host {
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
                                 if let Some((iy, ix)) = g.src(oy, ox, ky, kx) {
-                                    let base = (((n * g.h + iy) * g.w + ix) as usize) * c
-                                        + grp * cg;
+                                    let base =
+                                        (((n * g.h + iy) * g.w + ix) as usize) * c + grp * cg;
                                     for j in 0..cg {
                                         dx[base + j] += dcols[i + j];
                                     }
@@ -103,7 +122,10 @@ impl Backend for Host {
         let mut y = vec![0.0f32; rows * c];
         let mut arg = vec![0.0f32; if max { rows * c } else { 0 }];
         for r in 0..rows {
-            let (oy, ox) = (((r / g.wo as usize) % g.ho as usize) as i32, (r % g.wo as usize) as i32);
+            let (oy, ox) = (
+                ((r / g.wo as usize) % g.ho as usize) as i32,
+                (r % g.wo as usize) as i32,
+            );
             let inside = (0..kk)
                 .filter(|t| g.src(oy, ox, *t as i32 / g.kw, *t as i32 % g.kw).is_some())
                 .count()
@@ -133,7 +155,10 @@ impl Backend for Host {
         let rows = g.out_rows();
         let mut d = vec![0.0f32; rows * kk * c];
         for r in 0..rows {
-            let (oy, ox) = (((r / g.wo as usize) % g.ho as usize) as i32, (r % g.wo as usize) as i32);
+            let (oy, ox) = (
+                ((r / g.wo as usize) % g.ho as usize) as i32,
+                (r % g.wo as usize) as i32,
+            );
             let inside = (0..kk)
                 .filter(|t| g.src(oy, ox, *t as i32 / g.kw, *t as i32 % g.kw).is_some())
                 .count()
@@ -141,7 +166,11 @@ impl Backend for Host {
             for j in 0..c {
                 for t in 0..kk {
                     d[(r * kk + t) * c + j] = if max {
-                        if arg[r * c + j] as usize == t { dy[r * c + j] } else { 0.0 }
+                        if arg[r * c + j] as usize == t {
+                            dy[r * c + j]
+                        } else {
+                            0.0
+                        }
                     } else {
                         dy[r * c + j] / inside as f32
                     };
@@ -262,7 +291,14 @@ impl Backend for Host {
         let f = act_of(code);
         x.iter().map(|v| act_value(f, *v)).collect()
     }
-    fn act_back_acc(&self, x: &Vec<f32>, y: &Vec<f32>, dy: &Vec<f32>, code: i32, dx: &mut Vec<f32>) {
+    fn act_back_acc(
+        &self,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        dy: &Vec<f32>,
+        code: i32,
+        dx: &mut Vec<f32>,
+    ) {
         let f = act_of(code);
         for i in 0..x.len() {
             dx[i] += dy[i] * act_grad(f, x[i], y[i]);
@@ -284,13 +320,25 @@ impl Backend for Host {
     fn softmax_back_acc(&self, y: &Vec<f32>, dy: &Vec<f32>, c: usize, dx: &mut Vec<f32>) {
         for r in 0..y.len() / c {
             let row = r * c..(r + 1) * c;
-            let dot: f32 = y[row.clone()].iter().zip(&dy[row.clone()]).map(|(a, b)| a * b).sum();
+            let dot: f32 = y[row.clone()]
+                .iter()
+                .zip(&dy[row.clone()])
+                .map(|(a, b)| a * b)
+                .sum();
             for i in row {
                 dx[i] += y[i] * (dy[i] - dot);
             }
         }
     }
-    fn gate_mul(&self, x: &Vec<f32>, g: &Vec<f32>, n: usize, c: usize, out: &mut Vec<f32>, acc: bool) {
+    fn gate_mul(
+        &self,
+        x: &Vec<f32>,
+        g: &Vec<f32>,
+        n: usize,
+        c: usize,
+        out: &mut Vec<f32>,
+        acc: bool,
+    ) {
         let per = x.len() / n.max(1);
         for i in 0..x.len() {
             let v = x[i] * g[(i / per) * c + i % c];
@@ -305,7 +353,11 @@ impl Backend for Host {
     }
     fn mul(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>, acc: bool) {
         for i in 0..a.len() {
-            out[i] = if acc { out[i] + a[i] * b[i] } else { a[i] * b[i] };
+            out[i] = if acc {
+                out[i] + a[i] * b[i]
+            } else {
+                a[i] * b[i]
+            };
         }
     }
     fn axpy(&self, x: &Vec<f32>, alpha: f32, out: &mut Vec<f32>) {
@@ -335,10 +387,24 @@ impl Backend for Host {
             }
         }
     }
-    fn update(&self, u: &Update, p: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>) {
+    fn update(
+        &self,
+        u: &Update,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) {
         for i in 0..p.len() {
             match *u {
-                Update::Adam { step, lr, b1, b2, eps, wd } => {
+                Update::Adam {
+                    step,
+                    lr,
+                    b1,
+                    b2,
+                    eps,
+                    wd,
+                } => {
                     let gi = g[i] + wd * p[i];
                     m[i] = m[i] * b1 + gi * (1.0 - b1);
                     v[i] = v[i] * b2 + gi * gi * (1.0 - b2);

@@ -52,7 +52,10 @@ enum Saved<Buf> {
     Cols(Rc<Buf>),
     /// A pool's im2col matrix is not needed: its winning taps are.
     Arg(Buf),
-    Bn { mean: Buf, inv_std: Buf },
+    Bn {
+        mean: Buf,
+        inv_std: Buf,
+    },
     /// A Dense layer's output before its activation.
     PreAct(Buf),
     Mask(Buf),
@@ -96,10 +99,15 @@ impl<B: Backend> KernelNet<B> {
             if let Layer::Merge(MergeKind::Multiply) = l {
                 let node = g.node(NodeId(i as u32));
                 // Node shapes leave out the batch axis; the gate test wants it.
-                let batched = |s: &[usize]| -> Vec<usize> { std::iter::once(1).chain(s.iter().copied()).collect() };
+                let batched = |s: &[usize]| -> Vec<usize> {
+                    std::iter::once(1).chain(s.iter().copied()).collect()
+                };
                 let out = batched(&node.shape);
-                let shapes: Vec<Vec<usize>> =
-                    node.inputs.iter().map(|&j| batched(&g.node(j).shape)).collect();
+                let shapes: Vec<Vec<usize>> = node
+                    .inputs
+                    .iter()
+                    .map(|&j| batched(&g.node(j).shape))
+                    .collect();
                 let ok = shapes.iter().all(|s| *s == out)
                     || (shapes.len() == 2
                         && ((shapes[0] == out && is_gate(&shapes[1], &out))
@@ -207,7 +215,12 @@ impl<B: Backend> KernelNet<B> {
                     Rc::new(be.im2col(&x.buf, &Geom::of(&s.win, s.groups), 0.0))
                 };
                 let mut y = be.zeros(total);
-                be.gemm(&self.conv_gemm(&s, rows_out), &cols, &self.params[w].buf, &mut y);
+                be.gemm(
+                    &self.conv_gemm(&s, rows_out),
+                    &cols,
+                    &self.params[w].buf,
+                    &mut y,
+                );
                 if let Some(b) = b {
                     be.add_bias(&mut y, &self.params[b].buf);
                 }
@@ -295,7 +308,12 @@ impl<B: Backend> KernelNet<B> {
             Layer::Dense { w, b, act } => {
                 let cin = *x.shape.last().expect("rank >= 1");
                 let mut z = be.zeros(total);
-                be.gemm(&Gemm::plain(rows_out, cout, cin), &x.buf, &self.params[w].buf, &mut z);
+                be.gemm(
+                    &Gemm::plain(rows_out, cout, cin),
+                    &x.buf,
+                    &self.params[w].buf,
+                    &mut z,
+                );
                 if let Some(b) = b {
                     be.add_bias(&mut z, &self.params[b].buf);
                 }
@@ -319,7 +337,13 @@ impl<B: Backend> KernelNet<B> {
                 let mut rng = self.dropout_rng.fork(idx as u64);
                 let keep = 1.0 - rate;
                 let mask: Vec<f32> = (0..total)
-                    .map(|_| if rng.uniform() < keep { 1.0 / keep } else { 0.0 })
+                    .map(|_| {
+                        if rng.uniform() < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let mask = be.upload(&mask);
                 let mut y = be.zeros(total);
@@ -387,7 +411,8 @@ impl<B: Backend> KernelNet<B> {
         let mut records: Vec<Option<Record<B::Buf>>> = (0..n_nodes).map(|_| None).collect();
         let x = self.input(b);
         let logits = self.forward(x, true, Some(&mut records));
-        let (res, dlogits) = cross_entropy(&self.be.download(&logits.buf), logits.shape[1], b.labels);
+        let (res, dlogits) =
+            cross_entropy(&self.be.download(&logits.buf), logits.shape[1], b.labels);
         drop(logits);
         let mut pgrads: Vec<B::Buf> = self
             .params
@@ -415,7 +440,12 @@ impl<B: Backend> KernelNet<B> {
     }
 
     /// Node `i`'s gradient buffer, made (zero) on first use; None for the network input.
-    fn grad_slot<'a>(&self, grads: &'a mut [Option<B::Buf>], i: usize, len: usize) -> Option<&'a mut B::Buf> {
+    fn grad_slot<'a>(
+        &self,
+        grads: &'a mut [Option<B::Buf>],
+        i: usize,
+        len: usize,
+    ) -> Option<&'a mut B::Buf> {
         if i == 0 {
             return None;
         }
@@ -431,7 +461,14 @@ impl<B: Backend> KernelNet<B> {
         pgrads: &mut [B::Buf],
     ) {
         let layer = self.plan.layers[idx].clone();
-        let inputs: Vec<usize> = self.plan.graph.node(NodeId(idx as u32)).inputs.iter().map(|i| i.index()).collect();
+        let inputs: Vec<usize> = self
+            .plan
+            .graph
+            .node(NodeId(idx as u32))
+            .inputs
+            .iter()
+            .map(|i| i.index())
+            .collect();
         let be = &self.be;
         let x = &rec.ins[0];
         let xi = inputs[0];
@@ -441,7 +478,9 @@ impl<B: Backend> KernelNet<B> {
             Layer::Input => {}
             Layer::Conv { op, w, b } => {
                 let s = conv_shape(&op, &x.shape, &rec.out.shape);
-                let Saved::Cols(cols) = rec.saved else { unreachable!("conv saves its columns") };
+                let Saved::Cols(cols) = rec.saved else {
+                    unreachable!("conv saves its columns")
+                };
                 if let Some(b) = b {
                     let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
                     be.axpy(&db, 1.0, &mut pgrads[b]);
@@ -492,7 +531,9 @@ impl<B: Backend> KernelNet<B> {
                 }
             }
             Layer::BatchNorm { gamma, beta, .. } => {
-                let Saved::Bn { mean, inv_std } = rec.saved else { unreachable!("bn saves statistics") };
+                let Saved::Bn { mean, inv_std } = rec.saved else {
+                    unreachable!("bn saves statistics")
+                };
                 let (rows, c) = rows_of(&x.shape);
                 let sdy = be.col_sums(&dy, None, 1, rows, c, 1.0);
                 let sdyx = be.col_sums(&dy, Some(&x.buf), 1, rows, c, 1.0);
@@ -542,7 +583,9 @@ impl<B: Backend> KernelNet<B> {
                 }
             }
             Layer::Pool { max, op } => {
-                let Saved::Arg(arg) = rec.saved else { unreachable!("pool saves its taps") };
+                let Saved::Arg(arg) = rec.saved else {
+                    unreachable!("pool saves its taps")
+                };
                 let g = Geom::of(&pool_window(&op, &x.shape, &rec.out.shape), 1);
                 if xi != 0 {
                     let dcols = be.taps_expand(&dy, &arg, &g, max);
@@ -557,7 +600,9 @@ impl<B: Backend> KernelNet<B> {
                     return;
                 }
                 if max {
-                    let Saved::Arg(arg) = rec.saved else { unreachable!("max pool saves its taps") };
+                    let Saved::Arg(arg) = rec.saved else {
+                        unreachable!("max pool saves its taps")
+                    };
                     let g = Geom::of(&global_window(&x.shape), 1);
                     let d = be.taps_expand(&dy, &arg, &g, true);
                     self.accumulate(grads, xi, d);
@@ -585,10 +630,24 @@ impl<B: Backend> KernelNet<B> {
                     let db = be.col_sums(&dz, None, 1, rows_out, cout, 1.0);
                     be.axpy(&db, 1.0, &mut pgrads[b]);
                 }
-                let dw = Gemm { ta: true, lda: cin, ldb: cout, ldc: cout, beta: 1.0, ..Gemm::plain(cin, cout, rows_out) };
+                let dw = Gemm {
+                    ta: true,
+                    lda: cin,
+                    ldb: cout,
+                    ldc: cout,
+                    beta: 1.0,
+                    ..Gemm::plain(cin, cout, rows_out)
+                };
                 be.gemm(&dw, &x.buf, &dz, &mut pgrads[w]);
                 if let Some(dx) = self.grad_slot(grads, xi, xlen) {
-                    let g = Gemm { tb: true, lda: cout, ldb: cout, ldc: cin, beta: 1.0, ..Gemm::plain(rows_out, cin, cout) };
+                    let g = Gemm {
+                        tb: true,
+                        lda: cout,
+                        ldb: cout,
+                        ldc: cin,
+                        beta: 1.0,
+                        ..Gemm::plain(rows_out, cin, cout)
+                    };
                     be.gemm(&g, &dz, &self.params[w].buf, dx);
                 }
             }
@@ -738,7 +797,12 @@ impl<B: Backend> Model for KernelNet<B> {
     fn infer(&mut self, batch: Batch) -> StepResult {
         let x = self.input(&batch);
         let logits = self.forward(x, false, None);
-        cross_entropy(&self.be.download(&logits.buf), logits.shape[1], batch.labels).0
+        cross_entropy(
+            &self.be.download(&logits.buf),
+            logits.shape[1],
+            batch.labels,
+        )
+        .0
     }
     fn train_step(&mut self, batch: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
         let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
@@ -765,7 +829,8 @@ impl<B: Backend> Model for KernelNet<B> {
         };
         for (i, p) in self.params.iter_mut().enumerate() {
             if p.trainable {
-                self.be.update(&u, &mut p.buf, &pgrads[i], &mut m[i], &mut v[i]);
+                self.be
+                    .update(&u, &mut p.buf, &pgrads[i], &mut m[i], &mut v[i]);
             }
         }
         self.opt = Some((step, m, v));
@@ -780,7 +845,10 @@ impl<B: Backend> Model for KernelNet<B> {
         KernelNet::param_info(self)
     }
     fn param_values(&self) -> Vec<Vec<f32>> {
-        self.params.iter().map(|p| self.be.download(&p.buf)).collect()
+        self.params
+            .iter()
+            .map(|p| self.be.download(&p.buf))
+            .collect()
     }
     fn set_param(&mut self, i: usize, values: Vec<f32>) {
         self.params[i].buf = self.be.upload(&values);
@@ -796,7 +864,11 @@ impl<B: Backend> Model for KernelNet<B> {
         }
     }
     fn set_opt_state(&mut self, step: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) {
-        let lens: Vec<usize> = self.params.iter().map(|p| if p.trainable { p.len } else { 0 }).collect();
+        let lens: Vec<usize> = self
+            .params
+            .iter()
+            .map(|p| if p.trainable { p.len } else { 0 })
+            .collect();
         let be = &self.be;
         let st = self.opt.get_or_insert_with(|| (0, vec![], vec![]));
         let pick = |src: &[Vec<f32>], i: usize| -> Vec<f32> {

@@ -1,0 +1,345 @@
+// The kernel network's CUDA kernels. Each one means exactly what the same-named method of
+// `host.rs` computes; the host version is what the network's wiring is tested with.
+// Compiled at run time by NVRTC, without any header. The code is also valid C: the tests
+// compile it with the host's C compiler, a loop standing in for the threads (every kernel is a
+// grid-stride loop whose iterations write disjoint outputs), and run the whole parity check
+// with it.
+
+#ifndef KERNEL
+#define KERNEL extern "C" __global__
+#endif
+
+typedef struct {
+    int n, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, groups;
+} Geom;
+
+typedef struct {
+    float rows;
+    float eps;
+    float momentum;
+    // bit 0: training (batch statistics), bit 1: gamma, bit 2: beta.
+    int flags;
+} BnScalars;
+
+typedef struct {
+    float lr, b1, b2, eps, wd, momentum, bc1, bc2;
+    // 0: Adam, 1: SGD with classic momentum.
+    int kind;
+} UpdateCfg;
+
+#define LOOP(i, total) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
+         i += (long long)blockDim.x * gridDim.x)
+
+KERNEL void im2col(const float* x, float* out, Geom g, float fill, long long total) {
+    const int cg = g.c / g.groups;
+    const long long kcols = (long long)g.kh * g.kw * g.c;
+    LOOP(i, total) {
+        long long row = i / kcols;
+        int col = (int)(i % kcols);
+        int ci = col % cg;
+        int t = col / cg;
+        int kx = t % g.kw;
+        t /= g.kw;
+        int ky = t % g.kh;
+        int grp = t / g.kh;
+        int ox = (int)(row % g.wo);
+        long long r2 = row / g.wo;
+        int oy = (int)(r2 % g.ho);
+        long long n = r2 / g.ho;
+        int iy = oy * g.sh + ky * g.dh - g.pt;
+        int ix = ox * g.sw + kx * g.dw - g.pl;
+        int inside = iy >= 0 && ix >= 0 && iy < g.h && ix < g.w;
+        out[i] = inside ? x[((n * g.h + iy) * g.w + ix) * g.c + grp * cg + ci] : fill;
+    }
+}
+
+// One thread per input element sums the im2col entries that read it: no atomics.
+KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, long long total) {
+    const int cg = g.c / g.groups;
+    const long long kcols = (long long)g.kh * g.kw * g.c;
+    LOOP(i, total) {
+        int c = (int)(i % g.c);
+        long long r = i / g.c;
+        int ix = (int)(r % g.w);
+        r /= g.w;
+        int iy = (int)(r % g.h);
+        long long n = r / g.h;
+        int grp = c / cg;
+        int ci = c % cg;
+        float s = 0.0f;
+        for (int ky = 0; ky < g.kh; ky++) {
+            int ty = iy + g.pt - ky * g.dh;
+            if (ty < 0 || ty % g.sh != 0) continue;
+            int oy = ty / g.sh;
+            if (oy >= g.ho) continue;
+            for (int kx = 0; kx < g.kw; kx++) {
+                int tx = ix + g.pl - kx * g.dw;
+                if (tx < 0 || tx % g.sw != 0) continue;
+                int ox = tx / g.sw;
+                if (ox >= g.wo) continue;
+                long long row = (n * g.ho + oy) * g.wo + ox;
+                s += dcols[row * kcols + ((grp * g.kh + ky) * g.kw + kx) * cg + ci];
+            }
+        }
+        dx[i] += s;
+    }
+}
+
+__device__ int taps_inside(const Geom* g, long long row) {
+    int ox = (int)(row % g->wo);
+    int oy = (int)((row / g->wo) % g->ho);
+    int k = 0;
+    for (int ky = 0; ky < g->kh; ky++) {
+        int iy = oy * g->sh + ky * g->dh - g->pt;
+        for (int kx = 0; kx < g->kw; kx++) {
+            int ix = ox * g->sw + kx * g->dw - g->pl;
+            k += (iy >= 0 && ix >= 0 && iy < g->h && ix < g->w) ? 1 : 0;
+        }
+    }
+    return k > 0 ? k : 1;
+}
+
+KERNEL void taps_reduce(const float* cols, float* y, float* arg, Geom g, int is_max, long long total) {
+    const int kk = g.kh * g.kw;
+    LOOP(i, total) {
+        long long row = i / g.c;
+        int j = (int)(i % g.c);
+        const float* base = cols + row * kk * g.c + j;
+        if (is_max) {
+            float best = base[0];
+            int at = 0;
+            for (int t = 1; t < kk; t++) {
+                float v = base[(long long)t * g.c];
+                if (v > best) {
+                    best = v;
+                    at = t;
+                }
+            }
+            y[i] = best;
+            arg[i] = (float)at;
+        } else {
+            float s = 0.0f;
+            for (int t = 0; t < kk; t++) s += base[(long long)t * g.c];
+            y[i] = s / (float)taps_inside(&g, row);
+        }
+    }
+}
+
+KERNEL void taps_expand(const float* dy, const float* arg, float* dcols, Geom g, int is_max, long long total) {
+    const int kk = g.kh * g.kw;
+    LOOP(i, total) {
+        int j = (int)(i % g.c);
+        long long rt = i / g.c;
+        int t = (int)(rt % kk);
+        long long row = rt / kk;
+        long long o = row * g.c + j;
+        if (is_max) {
+            dcols[i] = ((int)arg[o] == t) ? dy[o] : 0.0f;
+        } else {
+            dcols[i] = dy[o] / (float)taps_inside(&g, row);
+        }
+    }
+}
+
+// Column sums in two stages without atomics: partial sums over chunks of rows (consecutive
+// threads read consecutive columns), then the chunks of each column.
+KERNEL void col_partial(const float* a, const float* b, int has_b, long long rows, int c,
+                                       int chunks, long long chunk_rows, float* part, long long total) {
+    LOOP(i, total) {
+        int j = (int)(i % c);
+        long long q = (i / c) % chunks;
+        long long gi = i / ((long long)c * chunks);
+        long long r0 = q * chunk_rows;
+        long long r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+        float s = 0.0f;
+        for (long long r = r0; r < r1; r++) {
+            long long k = (gi * rows + r) * c + j;
+            s += has_b ? a[k] * b[k] : a[k];
+        }
+        part[i] = s;
+    }
+}
+
+KERNEL void col_finish(const float* part, int chunks, int c, float scale, float* out, long long total) {
+    LOOP(i, total) {
+        int j = (int)(i % c);
+        long long gi = i / c;
+        float s = 0.0f;
+        for (int q = 0; q < chunks; q++) s += part[(gi * chunks + q) * c + j];
+        out[i] = s * scale;
+    }
+}
+
+KERNEL void chan_affine(const float* u, const float* s, const float* v, const float* t, int has_v,
+                                       const float* d, int c, float* out, int acc, long long total) {
+    LOOP(i, total) {
+        int j = (int)(i % c);
+        float y = s[j] * u[i] + d[j];
+        if (has_v) y += t[j] * v[i];
+        out[i] = acc ? out[i] + y : y;
+    }
+}
+
+KERNEL void bn_coeffs(const float* s1, const float* s2, const float* gamma, const float* beta,
+                                     float* mm, float* mv, float* mean_o, float* istd_o, float* scale_o,
+                                     float* shift_o, BnScalars p, int c) {
+    LOOP(j, c) {
+        float mean, var;
+        if (p.flags & 1) {
+            float r = p.rows;
+            mean = s1[j] / r;
+            var = fmaxf(s2[j] / r - mean * mean, 0.0f);
+            float unbias = r > 1.0f ? r / (r - 1.0f) : 1.0f;
+            mm[j] = p.momentum * mm[j] + (1.0f - p.momentum) * mean;
+            mv[j] = p.momentum * mv[j] + (1.0f - p.momentum) * unbias * var;
+        } else {
+            mean = mm[j];
+            var = mv[j];
+        }
+        float istd = 1.0f / sqrtf(var + p.eps);
+        float scale = ((p.flags & 2) ? gamma[j] : 1.0f) * istd;
+        mean_o[j] = mean;
+        istd_o[j] = istd;
+        scale_o[j] = scale;
+        shift_o[j] = ((p.flags & 4) ? beta[j] : 0.0f) - mean * scale;
+    }
+}
+
+KERNEL void bn_back_coeffs(const float* sdy, const float* sdyx, const float* mean,
+                                          const float* istd, const float* gamma, float* dgamma, float* dbeta,
+                                          float* s_o, float* t_o, float* d_o, BnScalars p, int c) {
+    LOOP(j, c) {
+        float is = istd[j];
+        float sxh = is * (sdyx[j] - mean[j] * sdy[j]);
+        if (p.flags & 2) dgamma[j] += sxh;
+        if (p.flags & 4) dbeta[j] += sdy[j];
+        float gm = (p.flags & 2) ? gamma[j] : 1.0f;
+        float t = -gm * is * is * sxh / p.rows;
+        s_o[j] = gm * is;
+        t_o[j] = t;
+        d_o[j] = -gm * is * sdy[j] / p.rows - t * mean[j];
+    }
+}
+
+__device__ float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+__device__ float act_value(int f, float v) {
+    switch (f) {
+        case 1: return fmaxf(v, 0.0f);
+        case 2: return fminf(fmaxf(v, 0.0f), 6.0f);
+        case 3: return sigmoidf(v);
+        case 4: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
+        case 5: return tanhf(v);
+        case 6: return v * sigmoidf(v);
+        case 7: return 0.5f * v * (1.0f + tanhf(0.7978846f * (v + 0.044715f * v * v * v)));
+        case 8: return v > 0.0f ? v : expf(v) - 1.0f;
+        default: return v;
+    }
+}
+
+__device__ float act_grad(int f, float x, float y) {
+    switch (f) {
+        case 1: return x > 0.0f ? 1.0f : 0.0f;
+        case 2: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
+        case 3: return y * (1.0f - y);
+        case 4: return (x > -2.5f && x < 2.5f) ? 0.2f : 0.0f;
+        case 5: return 1.0f - y * y;
+        case 6: {
+            float s = sigmoidf(x);
+            return s + x * s * (1.0f - s);
+        }
+        case 7: {
+            const float k = 0.7978846f;
+            float u = k * (x + 0.044715f * x * x * x);
+            float t = tanhf(u);
+            return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+        }
+        case 8: return x > 0.0f ? 1.0f : y + 1.0f;
+        default: return 1.0f;
+    }
+}
+
+KERNEL void act_fwd(const float* x, float* y, int f, long long total) {
+    LOOP(i, total) y[i] = act_value(f, x[i]);
+}
+
+KERNEL void act_back_acc(const float* x, const float* y, const float* dy, float* dx, int f, long long total) {
+    LOOP(i, total) dx[i] += dy[i] * act_grad(f, x[i], y[i]);
+}
+
+KERNEL void softmax_rows(const float* x, float* y, int c, long long rows) {
+    LOOP(r, rows) {
+        const float* xr = x + r * c;
+        float* yr = y + r * c;
+        float m = xr[0];
+        for (int j = 1; j < c; j++) m = fmaxf(m, xr[j]);
+        float z = 0.0f;
+        for (int j = 0; j < c; j++) {
+            yr[j] = expf(xr[j] - m);
+            z += yr[j];
+        }
+        for (int j = 0; j < c; j++) yr[j] /= z;
+    }
+}
+
+KERNEL void softmax_back_acc(const float* y, const float* dy, float* dx, int c, long long rows) {
+    LOOP(r, rows) {
+        long long o = r * c;
+        float dot = 0.0f;
+        for (int j = 0; j < c; j++) dot += y[o + j] * dy[o + j];
+        for (int j = 0; j < c; j++) dx[o + j] += y[o + j] * (dy[o + j] - dot);
+    }
+}
+
+KERNEL void gate_mul(const float* x, const float* g, float* out, long long per, int c, int acc, long long total) {
+    LOOP(i, total) {
+        float v = x[i] * g[(i / per) * c + i % c];
+        out[i] = acc ? out[i] + v : v;
+    }
+}
+
+KERNEL void bcast_rows_acc(const float* g, float* out, long long per, int c, float scale, long long total) {
+    LOOP(i, total) out[i] += scale * g[(i / per) * c + i % c];
+}
+
+KERNEL void mul(const float* a, const float* b, float* out, int acc, long long total) {
+    LOOP(i, total) out[i] = acc ? out[i] + a[i] * b[i] : a[i] * b[i];
+}
+
+KERNEL void axpy(const float* x, float alpha, float* out, long long total) {
+    LOOP(i, total) out[i] += alpha * x[i];
+}
+
+KERNEL void add_bias(float* y, const float* b, int c, long long total) {
+    LOOP(i, total) y[i] += b[i % c];
+}
+
+KERNEL void col_copy(const float* src, int src_c, int src_off, float* dst, int dst_c, int dst_off,
+                                    int width, int acc, long long total) {
+    LOOP(i, total) {
+        long long r = i / width;
+        int j = (int)(i % width);
+        float v = src[r * src_c + src_off + j];
+        float* o = dst + r * dst_c + dst_off + j;
+        *o = acc ? *o + v : v;
+    }
+}
+
+// dfdx's Adam (L2 weight decay added to the gradient) and SGD with classic momentum; bc1
+// and bc2 are Adam's bias corrections 1 - beta^step, computed on the host.
+KERNEL void update(float* p, const float* g, float* m, float* v, UpdateCfg u, long long total) {
+    LOOP(i, total) {
+        float gi = g[i] + u.wd * p[i];
+        if (u.kind == 0) {
+            m[i] = m[i] * u.b1 + gi * (1.0f - u.b1);
+            v[i] = v[i] * u.b2 + gi * gi * (1.0f - u.b2);
+            float mh = m[i] / u.bc1;
+            float vh = v[i] / u.bc2;
+            p[i] -= u.lr * mh / (sqrtf(vh) + u.eps);
+        } else {
+            m[i] = gi + u.momentum * m[i];
+            p[i] -= u.lr * m[i];
+        }
+    }
+}
