@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a GPU machine with no cargo (GPU time is scarce):
-#   1. parity: each layer kind, CPU kernels vs CUDA, forward and gradients;
-#   2. loss curves: se_resnet_mini trained on the bundled data on the CPU and on the GPU, same
-#      seed, compared step by step;
+# Every GPU check in one run, for a GPU machine with no cargo (GPU time is scarce), for both
+# GPU networks: `cuda` (dfdx composites) and `cuda-kernelnet` (the project's CUDA kernels):
+#   1. parity: each layer kind, CPU kernels vs the GPU network, forward and gradients;
+#   2. loss curves: se_resnet_mini trained on the bundled data on the CPU and on each GPU
+#      network, same seed, compared step by step;
 #   3. speed: SE-ResNet-50 (the seed's) at 224x224, batch 64, train and inference images/s,
 #      with a per-layer-kind time profile;
 #   4. one summary table.
+# DEVICES="cuda-kernelnet" checks one network only.
 # Usage, from the repo root after scripts/build-cuda.sh:  bash .gpu/gpu-check.sh [OUT_DIR]
 set -u
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ RUN="bash .gpu/run-on-gpu.sh .gpu/se-compile"
 EPOCHS=${EPOCHS:-4}
 BATCH=${BATCH:-16}
 STEPS=${STEPS:-10}
+DEVICES=${DEVICES:-cuda cuda-kernelnet}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
 
 PY=$(command -v python3 || ls "${TORCH_VENV:-/opt/torch/.venv}"/bin/python3)
@@ -22,29 +25,33 @@ PY=$(command -v python3 || ls "${TORCH_VENV:-/opt/torch/.venv}"/bin/python3)
 echo "== 0. a GPU that does not exist: a clear error, exit 1 =="
 $RUN parity --device cuda:7; echo "exit code $?"
 
-echo "== 1. parity (CPU kernels vs CUDA) =="
-$RUN parity --device cuda 2>&1 | tee "$OUTD/parity.txt"
-parity_rc=${PIPESTATUS[0]}
+declare -A parity_rc curves_rc bench_rc
+for dev in $DEVICES; do
+echo "== 1. parity (CPU kernels vs $dev) =="
+$RUN parity --device "$dev" 2>&1 | tee "$OUTD/parity-$dev.txt"
+parity_rc[$dev]=${PIPESTATUS[0]}
+done
 
 echo "== 2. loss curves: se_resnet_mini, $EPOCHS epochs, batch $BATCH =="
-for d in cpu cuda; do
+for d in cpu $DEVICES; do
   rm -rf "$OUTD/mini-$d"
   /usr/bin/time -f "$d wall %e s" $RUN train models/se_resnet_mini.yaml --device $d \
     --epochs "$EPOCHS" --batch-size "$BATCH" --out "$OUTD/mini-$d" 2>&1 | tee "$OUTD/train-$d.txt"
 done
-"$PY" - "$OUTD" <<'PY' | tee "$OUTD/curves.txt"
+for dev in $DEVICES; do
+"$PY" - "$OUTD" "$dev" <<'PY' | tee "$OUTD/curves-$dev.txt"
 import csv, sys
-d = sys.argv[1]
+d, dev = sys.argv[1], sys.argv[2]
 def steps(dev):
     with open(f"{d}/mini-{dev}/steps.csv") as f:
         return [(int(r["epoch"]), float(r["loss"])) for r in csv.DictReader(f)]
 def hist(dev):
     with open(f"{d}/mini-{dev}/history.csv") as f:
         return list(csv.DictReader(f))
-a, b = steps("cpu"), steps("cuda")
+a, b = steps("cpu"), steps(dev)
 n = min(len(a), len(b))
-print(f"steps: cpu {len(a)}, cuda {len(b)}")
-print("step   cpu loss   cuda loss   |diff|")
+print(f"steps: cpu {len(a)}, {dev} {len(b)}")
+print(f"step   cpu loss   {dev} loss   |diff|")
 for i in list(range(0, min(n, 10))) + list(range(10, n, max(1, n // 12))):
     print(f"{i+1:>4} {a[i][1]:>10.5f} {b[i][1]:>11.5f} {abs(a[i][1]-b[i][1]):>8.2e}")
 # Identical weights and data: step 1 is a pure forward parity. Later steps drift apart (Adam
@@ -58,9 +65,9 @@ for s in range(0, n - W + 1, W):
     ma = sum(x[1] for x in a[s:s + W]) / W
     mb = sum(x[1] for x in b[s:s + W]) / W
     win = max(win, abs(ma - mb) / max(abs(ma), 1e-9))
-print("epoch  cpu mean loss  cuda mean loss  rel diff  cpu val_acc  cuda val_acc")
+print(f"epoch  cpu mean loss  {dev} mean loss  rel diff  cpu val_acc  {dev} val_acc")
 worst = 0.0
-for (ha, hb) in zip(hist("cpu"), hist("cuda")):
+for (ha, hb) in zip(hist("cpu"), hist(dev)):
     la, lb = float(ha["loss"]), float(hb["loss"])
     rel = abs(la - lb) / max(abs(la), 1e-9)
     worst = max(worst, rel)
@@ -70,25 +77,34 @@ print(f"step 1 |diff| {first:.2e} (limit 1e-4); worst {W}-step-window relative d
 print("loss curves:", "MATCH" if ok else "DIFFER")
 sys.exit(0 if ok else 1)
 PY
-curves_rc=${PIPESTATUS[0]}
+curves_rc[$dev]=${PIPESTATUS[0]}
+done
 
 echo "== 3. speed: SE-ResNet-50 224x224, batch 64 =="
-$RUN bench models/se_resnet50.yaml --device cuda --input 224 --batch-size 64 --steps "$STEPS" 2>&1 | tee "$OUTD/bench.txt"
-bench_rc=${PIPESTATUS[0]}
-if [ "$bench_rc" != 0 ]; then
-  echo "batch 64 failed (exit $bench_rc); batch 32:"
-  $RUN bench models/se_resnet50.yaml --device cuda --input 224 --batch-size 32 --steps "$STEPS" 2>&1 | tee -a "$OUTD/bench.txt"
+for dev in $DEVICES; do
+$RUN bench models/se_resnet50.yaml --device "$dev" --input 224 --batch-size 64 --steps "$STEPS" 2>&1 | tee "$OUTD/bench-$dev.txt"
+bench_rc[$dev]=${PIPESTATUS[0]}
+if [ "${bench_rc[$dev]}" != 0 ]; then
+  echo "batch 64 failed (exit ${bench_rc[$dev]}); batch 32:"
+  $RUN bench models/se_resnet50.yaml --device "$dev" --input 224 --batch-size 32 --steps "$STEPS" 2>&1 | tee -a "$OUTD/bench-$dev.txt"
 fi
-SE_COMPILE_PROFILE=1 $RUN bench models/se_resnet50.yaml --device cuda --input 224 --batch-size 64 --steps 3 2>&1 | tee "$OUTD/profile.txt"
+SE_COMPILE_PROFILE=1 $RUN bench models/se_resnet50.yaml --device "$dev" --input 224 --batch-size 64 --steps 3 2>&1 | tee "$OUTD/profile-$dev.txt"
+done
 
 echo "== 4. summary =="
-tr=$(awk '/^train:/{print $2}' "$OUTD/bench.txt"); inf=$(awk '/^inference:/{print $2}' "$OUTD/bench.txt")
+all=0
 {
   echo "| check | result |"
   echo "|---|---|"
-  echo "| parity, $(grep -c ' ok$' "$OUTD/parity.txt") layer kinds ok | $([ "$parity_rc" = 0 ] && echo pass || echo FAIL) |"
-  echo "| se_resnet_mini loss curve, cpu vs cuda | $([ "$curves_rc" = 0 ] && echo pass || echo FAIL) |"
-  echo "| SE-ResNet-50 train, 224², batch 64 | ${tr:-?} img/s (PyTorch fp32, TF32 off, H200: 807; target >= 403.5) |"
-  echo "| SE-ResNet-50 inference, 224², batch 64 | ${inf:-?} img/s (PyTorch: 2884; target >= 1442) |"
+  for dev in $DEVICES; do
+    tr=$(awk '/^train:/{print $2}' "$OUTD/bench-$dev.txt"); inf=$(awk '/^inference:/{print $2}' "$OUTD/bench-$dev.txt")
+    echo "| $dev: parity, $(grep -c ' ok$' "$OUTD/parity-$dev.txt") layer kinds ok | $([ "${parity_rc[$dev]}" = 0 ] && echo pass || echo FAIL) |"
+    echo "| $dev: se_resnet_mini loss curve vs cpu | $([ "${curves_rc[$dev]}" = 0 ] && echo pass || echo FAIL) |"
+    echo "| $dev: SE-ResNet-50 train, 224², batch 64 | ${tr:-?} img/s (PyTorch fp32, TF32 off, H200: 807; target >= 403.5) |"
+    echo "| $dev: SE-ResNet-50 inference, 224², batch 64 | ${inf:-?} img/s (PyTorch: 2884; target >= 1442) |"
+  done
 } | tee "$OUTD/summary.md"
-[ "$parity_rc" = 0 ] && [ "$curves_rc" = 0 ] && [ "$bench_rc" = 0 ]
+for dev in $DEVICES; do
+  [ "${parity_rc[$dev]}" = 0 ] && [ "${curves_rc[$dev]}" = 0 ] && [ "${bench_rc[$dev]}" = 0 ] || all=1
+done
+exit $all

@@ -114,7 +114,8 @@ enum Cmd {
         /// Continue the run in RUN_DIR from its last epoch, optimizer state included.
         #[arg(long, value_name = "RUN_DIR")]
         resume: Option<String>,
-        /// cpu, or cuda[:N] in a build with `--features cuda`.
+        /// cpu, or cuda[:N] in a build with `--features cuda` (cuda-kernelnet[:N]: the
+        /// project's own CUDA kernels, see README).
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -170,6 +171,7 @@ enum Cmd {
         after_help = "Example:\n  se-compile parity --device cuda\n  (exit code 1 if any layer kind differs by more than --tolerance)"
     )]
     Parity {
+        /// cpu-composite, cpu-kernelnet, cuda[:N] or cuda-kernelnet[:N].
         #[arg(long, default_value = "cpu-composite")]
         device: String,
         /// Largest allowed difference (probabilities, loss; gradients relative to the
@@ -655,7 +657,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             let dev = device_of(&device)?;
             if dev == DeviceSpec::Cpu {
                 eprintln!(
-                    "error: --device cpu is the reference; compare cpu-composite or cuda[:N]"
+                    "error: --device cpu is the reference; compare cpu-composite, cpu-kernelnet, cuda[:N] or cuda-kernelnet[:N]"
                 );
                 return Err(EXIT_USAGE);
             }

@@ -97,7 +97,18 @@ fn device_flags_parse() {
     assert_eq!(device::parse("cuda").unwrap(), Cuda(0));
     assert_eq!(device::parse("cuda:1").unwrap(), Cuda(1));
     assert_eq!(device::parse("cpu-composite").unwrap(), CpuComposite);
-    for bad in ["gpu", "cuda:", "cuda:x", "CUDA"] {
+    assert_eq!(device::parse("cpu-kernelnet").unwrap(), KernelNetHost);
+    assert_eq!(device::parse("cuda-kernelnet").unwrap(), CudaKernelNet(0));
+    assert_eq!(device::parse("cuda-kernelnet:2").unwrap(), CudaKernelNet(2));
+    for bad in [
+        "gpu",
+        "cuda:",
+        "cuda:x",
+        "CUDA",
+        "cuda-kernelnet:",
+        "cuda-kernelnetx",
+        "cudax",
+    ] {
         let e = device::parse(bad).unwrap_err().to_string();
         assert!(e.contains("use cpu, cuda or cuda:N"), "{bad}: {e}");
     }

@@ -12,6 +12,7 @@ use super::model::{
     StepResult,
 };
 use super::plan::Plan;
+use super::profile::{kind_label, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::Graph;
@@ -51,65 +52,6 @@ pub struct CompositeNet<D: DeviceBuffers> {
     /// device synchronization around each layer (which itself slows the run a little).
     profile: Option<Profile>,
     ones: HashMap<usize, T2<D, NoneTape>>,
-}
-
-#[derive(Default)]
-pub struct Profile {
-    entries: Vec<(String, f64, usize)>,
-}
-
-impl Profile {
-    fn add(&mut self, what: &str, secs: f64) {
-        match self.entries.iter_mut().find(|e| e.0 == what) {
-            Some(e) => {
-                e.1 += secs;
-                e.2 += 1;
-            }
-            None => self.entries.push((what.to_string(), secs, 1)),
-        }
-    }
-
-    pub fn report(&self) -> String {
-        let total: f64 = self
-            .entries
-            .iter()
-            .filter(|e| !e.0.starts_with("  "))
-            .map(|e| e.1)
-            .sum();
-        let mut s = format!(
-            "{:<34} {:>10} {:>7} {:>7}\n",
-            "phase / layer kind", "ms total", "calls", "share"
-        );
-        for (what, secs, calls) in &self.entries {
-            s.push_str(&format!(
-                "{what:<34} {:>10.1} {calls:>7} {:>6.1}%\n",
-                secs * 1e3,
-                100.0 * secs / total.max(1e-12)
-            ));
-        }
-        s
-    }
-}
-
-/// The profile's name for a layer.
-fn kind_label(l: &Layer) -> String {
-    match l {
-        Layer::Input => "input".into(),
-        Layer::Conv { op, .. } if op.groups > 1 => "conv (grouped)".into(),
-        Layer::Conv { op, .. } if op.kernel == [1, 1] && op.stride == [1, 1] => "conv 1x1".into(),
-        Layer::Conv { op, .. } if op.kernel == [1, 1] => "conv 1x1 strided (gather)".into(),
-        Layer::Conv { op, .. } => format!("conv {}x{} (gather)", op.kernel[0], op.kernel[1]),
-        Layer::BatchNorm { .. } => "batch_norm".into(),
-        Layer::Activation(f) => format!("activation {f:?}").to_lowercase(),
-        Layer::ZeroPad(_) => "zero_padding2d".into(),
-        Layer::Pool { max: true, .. } => "max_pool2d".into(),
-        Layer::Pool { .. } => "avg_pool2d".into(),
-        Layer::GlobalPool { .. } => "global pool".into(),
-        Layer::Dense { .. } => "dense".into(),
-        Layer::Dropout(_) => "dropout".into(),
-        Layer::Reshape => "reshape".into(),
-        Layer::Merge(k) => format!("{k:?}").to_lowercase(),
-    }
 }
 
 /// For every output position and kernel tap, the input row it reads, or `pad_row` in the
@@ -185,8 +127,7 @@ impl<D: DeviceBuffers> CompositeNet<D> {
             opt: None,
             indices: HashMap::new(),
             divisors: HashMap::new(),
-            profile: (std::env::var("SE_COMPILE_PROFILE").as_deref() == Ok("1"))
-                .then(Profile::default),
+            profile: Profile::from_env(),
             ones: HashMap::new(),
         }
     }

@@ -10,6 +10,7 @@ pub mod layers;
 pub mod model;
 pub mod parity;
 pub mod plan;
+pub mod profile;
 pub mod rng;
 
 /// Keeps freed activation buffers in the process instead of returning them to the kernel:

@@ -74,8 +74,8 @@ macro_rules! k {
     }};
 }
 
-fn total(n: usize) -> i64 {
-    n as i64
+fn total(n: usize) -> i32 {
+    i32::try_from(n).expect("fits the kernels' 32-bit indices")
 }
 
 impl Backend for Emulated {
@@ -102,7 +102,7 @@ impl Backend for Emulated {
         k!(
             self,
             "im2col",
-            extern "C" fn(P, M, Geom, f32, i64),
+            extern "C" fn(P, M, Geom, f32, i32),
             (x.as_ptr(), out.as_mut_ptr(), *g, fill, total(n))
         );
         out
@@ -111,7 +111,7 @@ impl Backend for Emulated {
         k!(
             self,
             "col2im_acc",
-            extern "C" fn(P, M, Geom, i64),
+            extern "C" fn(P, M, Geom, i32),
             (dcols.as_ptr(), dx.as_mut_ptr(), *g, total(g.in_len()))
         );
     }
@@ -122,7 +122,7 @@ impl Backend for Emulated {
         k!(
             self,
             "taps_reduce",
-            extern "C" fn(P, M, M, Geom, i32, i64),
+            extern "C" fn(P, M, M, Geom, i32, i32),
             (
                 cols.as_ptr(),
                 y.as_mut_ptr(),
@@ -145,7 +145,7 @@ impl Backend for Emulated {
         k!(
             self,
             "taps_expand",
-            extern "C" fn(P, P, M, Geom, i32, i64),
+            extern "C" fn(P, P, M, Geom, i32, i32),
             (
                 dy.as_ptr(),
                 argp,
@@ -177,15 +177,15 @@ impl Backend for Emulated {
         k!(
             self,
             "col_partial",
-            extern "C" fn(P, P, i32, i64, i32, i32, i64, M, i64),
+            extern "C" fn(P, P, i32, i32, i32, i32, i32, M, i32),
             (
                 a.as_ptr(),
                 bp,
                 has_b,
-                rows as i64,
+                rows as i32,
                 c as i32,
                 chunks as i32,
-                chunk_rows as i64,
+                chunk_rows as i32,
                 part.as_mut_ptr(),
                 total(part.len())
             )
@@ -193,7 +193,7 @@ impl Backend for Emulated {
         k!(
             self,
             "col_finish",
-            extern "C" fn(P, i32, i32, f32, M, i64),
+            extern "C" fn(P, i32, i32, f32, M, i32),
             (
                 part.as_ptr(),
                 chunks as i32,
@@ -222,7 +222,7 @@ impl Backend for Emulated {
         k!(
             self,
             "chan_affine",
-            extern "C" fn(P, P, P, P, i32, P, i32, M, i32, i64),
+            extern "C" fn(P, P, P, P, i32, P, i32, M, i32, i32),
             (
                 u.as_ptr(),
                 s.as_ptr(),
@@ -323,7 +323,7 @@ impl Backend for Emulated {
         k!(
             self,
             "act_fwd",
-            extern "C" fn(P, M, i32, i64),
+            extern "C" fn(P, M, i32, i32),
             (x.as_ptr(), y.as_mut_ptr(), code, total(x.len()))
         );
         y
@@ -339,7 +339,7 @@ impl Backend for Emulated {
         k!(
             self,
             "act_back_acc",
-            extern "C" fn(P, P, P, M, i32, i64),
+            extern "C" fn(P, P, P, M, i32, i32),
             (
                 x.as_ptr(),
                 y.as_ptr(),
@@ -355,7 +355,7 @@ impl Backend for Emulated {
         k!(
             self,
             "softmax_rows",
-            extern "C" fn(P, M, i32, i64),
+            extern "C" fn(P, M, i32, i32),
             (x.as_ptr(), y.as_mut_ptr(), c as i32, total(x.len() / c))
         );
         y
@@ -364,7 +364,7 @@ impl Backend for Emulated {
         k!(
             self,
             "softmax_back_acc",
-            extern "C" fn(P, P, M, i32, i64),
+            extern "C" fn(P, P, M, i32, i32),
             (
                 y.as_ptr(),
                 dy.as_ptr(),
@@ -383,11 +383,11 @@ impl Backend for Emulated {
         out: &mut Vec<f32>,
         accumulate: bool,
     ) {
-        let per = (x.len() / n) as i64;
+        let per = (x.len() / n) as i32;
         k!(
             self,
             "gate_mul",
-            extern "C" fn(P, P, M, i64, i32, i32, i64),
+            extern "C" fn(P, P, M, i32, i32, i32, i32),
             (
                 x.as_ptr(),
                 g.as_ptr(),
@@ -400,11 +400,11 @@ impl Backend for Emulated {
         );
     }
     fn bcast_rows_acc(&self, g: &Vec<f32>, n: usize, c: usize, scale: f32, out: &mut Vec<f32>) {
-        let per = (out.len() / n) as i64;
+        let per = (out.len() / n) as i32;
         k!(
             self,
             "bcast_rows_acc",
-            extern "C" fn(P, M, i64, i32, f32, i64),
+            extern "C" fn(P, M, i32, i32, f32, i32),
             (
                 g.as_ptr(),
                 out.as_mut_ptr(),
@@ -419,7 +419,7 @@ impl Backend for Emulated {
         k!(
             self,
             "mul",
-            extern "C" fn(P, P, M, i32, i64),
+            extern "C" fn(P, P, M, i32, i32),
             (
                 a.as_ptr(),
                 b.as_ptr(),
@@ -433,7 +433,7 @@ impl Backend for Emulated {
         k!(
             self,
             "axpy",
-            extern "C" fn(P, f32, M, i64),
+            extern "C" fn(P, f32, M, i32),
             (x.as_ptr(), alpha, out.as_mut_ptr(), total(x.len()))
         );
     }
@@ -442,7 +442,7 @@ impl Backend for Emulated {
         k!(
             self,
             "add_bias",
-            extern "C" fn(M, P, i32, i64),
+            extern "C" fn(M, P, i32, i32),
             (y.as_mut_ptr(), b.as_ptr(), b.len() as i32, total(n))
         );
     }
@@ -461,7 +461,7 @@ impl Backend for Emulated {
         k!(
             self,
             "col_copy",
-            extern "C" fn(P, i32, i32, M, i32, i32, i32, i32, i64),
+            extern "C" fn(P, i32, i32, M, i32, i32, i32, i32, i32),
             (
                 src.as_ptr(),
                 src_c as i32,
@@ -487,7 +487,7 @@ impl Backend for Emulated {
         k!(
             self,
             "update",
-            extern "C" fn(M, P, M, M, UpdateCfg, i64),
+            extern "C" fn(M, P, M, M, UpdateCfg, i32),
             (
                 p.as_mut_ptr(),
                 g.as_ptr(),

@@ -53,6 +53,29 @@ pub struct CudaKernels {
     none: CudaSlice<f32>,
 }
 
+/// cudarc allocates from the device's stream-ordered memory pool, which by default hands freed
+/// memory back to the driver at every synchronisation (once per step, when the loss is read),
+/// so each step would map its activations afresh. Keep it in the pool instead. Best effort: a
+/// device without pools allocates synchronously and this does nothing.
+fn keep_freed_memory(dev: &CudaDevice) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep: u64 = u64::MAX;
+    // SAFETY: plain driver calls on a device the context of which is current (CudaDevice::new
+    // binds it), writing to locals that outlive them.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, *dev.cu_device())
+            == sys::CUresult::CUDA_SUCCESS
+        {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut keep as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
+}
+
 fn launch_cfg(total: usize) -> LaunchConfig {
     const THREADS: usize = 256;
     let blocks = total.div_ceil(THREADS).clamp(1, 1 << 20);
@@ -78,6 +101,7 @@ impl CudaKernels {
             dev.load_ptx(ptx, MODULE, KERNELS)
                 .map_err(|e| format!("loading the kernel network's CUDA kernels: {e:?}"))?;
         }
+        keep_freed_memory(&dev);
         let blas = CudaBlas::new(dev.clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
         let none = dev
             .alloc_zeros::<f32>(1)
@@ -92,8 +116,18 @@ impl CudaKernels {
     }
 
     fn alloc(&self, n: usize) -> CudaSlice<f32> {
+        check_size(n);
         // SAFETY: every caller writes all n elements before reading them.
         unsafe { self.dev.alloc::<f32>(n.max(1)) }.expect("GPU allocation")
+    }
+}
+
+/// The kernels index with 32-bit integers (see kernels.cu).
+fn check_size(n: usize) {
+    if n > i32::MAX as usize {
+        panic!(
+            "a tensor of {n} elements: the kernel network's CUDA kernels take at most 2^31 - 1; use a smaller --batch-size"
+        );
     }
 }
 
@@ -110,7 +144,7 @@ macro_rules! run {
         if total > 0 {
             // SAFETY: the argument list matches the kernel's signature in kernels.cu, and
             // every buffer holds the elements the kernel indexes for this `total`.
-            let r = unsafe { $s.f($name).launch(launch_cfg(total), ($($arg,)* total as i64)) };
+            let r = unsafe { $s.f($name).launch(launch_cfg(total), ($($arg,)* total as i32)) };
             done(r, $name);
         }
     }};
@@ -122,6 +156,7 @@ impl Backend for CudaKernels {
         if v.is_empty() {
             return self.zeros(0);
         }
+        check_size(v.len());
         self.dev.htod_sync_copy(v).expect("copy to the GPU")
     }
     fn download(&self, b: &CudaSlice<f32>) -> Vec<f32> {
@@ -131,6 +166,7 @@ impl Backend for CudaKernels {
         self.dev.dtoh_sync_copy(b).expect("copy from the GPU")
     }
     fn zeros(&self, n: usize) -> CudaSlice<f32> {
+        check_size(n);
         if n == 0 {
             // No allocation of zero bytes (the driver refuses those).
             return self.dev.null().expect("CUDA null slice");
@@ -257,10 +293,10 @@ impl Backend for CudaKernels {
                 a,
                 bp,
                 has_b,
-                rows as i64,
+                rows as i32,
                 c as i32,
                 chunks as i32,
-                chunk_rows as i64,
+                chunk_rows as i32,
                 &mut part
             )
         );
@@ -421,7 +457,7 @@ impl Backend for CudaKernels {
         out: &mut CudaSlice<f32>,
         accumulate: bool,
     ) {
-        let per = (x.len() / n.max(1)) as i64;
+        let per = (x.len() / n.max(1)) as i32;
         run!(
             self,
             "gate_mul",
@@ -438,7 +474,7 @@ impl Backend for CudaKernels {
         out: &mut CudaSlice<f32>,
     ) {
         let total = out.len();
-        let per = (total / n.max(1)) as i64;
+        let per = (total / n.max(1)) as i32;
         run!(
             self,
             "bcast_rows_acc",
@@ -501,5 +537,22 @@ impl Backend for CudaKernels {
         let cfg = UpdateCfg::of(u);
         let total = p.len();
         run!(self, "update", total, (p, g, m, v, cfg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC (no GPU needed) accepts kernels.cu: run with `--features cuda` where libnvrtc is
+    /// on the library path (scripts/build-cuda.sh's environment).
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        let ptx = super::compile().unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        for k in super::KERNELS {
+            assert!(
+                text.contains(&format!(".entry {k}(")),
+                "no entry point for {k}"
+            );
+        }
     }
 }

@@ -27,15 +27,18 @@ typedef struct {
     int kind;
 } UpdateCfg;
 
+// Indices are 32-bit: the backend refuses buffers of 2^31 elements or more, and the grid has at
+// most 2^28 threads, so `i` never wraps. 64-bit division costs several times more.
 #define LOOP(i, total) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \
-         i += (long long)blockDim.x * gridDim.x)
+    for (unsigned int i##_u = blockIdx.x * blockDim.x + threadIdx.x; i##_u < (unsigned int)(total); \
+         i##_u += blockDim.x * gridDim.x) \
+        for (int i = (int)i##_u, i##_once = 1; i##_once; i##_once = 0)
 
-KERNEL void im2col(const float* x, float* out, Geom g, float fill, long long total) {
+KERNEL void im2col(const float* x, float* out, Geom g, float fill, int total) {
     const int cg = g.c / g.groups;
-    const long long kcols = (long long)g.kh * g.kw * g.c;
+    const int kcols = (int)g.kh * g.kw * g.c;
     LOOP(i, total) {
-        long long row = i / kcols;
+        int row = i / kcols;
         int col = (int)(i % kcols);
         int ci = col % cg;
         int t = col / cg;
@@ -44,9 +47,9 @@ KERNEL void im2col(const float* x, float* out, Geom g, float fill, long long tot
         int ky = t % g.kh;
         int grp = t / g.kh;
         int ox = (int)(row % g.wo);
-        long long r2 = row / g.wo;
+        int r2 = row / g.wo;
         int oy = (int)(r2 % g.ho);
-        long long n = r2 / g.ho;
+        int n = r2 / g.ho;
         int iy = oy * g.sh + ky * g.dh - g.pt;
         int ix = ox * g.sw + kx * g.dw - g.pl;
         int inside = iy >= 0 && ix >= 0 && iy < g.h && ix < g.w;
@@ -55,16 +58,16 @@ KERNEL void im2col(const float* x, float* out, Geom g, float fill, long long tot
 }
 
 // One thread per input element sums the im2col entries that read it: no atomics.
-KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, long long total) {
+KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, int total) {
     const int cg = g.c / g.groups;
-    const long long kcols = (long long)g.kh * g.kw * g.c;
+    const int kcols = (int)g.kh * g.kw * g.c;
     LOOP(i, total) {
         int c = (int)(i % g.c);
-        long long r = i / g.c;
+        int r = i / g.c;
         int ix = (int)(r % g.w);
         r /= g.w;
         int iy = (int)(r % g.h);
-        long long n = r / g.h;
+        int n = r / g.h;
         int grp = c / cg;
         int ci = c % cg;
         float s = 0.0f;
@@ -78,7 +81,7 @@ KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, long long total) {
                 if (tx < 0 || tx % g.sw != 0) continue;
                 int ox = tx / g.sw;
                 if (ox >= g.wo) continue;
-                long long row = (n * g.ho + oy) * g.wo + ox;
+                int row = (n * g.ho + oy) * g.wo + ox;
                 s += dcols[row * kcols + ((grp * g.kh + ky) * g.kw + kx) * cg + ci];
             }
         }
@@ -86,7 +89,7 @@ KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, long long total) {
     }
 }
 
-__device__ int taps_inside(const Geom* g, long long row) {
+__device__ int taps_inside(const Geom* g, int row) {
     int ox = (int)(row % g->wo);
     int oy = (int)((row / g->wo) % g->ho);
     int k = 0;
@@ -100,17 +103,17 @@ __device__ int taps_inside(const Geom* g, long long row) {
     return k > 0 ? k : 1;
 }
 
-KERNEL void taps_reduce(const float* cols, float* y, float* arg, Geom g, int is_max, long long total) {
+KERNEL void taps_reduce(const float* cols, float* y, float* arg, Geom g, int is_max, int total) {
     const int kk = g.kh * g.kw;
     LOOP(i, total) {
-        long long row = i / g.c;
+        int row = i / g.c;
         int j = (int)(i % g.c);
         const float* base = cols + row * kk * g.c + j;
         if (is_max) {
             float best = base[0];
             int at = 0;
             for (int t = 1; t < kk; t++) {
-                float v = base[(long long)t * g.c];
+                float v = base[(int)t * g.c];
                 if (v > best) {
                     best = v;
                     at = t;
@@ -120,20 +123,20 @@ KERNEL void taps_reduce(const float* cols, float* y, float* arg, Geom g, int is_
             arg[i] = (float)at;
         } else {
             float s = 0.0f;
-            for (int t = 0; t < kk; t++) s += base[(long long)t * g.c];
+            for (int t = 0; t < kk; t++) s += base[(int)t * g.c];
             y[i] = s / (float)taps_inside(&g, row);
         }
     }
 }
 
-KERNEL void taps_expand(const float* dy, const float* arg, float* dcols, Geom g, int is_max, long long total) {
+KERNEL void taps_expand(const float* dy, const float* arg, float* dcols, Geom g, int is_max, int total) {
     const int kk = g.kh * g.kw;
     LOOP(i, total) {
         int j = (int)(i % g.c);
-        long long rt = i / g.c;
+        int rt = i / g.c;
         int t = (int)(rt % kk);
-        long long row = rt / kk;
-        long long o = row * g.c + j;
+        int row = rt / kk;
+        int o = row * g.c + j;
         if (is_max) {
             dcols[i] = ((int)arg[o] == t) ? dy[o] : 0.0f;
         } else {
@@ -144,27 +147,27 @@ KERNEL void taps_expand(const float* dy, const float* arg, float* dcols, Geom g,
 
 // Column sums in two stages without atomics: partial sums over chunks of rows (consecutive
 // threads read consecutive columns), then the chunks of each column.
-KERNEL void col_partial(const float* a, const float* b, int has_b, long long rows, int c,
-                                       int chunks, long long chunk_rows, float* part, long long total) {
+KERNEL void col_partial(const float* a, const float* b, int has_b, int rows, int c,
+                                       int chunks, int chunk_rows, float* part, int total) {
     LOOP(i, total) {
         int j = (int)(i % c);
-        long long q = (i / c) % chunks;
-        long long gi = i / ((long long)c * chunks);
-        long long r0 = q * chunk_rows;
-        long long r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+        int q = (i / c) % chunks;
+        int gi = i / ((int)c * chunks);
+        int r0 = q * chunk_rows;
+        int r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
         float s = 0.0f;
-        for (long long r = r0; r < r1; r++) {
-            long long k = (gi * rows + r) * c + j;
+        for (int r = r0; r < r1; r++) {
+            int k = (gi * rows + r) * c + j;
             s += has_b ? a[k] * b[k] : a[k];
         }
         part[i] = s;
     }
 }
 
-KERNEL void col_finish(const float* part, int chunks, int c, float scale, float* out, long long total) {
+KERNEL void col_finish(const float* part, int chunks, int c, float scale, float* out, int total) {
     LOOP(i, total) {
         int j = (int)(i % c);
-        long long gi = i / c;
+        int gi = i / c;
         float s = 0.0f;
         for (int q = 0; q < chunks; q++) s += part[(gi * chunks + q) * c + j];
         out[i] = s * scale;
@@ -172,7 +175,7 @@ KERNEL void col_finish(const float* part, int chunks, int c, float scale, float*
 }
 
 KERNEL void chan_affine(const float* u, const float* s, const float* v, const float* t, int has_v,
-                                       const float* d, int c, float* out, int acc, long long total) {
+                                       const float* d, int c, float* out, int acc, int total) {
     LOOP(i, total) {
         int j = (int)(i % c);
         float y = s[j] * u[i] + d[j];
@@ -260,15 +263,15 @@ __device__ float act_grad(int f, float x, float y) {
     }
 }
 
-KERNEL void act_fwd(const float* x, float* y, int f, long long total) {
+KERNEL void act_fwd(const float* x, float* y, int f, int total) {
     LOOP(i, total) y[i] = act_value(f, x[i]);
 }
 
-KERNEL void act_back_acc(const float* x, const float* y, const float* dy, float* dx, int f, long long total) {
+KERNEL void act_back_acc(const float* x, const float* y, const float* dy, float* dx, int f, int total) {
     LOOP(i, total) dx[i] += dy[i] * act_grad(f, x[i], y[i]);
 }
 
-KERNEL void softmax_rows(const float* x, float* y, int c, long long rows) {
+KERNEL void softmax_rows(const float* x, float* y, int c, int rows) {
     LOOP(r, rows) {
         const float* xr = x + r * c;
         float* yr = y + r * c;
@@ -283,42 +286,42 @@ KERNEL void softmax_rows(const float* x, float* y, int c, long long rows) {
     }
 }
 
-KERNEL void softmax_back_acc(const float* y, const float* dy, float* dx, int c, long long rows) {
+KERNEL void softmax_back_acc(const float* y, const float* dy, float* dx, int c, int rows) {
     LOOP(r, rows) {
-        long long o = r * c;
+        int o = r * c;
         float dot = 0.0f;
         for (int j = 0; j < c; j++) dot += y[o + j] * dy[o + j];
         for (int j = 0; j < c; j++) dx[o + j] += y[o + j] * (dy[o + j] - dot);
     }
 }
 
-KERNEL void gate_mul(const float* x, const float* g, float* out, long long per, int c, int acc, long long total) {
+KERNEL void gate_mul(const float* x, const float* g, float* out, int per, int c, int acc, int total) {
     LOOP(i, total) {
         float v = x[i] * g[(i / per) * c + i % c];
         out[i] = acc ? out[i] + v : v;
     }
 }
 
-KERNEL void bcast_rows_acc(const float* g, float* out, long long per, int c, float scale, long long total) {
+KERNEL void bcast_rows_acc(const float* g, float* out, int per, int c, float scale, int total) {
     LOOP(i, total) out[i] += scale * g[(i / per) * c + i % c];
 }
 
-KERNEL void mul(const float* a, const float* b, float* out, int acc, long long total) {
+KERNEL void mul(const float* a, const float* b, float* out, int acc, int total) {
     LOOP(i, total) out[i] = acc ? out[i] + a[i] * b[i] : a[i] * b[i];
 }
 
-KERNEL void axpy(const float* x, float alpha, float* out, long long total) {
+KERNEL void axpy(const float* x, float alpha, float* out, int total) {
     LOOP(i, total) out[i] += alpha * x[i];
 }
 
-KERNEL void add_bias(float* y, const float* b, int c, long long total) {
+KERNEL void add_bias(float* y, const float* b, int c, int total) {
     LOOP(i, total) y[i] += b[i % c];
 }
 
 KERNEL void col_copy(const float* src, int src_c, int src_off, float* dst, int dst_c, int dst_off,
-                                    int width, int acc, long long total) {
+                                    int width, int acc, int total) {
     LOOP(i, total) {
-        long long r = i / width;
+        int r = i / width;
         int j = (int)(i % width);
         float v = src[r * src_c + src_off + j];
         float* o = dst + r * dst_c + dst_off + j;
@@ -328,7 +331,7 @@ KERNEL void col_copy(const float* src, int src_c, int src_off, float* dst, int d
 
 // dfdx's Adam (L2 weight decay added to the gradient) and SGD with classic momentum; bc1
 // and bc2 are Adam's bias corrections 1 - beta^step, computed on the host.
-KERNEL void update(float* p, const float* g, float* m, float* v, UpdateCfg u, long long total) {
+KERNEL void update(float* p, const float* g, float* m, float* v, UpdateCfg u, int total) {
     LOOP(i, total) {
         float gi = g[i] + u.wd * p[i];
         if (u.kind == 0) {

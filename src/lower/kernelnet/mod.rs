@@ -15,6 +15,7 @@ use super::kernels::ConvShape;
 use super::layers::{conv_shape, global_window, pool_window, Layer, Net};
 use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
 use super::plan::Plan;
+use super::profile::{kind_label, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
@@ -61,6 +62,24 @@ enum Saved<Buf> {
     Mask(Buf),
 }
 
+/// The optimizer's step and the moments of each parameter (empty when not trainable); SGD
+/// keeps its velocity in `m`.
+struct Moments<Buf> {
+    step: i32,
+    m: Vec<Buf>,
+    v: Vec<Buf>,
+}
+
+impl<Buf> Default for Moments<Buf> {
+    fn default() -> Self {
+        Moments {
+            step: 0,
+            m: vec![],
+            v: vec![],
+        }
+    }
+}
+
 struct Record<Buf> {
     ins: Vec<Val<Buf>>,
     out: Val<Buf>,
@@ -86,8 +105,8 @@ pub struct KernelNet<B: Backend> {
     plan: Arc<Plan>,
     params: Vec<Param<B::Buf>>,
     dropout_rng: Rng,
-    /// Optimizer step and the moments of each parameter (empty when not trainable).
-    opt: Option<(i32, Vec<B::Buf>, Vec<B::Buf>)>,
+    opt: Option<Moments<B::Buf>>,
+    profile: Option<Profile>,
 }
 
 impl<B: Backend> KernelNet<B> {
@@ -137,6 +156,7 @@ impl<B: Backend> KernelNet<B> {
             params,
             dropout_rng: Rng::new(0),
             opt: None,
+            profile: Profile::from_env(),
         })
     }
 
@@ -157,7 +177,11 @@ impl<B: Backend> KernelNet<B> {
         let plan = self.plan.clone();
         let batch = x.shape[0];
         plan.walk(batch, x, Val::clone, |idx, ins, out_shape, skip| {
+            let t = self.span_start();
             let (out, saved) = self.layer_forward(idx, &ins, out_shape, train, skip);
+            self.span_end(t, || {
+                format!("  forward: {}", kind_label(&plan.layers[idx]))
+            });
             if let Some(r) = records.as_deref_mut() {
                 r[idx] = Some(Record {
                     ins,
@@ -409,11 +433,13 @@ impl<B: Backend> KernelNet<B> {
         self.dropout_rng = Rng::new(dropout_seed);
         let n_nodes = self.plan.graph.nodes.len();
         let mut records: Vec<Option<Record<B::Buf>>> = (0..n_nodes).map(|_| None).collect();
+        let phase = self.span_start();
         let x = self.input(b);
         let logits = self.forward(x, true, Some(&mut records));
         let (res, dlogits) =
             cross_entropy(&self.be.download(&logits.buf), logits.shape[1], b.labels);
         drop(logits);
+        self.span_end(phase, || "train forward + loss".into());
         let mut pgrads: Vec<B::Buf> = self
             .params
             .iter()
@@ -422,12 +448,19 @@ impl<B: Backend> KernelNet<B> {
         let mut grads: Vec<Option<B::Buf>> = (0..n_nodes).map(|_| None).collect();
         let (stop, _) = self.plan.logits();
         grads[stop.index()] = Some(self.be.upload(&dlogits));
+        let phase = self.span_start();
         for idx in (1..=stop.index()).rev() {
             let (Some(dy), Some(rec)) = (grads[idx].take(), records[idx].take()) else {
                 continue;
             };
+            let t = self.span_start();
             self.layer_backward(idx, dy, rec, &mut grads, &mut pgrads);
+            let plan = self.plan.clone();
+            self.span_end(t, || {
+                format!("  backward: {}", kind_label(&plan.layers[idx]))
+            });
         }
+        self.span_end(phase, || "train backward".into());
         (res, pgrads)
     }
 
@@ -736,6 +769,22 @@ impl<B: Backend> KernelNet<B> {
         }
     }
 
+    fn span_start(&self) -> Option<std::time::Instant> {
+        self.profile.as_ref().map(|_| {
+            self.be.synchronize();
+            std::time::Instant::now()
+        })
+    }
+
+    fn span_end(&mut self, t: Option<std::time::Instant>, what: impl FnOnce() -> String) {
+        if let Some(t) = t {
+            self.be.synchronize();
+            if let Some(p) = self.profile.as_mut() {
+                p.add(&what(), t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
     fn param_info(&self) -> Vec<ParamInfo> {
         self.params
             .iter()
@@ -747,7 +796,7 @@ impl<B: Backend> KernelNet<B> {
             .collect()
     }
 
-    fn moments(&mut self) -> &mut (i32, Vec<B::Buf>, Vec<B::Buf>) {
+    fn moments(&mut self) -> &mut Moments<B::Buf> {
         let be = &self.be;
         let params = &self.params;
         self.opt.get_or_insert_with(|| {
@@ -757,7 +806,11 @@ impl<B: Backend> KernelNet<B> {
                     .map(|p| be.zeros(if p.trainable { p.len } else { 0 }))
                     .collect()
             };
-            (0, make(), make())
+            Moments {
+                step: 0,
+                m: make(),
+                v: make(),
+            }
         })
     }
 }
@@ -795,21 +848,25 @@ impl<B: Backend> Model for KernelNet<B> {
         self.device_name.clone()
     }
     fn infer(&mut self, batch: Batch) -> StepResult {
+        let t = self.span_start();
         let x = self.input(&batch);
         let logits = self.forward(x, false, None);
-        cross_entropy(
+        let res = cross_entropy(
             &self.be.download(&logits.buf),
             logits.shape[1],
             batch.labels,
         )
-        .0
+        .0;
+        self.span_end(t, || "inference forward".into());
+        res
     }
     fn train_step(&mut self, batch: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
         let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
         if !res.loss.is_finite() {
             return res;
         }
-        let (step, mut m, mut v) = std::mem::take(self.moments());
+        let t = self.span_start();
+        let Moments { step, mut m, mut v } = std::mem::take(self.moments());
         let step = step + 1;
         let wd = opt.weight_decay as f32;
         let u = match opt.kind {
@@ -833,8 +890,17 @@ impl<B: Backend> Model for KernelNet<B> {
                     .update(&u, &mut p.buf, &pgrads[i], &mut m[i], &mut v[i]);
             }
         }
-        self.opt = Some((step, m, v));
+        self.opt = Some(Moments { step, m, v });
+        self.span_end(t, || "optimizer".into());
         res
+    }
+    fn profile_report(&self) -> Option<String> {
+        self.profile.as_ref().map(Profile::report)
+    }
+    fn profile_reset(&mut self) {
+        if let Some(p) = self.profile.as_mut() {
+            *p = Profile::default();
+        }
     }
     fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
         let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
@@ -855,7 +921,7 @@ impl<B: Backend> Model for KernelNet<B> {
     }
     fn opt_state(&self) -> (i32, Vec<Vec<f32>>, Vec<Vec<f32>>) {
         match &self.opt {
-            Some((step, m, v)) => (
+            Some(Moments { step, m, v }) => (
                 *step,
                 m.iter().map(|b| self.be.download(b)).collect(),
                 v.iter().map(|b| self.be.download(b)).collect(),
@@ -870,16 +936,16 @@ impl<B: Backend> Model for KernelNet<B> {
             .map(|p| if p.trainable { p.len } else { 0 })
             .collect();
         let be = &self.be;
-        let st = self.opt.get_or_insert_with(|| (0, vec![], vec![]));
+        let st = self.opt.get_or_insert_with(Moments::default);
         let pick = |src: &[Vec<f32>], i: usize| -> Vec<f32> {
             match src.get(i) {
                 Some(s) if s.len() == lens[i] => s.clone(),
                 _ => vec![0.0; lens[i]],
             }
         };
-        st.0 = step;
-        st.1 = (0..lens.len()).map(|i| be.upload(&pick(&m, i))).collect();
-        st.2 = (0..lens.len()).map(|i| be.upload(&pick(&v, i))).collect();
+        st.step = step;
+        st.m = (0..lens.len()).map(|i| be.upload(&pick(&m, i))).collect();
+        st.v = (0..lens.len()).map(|i| be.upload(&pick(&v, i))).collect();
     }
     fn synchronize(&self) {
         self.be.synchronize();

@@ -1,0 +1,70 @@
+//! `SE_COMPILE_PROFILE=1`: time per phase and per layer kind, for the GPU networks. Each
+//! measured span is closed by a device synchronization (which itself slows the run a little).
+
+use super::layers::Layer;
+
+#[derive(Default)]
+pub struct Profile {
+    entries: Vec<(String, f64, usize)>,
+}
+
+impl Profile {
+    pub fn add(&mut self, what: &str, secs: f64) {
+        match self.entries.iter_mut().find(|e| e.0 == what) {
+            Some(e) => {
+                e.1 += secs;
+                e.2 += 1;
+            }
+            None => self.entries.push((what.to_string(), secs, 1)),
+        }
+    }
+
+    pub fn report(&self) -> String {
+        let total: f64 = self
+            .entries
+            .iter()
+            .filter(|e| !e.0.starts_with("  "))
+            .map(|e| e.1)
+            .sum();
+        let mut s = format!(
+            "{:<34} {:>10} {:>7} {:>7}\n",
+            "phase / layer kind", "ms total", "calls", "share"
+        );
+        for (what, secs, calls) in &self.entries {
+            s.push_str(&format!(
+                "{what:<34} {:>10.1} {calls:>7} {:>6.1}%\n",
+                secs * 1e3,
+                100.0 * secs / total.max(1e-12)
+            ));
+        }
+        s
+    }
+}
+
+impl Profile {
+    /// A profile when SE_COMPILE_PROFILE=1.
+    pub fn from_env() -> Option<Profile> {
+        (std::env::var("SE_COMPILE_PROFILE").as_deref() == Ok("1")).then(Profile::default)
+    }
+}
+
+/// The profile's name for a layer.
+pub fn kind_label(l: &Layer) -> String {
+    match l {
+        Layer::Input => "input".into(),
+        Layer::Conv { op, .. } if op.groups > 1 => "conv (grouped)".into(),
+        Layer::Conv { op, .. } if op.kernel == [1, 1] && op.stride == [1, 1] => "conv 1x1".into(),
+        Layer::Conv { op, .. } if op.kernel == [1, 1] => "conv 1x1 strided".into(),
+        Layer::Conv { op, .. } => format!("conv {}x{}", op.kernel[0], op.kernel[1]),
+        Layer::BatchNorm { .. } => "batch_norm".into(),
+        Layer::Activation(f) => format!("activation {f:?}").to_lowercase(),
+        Layer::ZeroPad(_) => "zero_padding2d".into(),
+        Layer::Pool { max: true, .. } => "max_pool2d".into(),
+        Layer::Pool { .. } => "avg_pool2d".into(),
+        Layer::GlobalPool { .. } => "global pool".into(),
+        Layer::Dense { .. } => "dense".into(),
+        Layer::Dropout(_) => "dropout".into(),
+        Layer::Reshape => "reshape".into(),
+        Layer::Merge(k) => format!("{k:?}").to_lowercase(),
+    }
+}
