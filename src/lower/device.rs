@@ -133,7 +133,7 @@ impl Opened {
             )),
             #[cfg(feature = "cuda")]
             Opened::CudaKernelNet(dev, i) => {
-                let be = CudaKernels::new(dev.clone()).map_err(DeviceError::Unavailable)?;
+                let be = CudaKernels::open(dev.clone()).map_err(DeviceError::Unavailable)?;
                 Box::new(
                     KernelNet::from_net(&net, be, format!("cuda-kernelnet:{i}"))
                         .map_err(DeviceError::Unavailable)?,

@@ -1,18 +1,22 @@
-//! The kernel network's operations on a GPU: `kernels.cu` compiled by NVRTC when the device
-//! is opened, and cuBLAS for the matmuls (fp32; cuBLAS' default math mode leaves TF32 off).
+//! The kernel network on a GPU: `kernels.cu` compiled by NVRTC when the device is opened,
+//! launched through cudarc, and cuBLAS for the matmuls (fp32; cuBLAS' default math mode leaves
+//! TF32 off). What each launch passes is built in `launch.rs`, which the tests also run with the
+//! kernels compiled for the host.
 
-use super::backend::{col_chunks, Backend, BnParams, BnScalars, Gemm, Geom, Update, UpdateCfg};
+use super::backend::Gemm;
+use super::launch::{kernel_params, Arg, Device, Kernels};
 use cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig, StridedBatchedConfig,
 };
 use cudarc::driver::{
-    CudaDevice, CudaFunction, CudaSlice, DeviceRepr, DeviceSlice, LaunchAsync, LaunchConfig,
+    CudaDevice, CudaSlice, DevicePtr, DeviceRepr, DeviceSlice, LaunchAsync, LaunchConfig,
 };
+use std::ffi::c_void;
 use std::sync::Arc;
 
 const SOURCE: &str = include_str!("kernels.cu");
 const MODULE: &str = "se_compile_kernelnet";
-const KERNELS: &[&str] = &[
+pub const KERNELS: &[&str] = &[
     "im2col",
     "col2im_acc",
     "taps_reduce",
@@ -35,22 +39,31 @@ const KERNELS: &[&str] = &[
     "update",
 ];
 
-// SAFETY: plain #[repr(C)] structs of 32-bit scalars, laid out as in kernels.cu.
-unsafe impl DeviceRepr for Geom {}
-unsafe impl DeviceRepr for BnScalars {}
-unsafe impl DeviceRepr for UpdateCfg {}
-
 /// Compiles the kernels to PTX: needs only libnvrtc, no GPU (the tests do it).
 pub fn compile() -> Result<cudarc::nvrtc::Ptx, String> {
     cudarc::nvrtc::compile_ptx(SOURCE)
         .map_err(|e| format!("compiling the kernel network's CUDA kernels: {e:?}"))
 }
 
-pub struct CudaKernels {
+pub struct Cuda {
     dev: Arc<CudaDevice>,
     blas: CudaBlas,
-    /// Passed where a kernel's optional input is absent.
-    none: CudaSlice<f32>,
+}
+
+pub type CudaKernels = Kernels<Cuda>;
+
+impl Kernels<Cuda> {
+    /// Loads the kernels (once per device) and makes a cuBLAS handle on the device's stream.
+    pub fn open(dev: Arc<CudaDevice>) -> Result<CudaKernels, String> {
+        if !dev.has_func(MODULE, KERNELS[0]) {
+            let ptx = compile()?;
+            dev.load_ptx(ptx, MODULE, KERNELS)
+                .map_err(|e| format!("loading the kernel network's CUDA kernels: {e:?}"))?;
+        }
+        keep_freed_memory(&dev);
+        let blas = CudaBlas::new(dev.clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
+        Ok(Kernels::new(Cuda { dev, blas }))
+    }
 }
 
 /// cudarc allocates from the device's stream-ordered memory pool, which by default hands freed
@@ -70,7 +83,7 @@ fn keep_freed_memory(dev: &CudaDevice) {
             sys::cuMemPoolSetAttribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                &mut keep as *mut u64 as *mut std::ffi::c_void,
+                &mut keep as *mut u64 as *mut c_void,
             );
         }
     }
@@ -94,69 +107,42 @@ fn op(t: bool) -> cublasOperation_t {
     }
 }
 
-impl CudaKernels {
-    pub fn new(dev: Arc<CudaDevice>) -> Result<CudaKernels, String> {
-        if !dev.has_func(MODULE, KERNELS[0]) {
-            let ptx = compile()?;
-            dev.load_ptx(ptx, MODULE, KERNELS)
-                .map_err(|e| format!("loading the kernel network's CUDA kernels: {e:?}"))?;
-        }
-        keep_freed_memory(&dev);
-        let blas = CudaBlas::new(dev.clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
-        let none = dev
-            .alloc_zeros::<f32>(1)
-            .map_err(|e| format!("CUDA: {e:?}"))?;
-        Ok(CudaKernels { dev, blas, none })
-    }
+/// A kernel parameter given as the pointer cuLaunchKernel wants (to the argument's value).
+#[derive(Clone, Copy)]
+struct Param(*mut c_void);
 
-    fn f(&self, name: &str) -> CudaFunction {
-        self.dev
-            .get_func(MODULE, name)
-            .unwrap_or_else(|| panic!("kernel {name} is loaded in CudaKernels::new"))
+// SAFETY: `as_kernel_param` hands over a pointer to a value laid out as the kernel expects
+// (built by `kernel_params`); it is only read during the launch call.
+unsafe impl DeviceRepr for Param {
+    fn as_kernel_param(&self) -> *mut c_void {
+        self.0
     }
+}
 
+/// cudarc launches take a tuple: one per parameter count.
+macro_rules! launch_n {
+    ($f:expr, $cfg:expr, $p:expr, $($i:literal),*) => {
+        $f.launch($cfg, ($(Param($p[$i]),)*))
+    };
+}
+
+impl Device for Cuda {
+    type Buf = CudaSlice<f32>;
     fn alloc(&self, n: usize) -> CudaSlice<f32> {
-        check_size(n);
         // SAFETY: every caller writes all n elements before reading them.
         unsafe { self.dev.alloc::<f32>(n.max(1)) }.expect("GPU allocation")
     }
-}
-
-/// The kernels index with 32-bit integers (see kernels.cu).
-fn check_size(n: usize) {
-    if n > i32::MAX as usize {
-        panic!(
-            "a tensor of {n} elements: the kernel network's CUDA kernels take at most 2^31 - 1; use a smaller --batch-size"
-        );
-    }
-}
-
-fn done(r: Result<(), cudarc::driver::DriverError>, what: &str) {
-    if let Err(e) = r {
-        panic!("CUDA kernel {what}: {e:?}");
-    }
-}
-
-/// Launches kernel `$name` over `$total` elements, `$total` passed last as a long long.
-macro_rules! run {
-    ($s:expr, $name:literal, $total:expr, ($($arg:expr),* $(,)?)) => {{
-        let total: usize = $total;
-        if total > 0 {
-            // SAFETY: the argument list matches the kernel's signature in kernels.cu, and
-            // every buffer holds the elements the kernel indexes for this `total`.
-            let r = unsafe { $s.f($name).launch(launch_cfg(total), ($($arg,)* total as i32)) };
-            done(r, $name);
+    fn zeros(&self, n: usize) -> CudaSlice<f32> {
+        if n == 0 {
+            // No allocation of zero bytes (the driver refuses those).
+            return self.dev.null().expect("CUDA null slice");
         }
-    }};
-}
-
-impl Backend for CudaKernels {
-    type Buf = CudaSlice<f32>;
+        self.dev.alloc_zeros::<f32>(n).expect("GPU allocation")
+    }
     fn upload(&self, v: &[f32]) -> CudaSlice<f32> {
         if v.is_empty() {
             return self.zeros(0);
         }
-        check_size(v.len());
         self.dev.htod_sync_copy(v).expect("copy to the GPU")
     }
     fn download(&self, b: &CudaSlice<f32>) -> Vec<f32> {
@@ -164,14 +150,6 @@ impl Backend for CudaKernels {
             return vec![];
         }
         self.dev.dtoh_sync_copy(b).expect("copy from the GPU")
-    }
-    fn zeros(&self, n: usize) -> CudaSlice<f32> {
-        check_size(n);
-        if n == 0 {
-            // No allocation of zero bytes (the driver refuses those).
-            return self.dev.null().expect("CUDA null slice");
-        }
-        self.dev.alloc_zeros::<f32>(n).expect("GPU allocation")
     }
     fn len(&self, b: &CudaSlice<f32>) -> usize {
         b.len()
@@ -195,7 +173,7 @@ impl Backend for CudaKernels {
             ldc: g.ldc as i32,
         };
         // SAFETY: the layouts described by `g` lie within the buffers (the host backend
-        // indexes the same elements and is bounds-checked in the tests).
+        // indexes the same elements, bounds-checked, in the tests).
         let r = unsafe {
             if g.batch == 1 {
                 self.blas.gemm(cfg, b, a, c)
@@ -217,326 +195,38 @@ impl Backend for CudaKernels {
         r.unwrap_or_else(|e| panic!("cuBLAS sgemm {g:?}: {e:?}"));
     }
 
-    fn im2col(&self, x: &CudaSlice<f32>, g: &Geom, fill: f32) -> CudaSlice<f32> {
-        let total = g.out_rows() * g.cols();
-        let mut out = self.alloc(total);
-        run!(self, "im2col", total, (x, &mut out, *g, fill));
-        out
-    }
-    fn col2im_acc(&self, dcols: &CudaSlice<f32>, g: &Geom, dx: &mut CudaSlice<f32>) {
-        run!(self, "col2im_acc", g.in_len(), (dcols, dx, *g));
-    }
-    fn taps_reduce(
-        &self,
-        cols: &CudaSlice<f32>,
-        g: &Geom,
-        max: bool,
-    ) -> (CudaSlice<f32>, CudaSlice<f32>) {
-        let total = g.out_rows() * g.c as usize;
-        let mut y = self.alloc(total);
-        let mut arg = if max {
-            self.alloc(total)
-        } else {
-            self.zeros(0)
+    fn launch(&self, name: &'static str, total: usize, args: &mut [Arg<CudaSlice<f32>>]) {
+        let f = self
+            .dev
+            .get_func(MODULE, name)
+            .unwrap_or_else(|| panic!("kernel {name} is loaded in Kernels::open"));
+        let mut t = total as i32;
+        let p = kernel_params(args, &mut t, |b| {
+            b.device_ptr() as *const u64 as *mut c_void
+        });
+        let cfg = launch_cfg(total);
+        // SAFETY: `kernel_params` lists the arguments in the order and types of the kernel's
+        // signature in kernels.cu (the tests call the same kernels, compiled for the host, with
+        // the same list), and every pointer in it lives until this call returns.
+        let r = unsafe {
+            match p.len() {
+                2 => launch_n!(f, cfg, p, 0, 1),
+                3 => launch_n!(f, cfg, p, 0, 1, 2),
+                4 => launch_n!(f, cfg, p, 0, 1, 2, 3),
+                5 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4),
+                6 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5),
+                7 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5, 6),
+                8 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5, 6, 7),
+                9 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5, 6, 7, 8),
+                10 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+                11 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+                12 => launch_n!(f, cfg, p, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
+                n => panic!("kernel {name}: {n} parameters, cudarc launches at most 12"),
+            }
         };
-        let argp = if max { &mut arg } else { &mut self.alloc(1) };
-        run!(
-            self,
-            "taps_reduce",
-            total,
-            (cols, &mut y, argp, *g, i32::from(max))
-        );
-        (y, arg)
-    }
-    fn taps_expand(
-        &self,
-        dy: &CudaSlice<f32>,
-        arg: &CudaSlice<f32>,
-        g: &Geom,
-        max: bool,
-    ) -> CudaSlice<f32> {
-        let total = g.out_rows() * g.taps() * g.c as usize;
-        let mut d = self.alloc(total);
-        let argp = if max { arg } else { &self.none };
-        run!(
-            self,
-            "taps_expand",
-            total,
-            (dy, argp, &mut d, *g, i32::from(max))
-        );
-        d
-    }
-    fn col_sums(
-        &self,
-        a: &CudaSlice<f32>,
-        b: Option<&CudaSlice<f32>>,
-        groups: usize,
-        rows: usize,
-        c: usize,
-        scale: f32,
-    ) -> CudaSlice<f32> {
-        let mut out = self.zeros(groups * c);
-        if rows == 0 {
-            return out;
+        if let Err(e) = r {
+            panic!("CUDA kernel {name}: {e:?}");
         }
-        let (chunks, chunk_rows) = col_chunks(groups, rows, c);
-        let mut part = self.alloc(groups * chunks * c);
-        let (bp, has_b) = match b {
-            Some(b) => (b, 1i32),
-            None => (&self.none, 0),
-        };
-        run!(
-            self,
-            "col_partial",
-            groups * chunks * c,
-            (
-                a,
-                bp,
-                has_b,
-                rows as i32,
-                c as i32,
-                chunks as i32,
-                chunk_rows as i32,
-                &mut part
-            )
-        );
-        run!(
-            self,
-            "col_finish",
-            groups * c,
-            (&part, chunks as i32, c as i32, scale, &mut out)
-        );
-        out
-    }
-    fn chan_affine(
-        &self,
-        u: &CudaSlice<f32>,
-        s: &CudaSlice<f32>,
-        vt: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
-        d: &CudaSlice<f32>,
-        c: usize,
-        out: &mut CudaSlice<f32>,
-        accumulate: bool,
-    ) {
-        let (v, t, has_v) = match vt {
-            Some((v, t)) => (v, t, 1i32),
-            None => (&self.none, &self.none, 0),
-        };
-        run!(
-            self,
-            "chan_affine",
-            u.len(),
-            (u, s, v, t, has_v, d, c as i32, out, i32::from(accumulate))
-        );
-    }
-    fn bn_coeffs(
-        &self,
-        stats: Option<(&CudaSlice<f32>, &CudaSlice<f32>, usize)>,
-        p: &BnParams<CudaSlice<f32>>,
-        mm: &mut CudaSlice<f32>,
-        mv: &mut CudaSlice<f32>,
-        c: usize,
-    ) -> [CudaSlice<f32>; 4] {
-        let mut o = [self.alloc(c), self.alloc(c), self.alloc(c), self.alloc(c)];
-        let (s1, s2, rows) = match stats {
-            Some((a, b, r)) => (a, b, r),
-            None => (&self.none, &self.none, 0),
-        };
-        let sc = BnScalars::forward(stats.is_some(), rows, p);
-        let [m, is, s, sh] = &mut o;
-        // SAFETY: as in `run!`; this kernel takes the channel count last, as an int.
-        let r = unsafe {
-            self.f("bn_coeffs").launch(
-                launch_cfg(c),
-                (
-                    s1,
-                    s2,
-                    p.gamma.unwrap_or(&self.none),
-                    p.beta.unwrap_or(&self.none),
-                    mm,
-                    mv,
-                    m,
-                    is,
-                    s,
-                    sh,
-                    sc,
-                    c as i32,
-                ),
-            )
-        };
-        done(r, "bn_coeffs");
-        o
-    }
-    fn bn_back_coeffs(
-        &self,
-        sum_dy: &CudaSlice<f32>,
-        sum_dyx: &CudaSlice<f32>,
-        mean: &CudaSlice<f32>,
-        inv_std: &CudaSlice<f32>,
-        gamma: Option<&CudaSlice<f32>>,
-        dgamma: Option<&mut CudaSlice<f32>>,
-        dbeta: Option<&mut CudaSlice<f32>>,
-        rows: usize,
-    ) -> [CudaSlice<f32>; 3] {
-        let c = mean.len();
-        let mut o = [self.alloc(c), self.alloc(c), self.alloc(c)];
-        let sc = BnScalars::backward(rows, gamma.is_some() && dgamma.is_some(), dbeta.is_some());
-        // Absent outputs are never written (their flag is off); any buffer will do.
-        let mut spare = (self.alloc(1), self.alloc(1));
-        let dg = dgamma.unwrap_or(&mut spare.0);
-        let db = dbeta.unwrap_or(&mut spare.1);
-        let [s, t, d] = &mut o;
-        // SAFETY: as in `run!`; this kernel takes the channel count last, as an int.
-        let r = unsafe {
-            self.f("bn_back_coeffs").launch(
-                launch_cfg(c),
-                (
-                    sum_dy,
-                    sum_dyx,
-                    mean,
-                    inv_std,
-                    gamma.unwrap_or(&self.none),
-                    dg,
-                    db,
-                    s,
-                    t,
-                    d,
-                    sc,
-                    c as i32,
-                ),
-            )
-        };
-        done(r, "bn_back_coeffs");
-        o
-    }
-    fn act(&self, x: &CudaSlice<f32>, code: i32) -> CudaSlice<f32> {
-        let mut y = self.alloc(x.len());
-        run!(self, "act_fwd", x.len(), (x, &mut y, code));
-        y
-    }
-    fn act_back_acc(
-        &self,
-        x: &CudaSlice<f32>,
-        y: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        code: i32,
-        dx: &mut CudaSlice<f32>,
-    ) {
-        run!(self, "act_back_acc", x.len(), (x, y, dy, dx, code));
-    }
-    fn softmax(&self, x: &CudaSlice<f32>, c: usize) -> CudaSlice<f32> {
-        let mut y = self.alloc(x.len());
-        run!(
-            self,
-            "softmax_rows",
-            x.len() / c.max(1),
-            (x, &mut y, c as i32)
-        );
-        y
-    }
-    fn softmax_back_acc(
-        &self,
-        y: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        c: usize,
-        dx: &mut CudaSlice<f32>,
-    ) {
-        run!(
-            self,
-            "softmax_back_acc",
-            y.len() / c.max(1),
-            (y, dy, dx, c as i32)
-        );
-    }
-    fn gate_mul(
-        &self,
-        x: &CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        n: usize,
-        c: usize,
-        out: &mut CudaSlice<f32>,
-        accumulate: bool,
-    ) {
-        let per = (x.len() / n.max(1)) as i32;
-        run!(
-            self,
-            "gate_mul",
-            x.len(),
-            (x, g, out, per, c as i32, i32::from(accumulate))
-        );
-    }
-    fn bcast_rows_acc(
-        &self,
-        g: &CudaSlice<f32>,
-        n: usize,
-        c: usize,
-        scale: f32,
-        out: &mut CudaSlice<f32>,
-    ) {
-        let total = out.len();
-        let per = (total / n.max(1)) as i32;
-        run!(
-            self,
-            "bcast_rows_acc",
-            total,
-            (g, out, per, c as i32, scale)
-        );
-    }
-    fn mul(
-        &self,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
-        accumulate: bool,
-    ) {
-        run!(self, "mul", a.len(), (a, b, out, i32::from(accumulate)));
-    }
-    fn axpy(&self, x: &CudaSlice<f32>, alpha: f32, out: &mut CudaSlice<f32>) {
-        run!(self, "axpy", x.len(), (x, alpha, out));
-    }
-    fn add_bias(&self, y: &mut CudaSlice<f32>, b: &CudaSlice<f32>) {
-        let total = y.len();
-        run!(self, "add_bias", total, (y, b, b.len() as i32));
-    }
-    fn col_copy(
-        &self,
-        src: &CudaSlice<f32>,
-        src_c: usize,
-        src_off: usize,
-        dst: &mut CudaSlice<f32>,
-        dst_c: usize,
-        dst_off: usize,
-        width: usize,
-        rows: usize,
-        accumulate: bool,
-    ) {
-        run!(
-            self,
-            "col_copy",
-            rows * width,
-            (
-                src,
-                src_c as i32,
-                src_off as i32,
-                dst,
-                dst_c as i32,
-                dst_off as i32,
-                width as i32,
-                i32::from(accumulate)
-            )
-        );
-    }
-    fn update(
-        &self,
-        u: &Update,
-        p: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
-    ) {
-        let cfg = UpdateCfg::of(u);
-        let total = p.len();
-        run!(self, "update", total, (p, g, m, v, cfg));
     }
 }
 

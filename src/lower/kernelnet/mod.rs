@@ -10,6 +10,7 @@ pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod host;
+pub mod launch;
 
 use super::kernels::ConvShape;
 use super::layers::{conv_shape, global_window, pool_window, Layer, Net};
