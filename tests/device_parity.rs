@@ -167,3 +167,38 @@ fn kernel_network_refuses_a_broadcast_it_has_no_kernel_for() {
         "{e}"
     );
 }
+
+#[test]
+fn kernel_network_resumes_from_its_saved_state() {
+    // What a checkpoint keeps: parameter values and the optimizer's step and moments. A copy
+    // made from them must take the same next step as the network that kept training.
+    let spec = parity::case_spec("- batch_norm\n  - conv2d: {filters: 5, kernel: 3, stride: 2}");
+    let src = se_compile::SourceFile::new("r.yaml", &spec);
+    let vg = se_compile::compile(&src).expect("compiles");
+    let cfg = TrainConfig::default();
+    let opt = OptSettings::new(&cfg, 1e-2);
+    let mut rng = Rng::new(3);
+    let x: Vec<f32> = (0..4 * 6 * 5 * 4).map(|_| rng.normal()).collect();
+    let y = [0usize, 3, 1, 4];
+    let batch = || Batch {
+        x: x.clone(),
+        shape: vec![4, 6, 5, 4],
+        labels: &y,
+    };
+    let mut a = KernelNet::from_net(&Net::new(&vg, 1), emulated_gpu::build(), "a".into()).unwrap();
+    for s in 0..3 {
+        a.train_step(batch(), &opt, s);
+    }
+    let mut b = KernelNet::from_net(&Net::new(&vg, 2), emulated_gpu::build(), "b".into()).unwrap();
+    for (i, v) in a.param_values().into_iter().enumerate() {
+        b.set_param(i, v);
+    }
+    let (step, m, v) = a.opt_state();
+    assert_eq!(step, 3);
+    b.set_opt_state(step, m, v);
+    let ra = a.train_step(batch(), &opt, 3);
+    let rb = b.train_step(batch(), &opt, 3);
+    assert_eq!(ra.loss, rb.loss);
+    assert_eq!(a.param_values(), b.param_values());
+    assert_eq!(a.opt_state().1, b.opt_state().1);
+}

@@ -25,9 +25,7 @@ fn signatures(src: &str) -> Vec<(String, Vec<String>)> {
                 .split(',')
                 .map(|p| {
                     let p = p.split_whitespace().collect::<Vec<_>>().join(" ");
-                    let cut = p
-                        .rfind([' ', '*'])
-                        .expect("type and name");
+                    let cut = p.rfind([' ', '*']).expect("type and name");
                     p[..=cut].trim().to_string()
                 })
                 .collect();
