@@ -202,3 +202,24 @@ fn kernel_network_resumes_from_its_saved_state() {
     assert_eq!(a.param_values(), b.param_values());
     assert_eq!(a.opt_state().1, b.opt_state().1);
 }
+
+#[test]
+fn kernel_network_long_reductions_match_the_cpu_kernels() {
+    // 2 × 32 × 32 = 2048 rows: weight gradients are split into row chunks (split_k) and column
+    // sums take two passes, which the 90-row parity cases do not reach.
+    let spec = "model: long\ninput: [32, 32, 3]\nlayers:\n  - conv2d: {filters: 8, kernel: 3, padding: same}\n  - batch_norm\n  - relu\n  - conv2d: {filters: 6, kernel: 1}\n  - global_avg_pool\n  - dense: {units: 4}\n";
+    assert_eq!(se_compile::lower::kernelnet::backend::split_k(2048), 2);
+    let src = se_compile::SourceFile::new("long.yaml", spec);
+    let vg = se_compile::compile(&src).expect("compiles");
+    for name in ["cpu-kernelnet", "emulated"] {
+        let mut reference = Net::new(&vg, 3);
+        let mut other: Box<dyn Model> = if name == "emulated" {
+            Box::new(KernelNet::from_net(&reference, emulated_gpu::build(), name.into()).unwrap())
+        } else {
+            Box::new(KernelNet::from_net(&reference, Host, name.into()).unwrap())
+        };
+        let row = parity::compare(name, &mut reference, other.as_mut(), 2);
+        let table = parity::table(std::slice::from_ref(&row), name, 1e-4);
+        assert!(row.passes(1e-4) && row.params == 8, "{table}");
+    }
+}

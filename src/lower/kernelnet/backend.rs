@@ -238,13 +238,19 @@ impl UpdateCfg {
     }
 }
 
-/// How `col_partial` splits the rows: (chunks, rows per chunk), for about 64k threads, each
-/// summing a chunk of rows of one column.
-pub fn col_chunks(groups: usize, rows: usize, c: usize) -> (usize, usize) {
-    let chunks = (65536 / (groups * c).max(1)).clamp(1, rows.max(1));
-    let chunk_rows = rows.div_ceil(chunks).max(1);
-    (rows.div_ceil(chunk_rows), chunk_rows)
+/// Into how many row chunks a weight gradient colsᵀ·dy over `k` rows is split: a matmul with
+/// a small output and a long inner dimension leaves most of the GPU idle, so it is run as a
+/// batch of matmuls over chunks of at least 1024 rows (a divisor of `k`, at most 64), whose
+/// results are then summed.
+pub fn split_k(k: usize) -> usize {
+    (1..=64usize)
+        .rev()
+        .find(|s| k % s == 0 && k / s >= 1024)
+        .unwrap_or(1)
 }
+
+/// Rows per thread in each pass of a column sum.
+pub const SUM_ROWS: usize = 32;
 
 /// Outputs are freshly made unless the name says `_acc` (then `out += …`).
 pub trait Backend {

@@ -4,7 +4,7 @@
 //! compiled as C and called on the host (`tests/emulated_gpu/`), so that the sizes, flags and
 //! argument lists built here are checked without a GPU.
 
-use super::backend::{col_chunks, Backend, BnParams, BnScalars, Gemm, Geom, Update, UpdateCfg};
+use super::backend::{Backend, BnParams, BnScalars, Gemm, Geom, Update, UpdateCfg, SUM_ROWS};
 use std::ffi::c_void;
 
 /// One kernel argument, in the kernel's parameter order.
@@ -173,28 +173,44 @@ impl<D: Device> Backend for Kernels<D> {
         if rows == 0 {
             return out;
         }
-        let (chunks, chunk_rows) = col_chunks(groups, rows, c);
-        let mut part = self.alloc(groups * chunks * c);
-        self.run(
-            "col_partial",
-            groups * chunks * c,
-            &mut [
-                In(a),
-                In(b.unwrap_or(&self.none)),
-                fl(b.is_some()),
-                I32(rows as i32),
-                I32(c as i32),
-                I32(chunks as i32),
-                I32(chunk_rows as i32),
-                Out(&mut part),
-            ],
-        );
+        // Passes of SUM_ROWS rows per thread (the first one multiplying by b) until at most
+        // SUM_ROWS partial sums are left per column: many threads in every pass, no atomics.
+        let mut part: Option<D::Buf> = None;
+        let mut left = rows;
+        loop {
+            let chunks = left.div_ceil(SUM_ROWS);
+            let mut next = self.alloc(groups * chunks * c);
+            let (src, bp) = match &part {
+                None => (a, b),
+                Some(p) => (p, None),
+            };
+            self.run(
+                "col_partial",
+                groups * chunks * c,
+                &mut [
+                    In(src),
+                    In(bp.unwrap_or(&self.none)),
+                    fl(bp.is_some()),
+                    I32(left as i32),
+                    I32(c as i32),
+                    I32(chunks as i32),
+                    I32(SUM_ROWS as i32),
+                    Out(&mut next),
+                ],
+            );
+            part = Some(next);
+            left = chunks;
+            if left <= SUM_ROWS {
+                break;
+            }
+        }
+        let part = part.expect("one pass at least");
         self.run(
             "col_finish",
             groups * c,
             &mut [
                 In(&part),
-                I32(chunks as i32),
+                I32(left as i32),
                 I32(c as i32),
                 F32(scale),
                 Out(&mut out),

@@ -21,7 +21,7 @@ use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
 use crate::train::config::Optimizer;
-use backend::{act_code, Backend, BnParams, Gemm, Geom, Update};
+use backend::{act_code, split_k, Backend, BnParams, Gemm, Geom, Update};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -535,7 +535,26 @@ impl<B: Backend> KernelNet<B> {
                     sc: f.sb,
                     ..f
                 };
-                be.gemm(&dw, &cols, &dy, &mut pgrads[w]);
+                let parts = split_k(rows_out);
+                if s.groups == 1 && parts > 1 {
+                    let (m, n, chunk) = (dw.m, dw.n, rows_out / parts);
+                    let mut part = be.zeros(parts * m * n);
+                    let g = Gemm {
+                        k: chunk,
+                        ldc: n,
+                        beta: 0.0,
+                        batch: parts,
+                        sa: chunk * dw.lda,
+                        sb: chunk * dw.ldb,
+                        sc: m * n,
+                        ..dw
+                    };
+                    be.gemm(&g, &cols, &dy, &mut part);
+                    let sum = be.col_sums(&part, None, 1, parts, m * n, 1.0);
+                    be.axpy(&sum, 1.0, &mut pgrads[w]);
+                } else {
+                    be.gemm(&dw, &cols, &dy, &mut pgrads[w]);
+                }
                 drop(cols);
                 if xi == 0 {
                     return;
