@@ -245,7 +245,7 @@ impl UpdateCfg {
 pub fn split_k(k: usize) -> usize {
     (1..=64usize)
         .rev()
-        .find(|s| k % s == 0 && k / s >= 1024)
+        .find(|s| k.is_multiple_of(*s) && k / s >= 1024)
         .unwrap_or(1)
 }
 
