@@ -252,20 +252,22 @@ pub fn split_k(k: usize) -> usize {
 /// Rows per thread in each pass of a column sum.
 pub const SUM_ROWS: usize = 32;
 
-/// Outputs are freshly made unless the name says `_acc` (then `out += …`).
+/// Outputs are freshly made, or written into `out`, added to it when `accumulate`.
 pub trait Backend {
     type Buf;
     fn upload(&self, v: &[f32]) -> Self::Buf;
     fn download(&self, b: &Self::Buf) -> Vec<f32>;
     fn zeros(&self, n: usize) -> Self::Buf;
+    /// A buffer of `n` elements whose contents are unspecified, for a kernel to overwrite.
+    fn alloc(&self, n: usize) -> Self::Buf;
     fn len(&self, b: &Self::Buf) -> usize;
     fn synchronize(&self);
 
     fn gemm(&self, g: &Gemm, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf);
     /// (out rows, taps·C) window taps of x; `fill` where a tap falls in the padding.
     fn im2col(&self, x: &Self::Buf, g: &Geom, fill: f32) -> Self::Buf;
-    /// dx += the im2col matrix's gradient summed back onto the input.
-    fn col2im_acc(&self, dcols: &Self::Buf, g: &Geom, dx: &mut Self::Buf);
+    /// dx (+)= the im2col matrix's gradient summed back onto the input.
+    fn col2im(&self, dcols: &Self::Buf, g: &Geom, dx: &mut Self::Buf, accumulate: bool);
     /// Max (with the winning tap) or average over the taps of an im2col matrix of one group;
     /// the average leaves out taps in the padding (Keras).
     fn taps_reduce(&self, cols: &Self::Buf, g: &Geom, max: bool) -> (Self::Buf, Self::Buf);
@@ -319,16 +321,25 @@ pub trait Backend {
         rows: usize,
     ) -> [Self::Buf; 3];
     fn act(&self, x: &Self::Buf, code: i32) -> Self::Buf;
-    fn act_back_acc(
+    #[allow(clippy::too_many_arguments)]
+    fn act_back(
         &self,
         x: &Self::Buf,
         y: &Self::Buf,
         dy: &Self::Buf,
         code: i32,
         dx: &mut Self::Buf,
+        accumulate: bool,
     );
     fn softmax(&self, x: &Self::Buf, c: usize) -> Self::Buf;
-    fn softmax_back_acc(&self, y: &Self::Buf, dy: &Self::Buf, c: usize, dx: &mut Self::Buf);
+    fn softmax_back(
+        &self,
+        y: &Self::Buf,
+        dy: &Self::Buf,
+        c: usize,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    );
     /// y[n, p, c] = x[n, p, c] · g[n, c] (the SE gate), or accumulated into out.
     fn gate_mul(
         &self,
@@ -339,8 +350,17 @@ pub trait Backend {
         out: &mut Self::Buf,
         accumulate: bool,
     );
-    /// out[n, p, c] += scale · g[n, c].
-    fn bcast_rows_acc(&self, g: &Self::Buf, n: usize, c: usize, scale: f32, out: &mut Self::Buf);
+    /// out[n, p, c] (+)= scale · g[n, c].
+    #[allow(clippy::too_many_arguments)]
+    fn bcast_rows(
+        &self,
+        g: &Self::Buf,
+        n: usize,
+        c: usize,
+        scale: f32,
+        out: &mut Self::Buf,
+        accumulate: bool,
+    );
     fn mul(&self, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf, accumulate: bool);
     /// out += alpha · x.
     fn axpy(&self, x: &Self::Buf, alpha: f32, out: &mut Self::Buf);

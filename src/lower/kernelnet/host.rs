@@ -34,6 +34,10 @@ impl Backend for Host {
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
+    fn alloc(&self, n: usize) -> Vec<f32> {
+        // NaN, so that an element a kernel should have written but did not shows.
+        vec![f32::NAN; n]
+    }
     fn len(&self, b: &Vec<f32>) -> usize {
         b.len()
     }
@@ -91,7 +95,10 @@ impl Backend for Host {
         out
     }
 
-    fn col2im_acc(&self, dcols: &Vec<f32>, g: &Geom, dx: &mut Vec<f32>) {
+    fn col2im(&self, dcols: &Vec<f32>, g: &Geom, dx: &mut Vec<f32>, accumulate: bool) {
+        if !accumulate {
+            dx.iter_mut().for_each(|v| *v = 0.0);
+        }
         let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
         let mut i = 0;
         for n in 0..g.n {
@@ -291,17 +298,19 @@ impl Backend for Host {
         let f = act_of(code);
         x.iter().map(|v| act_value(f, *v)).collect()
     }
-    fn act_back_acc(
+    fn act_back(
         &self,
         x: &Vec<f32>,
         y: &Vec<f32>,
         dy: &Vec<f32>,
         code: i32,
         dx: &mut Vec<f32>,
+        acc: bool,
     ) {
         let f = act_of(code);
         for i in 0..x.len() {
-            dx[i] += dy[i] * act_grad(f, x[i], y[i]);
+            let v = dy[i] * act_grad(f, x[i], y[i]);
+            dx[i] = if acc { dx[i] + v } else { v };
         }
     }
     fn softmax(&self, x: &Vec<f32>, c: usize) -> Vec<f32> {
@@ -317,7 +326,7 @@ impl Backend for Host {
         }
         y
     }
-    fn softmax_back_acc(&self, y: &Vec<f32>, dy: &Vec<f32>, c: usize, dx: &mut Vec<f32>) {
+    fn softmax_back(&self, y: &Vec<f32>, dy: &Vec<f32>, c: usize, dx: &mut Vec<f32>, acc: bool) {
         for r in 0..y.len() / c {
             let row = r * c..(r + 1) * c;
             let dot: f32 = y[row.clone()]
@@ -326,7 +335,8 @@ impl Backend for Host {
                 .map(|(a, b)| a * b)
                 .sum();
             for i in row {
-                dx[i] += y[i] * (dy[i] - dot);
+                let v = y[i] * (dy[i] - dot);
+                dx[i] = if acc { dx[i] + v } else { v };
             }
         }
     }
@@ -345,10 +355,19 @@ impl Backend for Host {
             out[i] = if acc { out[i] + v } else { v };
         }
     }
-    fn bcast_rows_acc(&self, g: &Vec<f32>, n: usize, c: usize, scale: f32, out: &mut Vec<f32>) {
+    fn bcast_rows(
+        &self,
+        g: &Vec<f32>,
+        n: usize,
+        c: usize,
+        scale: f32,
+        out: &mut Vec<f32>,
+        acc: bool,
+    ) {
         let per = out.len() / n.max(1);
         for i in 0..out.len() {
-            out[i] += scale * g[(i / per) * c + i % c];
+            let v = scale * g[(i / per) * c + i % c];
+            out[i] = if acc { out[i] + v } else { v };
         }
     }
     fn mul(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>, acc: bool) {

@@ -58,7 +58,7 @@ KERNEL void im2col(const float* x, float* out, Geom g, float fill, int total) {
 }
 
 // One thread per input element sums the im2col entries that read it: no atomics.
-KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, int total) {
+KERNEL void col2im(const float* dcols, float* dx, Geom g, int acc, int total) {
     const int cg = g.c / g.groups;
     const int kcols = (int)g.kh * g.kw * g.c;
     LOOP(i, total) {
@@ -85,7 +85,7 @@ KERNEL void col2im_acc(const float* dcols, float* dx, Geom g, int total) {
                 s += dcols[row * kcols + ((grp * g.kh + ky) * g.kw + kx) * cg + ci];
             }
         }
-        dx[i] += s;
+        dx[i] = acc ? dx[i] + s : s;
     }
 }
 
@@ -267,8 +267,11 @@ KERNEL void act_fwd(const float* x, float* y, int f, int total) {
     LOOP(i, total) y[i] = act_value(f, x[i]);
 }
 
-KERNEL void act_back_acc(const float* x, const float* y, const float* dy, float* dx, int f, int total) {
-    LOOP(i, total) dx[i] += dy[i] * act_grad(f, x[i], y[i]);
+KERNEL void act_back(const float* x, const float* y, const float* dy, float* dx, int f, int acc, int total) {
+    LOOP(i, total) {
+        float v = dy[i] * act_grad(f, x[i], y[i]);
+        dx[i] = acc ? dx[i] + v : v;
+    }
 }
 
 KERNEL void softmax_rows(const float* x, float* y, int c, int rows) {
@@ -286,12 +289,15 @@ KERNEL void softmax_rows(const float* x, float* y, int c, int rows) {
     }
 }
 
-KERNEL void softmax_back_acc(const float* y, const float* dy, float* dx, int c, int rows) {
+KERNEL void softmax_back(const float* y, const float* dy, float* dx, int c, int acc, int rows) {
     LOOP(r, rows) {
         int o = r * c;
         float dot = 0.0f;
         for (int j = 0; j < c; j++) dot += y[o + j] * dy[o + j];
-        for (int j = 0; j < c; j++) dx[o + j] += y[o + j] * (dy[o + j] - dot);
+        for (int j = 0; j < c; j++) {
+            float v = y[o + j] * (dy[o + j] - dot);
+            dx[o + j] = acc ? dx[o + j] + v : v;
+        }
     }
 }
 
@@ -302,8 +308,11 @@ KERNEL void gate_mul(const float* x, const float* g, float* out, int per, int c,
     }
 }
 
-KERNEL void bcast_rows_acc(const float* g, float* out, int per, int c, float scale, int total) {
-    LOOP(i, total) out[i] += scale * g[(i / per) * c + i % c];
+KERNEL void bcast_rows(const float* g, float* out, int per, int c, float scale, int acc, int total) {
+    LOOP(i, total) {
+        float v = scale * g[(i / per) * c + i % c];
+        out[i] = acc ? out[i] + v : v;
+    }
 }
 
 KERNEL void mul(const float* a, const float* b, float* out, int acc, int total) {

@@ -83,11 +83,6 @@ impl<D: Device> Kernels<D> {
             self.d.launch(name, total, args);
         }
     }
-
-    fn alloc(&self, n: usize) -> D::Buf {
-        check_size(n);
-        self.d.alloc(n)
-    }
 }
 
 use Arg::{Buf as In, BufMut as Out, F32, I32};
@@ -110,6 +105,10 @@ impl<D: Device> Backend for Kernels<D> {
         check_size(n);
         self.d.zeros(n)
     }
+    fn alloc(&self, n: usize) -> D::Buf {
+        check_size(n);
+        self.d.alloc(n)
+    }
     fn len(&self, b: &D::Buf) -> usize {
         self.d.len(b)
     }
@@ -130,11 +129,11 @@ impl<D: Device> Backend for Kernels<D> {
         );
         out
     }
-    fn col2im_acc(&self, dcols: &D::Buf, g: &Geom, dx: &mut D::Buf) {
+    fn col2im(&self, dcols: &D::Buf, g: &Geom, dx: &mut D::Buf, acc: bool) {
         self.run(
-            "col2im_acc",
+            "col2im",
             g.in_len(),
-            &mut [In(dcols), Out(dx), Arg::Geom(*g)],
+            &mut [In(dcols), Out(dx), Arg::Geom(*g), fl(acc)],
         );
     }
     fn taps_reduce(&self, cols: &D::Buf, g: &Geom, max: bool) -> (D::Buf, D::Buf) {
@@ -320,12 +319,12 @@ impl<D: Device> Backend for Kernels<D> {
         self.run("act_fwd", n, &mut [In(x), Out(&mut y), I32(code)]);
         y
     }
-    fn act_back_acc(&self, x: &D::Buf, y: &D::Buf, dy: &D::Buf, code: i32, dx: &mut D::Buf) {
+    fn act_back(&self, x: &D::Buf, y: &D::Buf, dy: &D::Buf, code: i32, dx: &mut D::Buf, acc: bool) {
         let n = self.d.len(x);
         self.run(
-            "act_back_acc",
+            "act_back",
             n,
-            &mut [In(x), In(y), In(dy), Out(dx), I32(code)],
+            &mut [In(x), In(y), In(dy), Out(dx), I32(code), fl(acc)],
         );
     }
     fn softmax(&self, x: &D::Buf, c: usize) -> D::Buf {
@@ -338,12 +337,12 @@ impl<D: Device> Backend for Kernels<D> {
         );
         y
     }
-    fn softmax_back_acc(&self, y: &D::Buf, dy: &D::Buf, c: usize, dx: &mut D::Buf) {
+    fn softmax_back(&self, y: &D::Buf, dy: &D::Buf, c: usize, dx: &mut D::Buf, acc: bool) {
         let rows = self.d.len(y) / c.max(1);
         self.run(
-            "softmax_back_acc",
+            "softmax_back",
             rows,
-            &mut [In(y), In(dy), Out(dx), I32(c as i32)],
+            &mut [In(y), In(dy), Out(dx), I32(c as i32), fl(acc)],
         );
     }
     fn gate_mul(&self, x: &D::Buf, g: &D::Buf, n: usize, c: usize, out: &mut D::Buf, acc: bool) {
@@ -355,13 +354,20 @@ impl<D: Device> Backend for Kernels<D> {
             &mut [In(x), In(g), Out(out), I32(per), I32(c as i32), fl(acc)],
         );
     }
-    fn bcast_rows_acc(&self, g: &D::Buf, n: usize, c: usize, scale: f32, out: &mut D::Buf) {
+    fn bcast_rows(&self, g: &D::Buf, n: usize, c: usize, scale: f32, out: &mut D::Buf, acc: bool) {
         let total = self.d.len(out);
         let per = (total / n.max(1)) as i32;
         self.run(
-            "bcast_rows_acc",
+            "bcast_rows",
             total,
-            &mut [In(g), Out(out), I32(per), I32(c as i32), F32(scale)],
+            &mut [
+                In(g),
+                Out(out),
+                I32(per),
+                I32(c as i32),
+                F32(scale),
+                fl(acc),
+            ],
         );
     }
     fn mul(&self, a: &D::Buf, b: &D::Buf, out: &mut D::Buf, acc: bool) {

@@ -473,17 +473,27 @@ impl<B: Backend> KernelNet<B> {
         }
     }
 
-    /// Node `i`'s gradient buffer, made (zero) on first use; None for the network input.
-    fn grad_slot<'a>(
+    /// Writes a contribution to node `i`'s gradient: `write(out, accumulate)` fills a fresh
+    /// buffer when the node has no gradient yet (no zeroing pass first), or adds into the one
+    /// it has. Nothing for the network input.
+    fn add_grad(
         &self,
-        grads: &'a mut [Option<B::Buf>],
+        grads: &mut [Option<B::Buf>],
         i: usize,
         len: usize,
-    ) -> Option<&'a mut B::Buf> {
+        write: impl FnOnce(&mut B::Buf, bool),
+    ) {
         if i == 0 {
-            return None;
+            return;
         }
-        Some(grads[i].get_or_insert_with(|| self.be.zeros(len)))
+        match &mut grads[i] {
+            Some(g) => write(g, true),
+            slot @ None => {
+                let mut b = self.be.alloc(len);
+                write(&mut b, false);
+                *slot = Some(b);
+            }
+        }
     }
 
     fn layer_backward(
@@ -538,7 +548,7 @@ impl<B: Backend> KernelNet<B> {
                 let parts = split_k(rows_out);
                 if s.groups == 1 && parts > 1 {
                     let (m, n, chunk) = (dw.m, dw.n, rows_out / parts);
-                    let mut part = be.zeros(parts * m * n);
+                    let mut part = be.alloc(parts * m * n);
                     let g = Gemm {
                         k: chunk,
                         ldc: n,
@@ -573,14 +583,17 @@ impl<B: Backend> KernelNet<B> {
                     sc: f.sa,
                     ..f
                 };
+                let wt = &self.params[w].buf;
                 if s.direct() {
-                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
-                    be.gemm(&Gemm { beta: 1.0, ..dc }, &dy, &self.params[w].buf, dx);
+                    self.add_grad(grads, xi, xlen, |dx, acc| {
+                        let beta = if acc { 1.0 } else { 0.0 };
+                        be.gemm(&Gemm { beta, ..dc }, &dy, wt, dx)
+                    });
                 } else {
-                    let mut dcols = be.zeros(rows_out * f.lda);
-                    be.gemm(&dc, &dy, &self.params[w].buf, &mut dcols);
-                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
-                    be.col2im_acc(&dcols, &Geom::of(&s.win, s.groups), dx);
+                    let mut dcols = be.alloc(rows_out * f.lda);
+                    be.gemm(&dc, &dy, wt, &mut dcols);
+                    let g = Geom::of(&s.win, s.groups);
+                    self.add_grad(grads, xi, xlen, |dx, acc| be.col2im(&dcols, &g, dx, acc));
                 }
             }
             Layer::BatchNorm { gamma, beta, .. } => {
@@ -600,18 +613,18 @@ impl<B: Backend> KernelNet<B> {
                 }
                 let gm = gamma.map(|i| &self.params[i].buf);
                 let [s, t, d] = be.bn_back_coeffs(&sdy, &sdyx, &mean, &inv_std, gm, dg, db, rows);
-                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
-                    be.chan_affine(&dy, &s, Some((&x.buf, &t)), &d, c, dx, true);
-                }
+                self.add_grad(grads, xi, xlen, |dx, acc| {
+                    be.chan_affine(&dy, &s, Some((&x.buf, &t)), &d, c, dx, acc)
+                });
             }
             Layer::Activation(f) => {
-                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                self.add_grad(grads, xi, xlen, |dx, acc| {
                     if f == ActFn::Softmax {
-                        be.softmax_back_acc(&rec.out.buf, &dy, cout, dx);
+                        be.softmax_back(&rec.out.buf, &dy, cout, dx, acc);
                     } else {
-                        be.act_back_acc(&x.buf, &rec.out.buf, &dy, act_code(f), dx);
+                        be.act_back(&x.buf, &rec.out.buf, &dy, act_code(f), dx, acc);
                     }
-                }
+                });
             }
             Layer::ZeroPad(p) => {
                 let g = Geom {
@@ -631,9 +644,7 @@ impl<B: Backend> KernelNet<B> {
                     wo: rec.out.shape[2] as i32,
                     groups: 1,
                 };
-                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
-                    be.col2im_acc(&dy, &g, dx);
-                }
+                self.add_grad(grads, xi, xlen, |dx, acc| be.col2im(&dy, &g, dx, acc));
             }
             Layer::Pool { max, op } => {
                 let Saved::Arg(arg) = rec.saved else {
@@ -642,8 +653,7 @@ impl<B: Backend> KernelNet<B> {
                 let g = Geom::of(&pool_window(&op, &x.shape, &rec.out.shape), 1);
                 if xi != 0 {
                     let dcols = be.taps_expand(&dy, &arg, &g, max);
-                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
-                    be.col2im_acc(&dcols, &g, dx);
+                    self.add_grad(grads, xi, xlen, |dx, acc| be.col2im(&dcols, &g, dx, acc));
                 }
             }
             Layer::GlobalPool { max } => {
@@ -660,8 +670,10 @@ impl<B: Backend> KernelNet<B> {
                     let d = be.taps_expand(&dy, &arg, &g, true);
                     self.accumulate(grads, xi, d);
                 } else {
-                    let dx = self.grad_slot(grads, xi, xlen).expect("not the input");
-                    be.bcast_rows_acc(&dy, n, c, 1.0 / hw as f32, dx);
+                    let scale = 1.0 / hw as f32;
+                    self.add_grad(grads, xi, xlen, |dx, acc| {
+                        be.bcast_rows(&dy, n, c, scale, dx, acc)
+                    });
                 }
             }
             Layer::Dense { w, b, act } => {
@@ -669,11 +681,11 @@ impl<B: Backend> KernelNet<B> {
                 let dz = match rec.saved {
                     Saved::PreAct(z) => {
                         let f = act.expect("an activation was applied");
-                        let mut dz = be.zeros(rows_out * cout);
+                        let mut dz = be.alloc(rows_out * cout);
                         if f == ActFn::Softmax {
-                            be.softmax_back_acc(&rec.out.buf, &dy, cout, &mut dz);
+                            be.softmax_back(&rec.out.buf, &dy, cout, &mut dz, false);
                         } else {
-                            be.act_back_acc(&z, &rec.out.buf, &dy, act_code(f), &mut dz);
+                            be.act_back(&z, &rec.out.buf, &dy, act_code(f), &mut dz, false);
                         }
                         dz
                     }
@@ -692,23 +704,22 @@ impl<B: Backend> KernelNet<B> {
                     ..Gemm::plain(cin, cout, rows_out)
                 };
                 be.gemm(&dw, &x.buf, &dz, &mut pgrads[w]);
-                if let Some(dx) = self.grad_slot(grads, xi, xlen) {
+                let wt = &self.params[w].buf;
+                self.add_grad(grads, xi, xlen, |dx, acc| {
                     let g = Gemm {
                         tb: true,
                         lda: cout,
                         ldb: cout,
                         ldc: cin,
-                        beta: 1.0,
+                        beta: if acc { 1.0 } else { 0.0 },
                         ..Gemm::plain(rows_out, cin, cout)
                     };
-                    be.gemm(&g, &dz, &self.params[w].buf, dx);
-                }
+                    be.gemm(&g, &dz, wt, dx)
+                });
             }
             Layer::Dropout(_) => match rec.saved {
                 Saved::Mask(mask) => {
-                    if let Some(dx) = self.grad_slot(grads, xi, xlen) {
-                        be.mul(&dy, &mask, dx, true);
-                    }
+                    self.add_grad(grads, xi, xlen, |dx, acc| be.mul(&dy, &mask, dx, acc));
                 }
                 _ => {
                     if xi != 0 {
@@ -739,18 +750,19 @@ impl<B: Backend> KernelNet<B> {
         match kind {
             MergeKind::Add => {
                 for &i in inputs {
-                    if let Some(dx) = self.grad_slot(grads, i, total) {
-                        be.axpy(&dy, 1.0, dx);
-                    }
+                    // A copy of dy, or dy added: a one-row column copy of the whole tensor.
+                    self.add_grad(grads, i, total, |dx, acc| {
+                        be.col_copy(&dy, total, 0, dx, total, 0, total, 1, acc)
+                    });
                 }
             }
             MergeKind::Concatenate => {
                 let mut off = 0;
                 for (a, &i) in rec.ins.iter().zip(inputs) {
                     let w = *a.shape.last().expect("rank >= 1");
-                    if let Some(dx) = self.grad_slot(grads, i, rows * w) {
-                        be.col_copy(&dy, last, off, dx, w, 0, w, rows, true);
-                    }
+                    self.add_grad(grads, i, rows * w, |dx, acc| {
+                        be.col_copy(&dy, last, off, dx, w, 0, w, rows, acc)
+                    });
                     off += w;
                 }
             }
@@ -760,9 +772,9 @@ impl<B: Backend> KernelNet<B> {
                     let full = usize::from(ins[0].shape != rec.out.shape);
                     let (x, g) = (&ins[full], &ins[1 - full]);
                     let n = rec.out.shape[0];
-                    if let Some(dx) = self.grad_slot(grads, inputs[full], total) {
-                        be.gate_mul(&dy, &g.buf, n, last, dx, true);
-                    }
+                    self.add_grad(grads, inputs[full], total, |dx, acc| {
+                        be.gate_mul(&dy, &g.buf, n, last, dx, acc)
+                    });
                     if inputs[1 - full] != 0 {
                         let dg = be.col_sums(&dy, Some(&x.buf), n, rows / n.max(1), last, 1.0);
                         self.accumulate(grads, inputs[1 - full], dg);
