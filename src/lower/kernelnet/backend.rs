@@ -283,6 +283,14 @@ pub trait Backend {
         c: usize,
         scale: f32,
     ) -> Self::Buf;
+    /// (Σa, Σa·b) over the rows of (rows, C), reading a and b once.
+    fn col_sums2(
+        &self,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        rows: usize,
+        c: usize,
+    ) -> (Self::Buf, Self::Buf);
     /// out (+)= s[c]·u + t[c]·v + d[c] over (rows, C).
     #[allow(clippy::too_many_arguments)]
     fn chan_affine(

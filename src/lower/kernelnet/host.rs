@@ -210,6 +210,12 @@ impl Backend for Host {
         out
     }
 
+    fn col_sums2(&self, a: &Vec<f32>, b: &Vec<f32>, rows: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.col_sums(a, None, 1, rows, c, 1.0),
+            self.col_sums(a, Some(b), 1, rows, c, 1.0),
+        )
+    }
     fn chan_affine(
         &self,
         u: &Vec<f32>,

@@ -145,22 +145,31 @@ KERNEL void taps_expand(const float* dy, const float* arg, float* dcols, Geom g,
     }
 }
 
-// Column sums in two stages without atomics: partial sums over chunks of rows (consecutive
-// threads read consecutive columns), then the chunks of each column.
-KERNEL void col_partial(const float* a, const float* b, int has_b, int rows, int c,
-                                       int chunks, int chunk_rows, float* part, int total) {
+// Column sums in passes: each thread sums `chunk_rows` rows of one column (consecutive threads
+// read consecutive columns), writing one partial sum per chunk; no atomics. Mode 0 sums a,
+// mode 1 sums a·b, mode 2 writes both (one read of a and b for BatchNorm's two statistics).
+KERNEL void col_partial(const float* a, const float* b, int mode, int rows, int c, int chunks,
+                        int chunk_rows, float* part, float* part2, int total) {
     LOOP(i, total) {
-        int j = (int)(i % c);
+        int j = i % c;
         int q = (i / c) % chunks;
-        int gi = i / ((int)c * chunks);
+        int gi = i / (c * chunks);
         int r0 = q * chunk_rows;
         int r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
-        float s = 0.0f;
+        float s = 0.0f, s2 = 0.0f;
         for (int r = r0; r < r1; r++) {
             int k = (gi * rows + r) * c + j;
-            s += has_b ? a[k] * b[k] : a[k];
+            if (mode == 0) {
+                s += a[k];
+            } else if (mode == 1) {
+                s += a[k] * b[k];
+            } else {
+                s += a[k];
+                s2 += a[k] * b[k];
+            }
         }
         part[i] = s;
+        if (mode == 2) part2[i] = s2;
     }
 }
 

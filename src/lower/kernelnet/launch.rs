@@ -77,6 +77,69 @@ impl<D: Device> Kernels<D> {
         Kernels { d, none }
     }
 
+    /// The first pass of a column sum (see `col_partial` in kernels.cu): partial sums over
+    /// chunks of SUM_ROWS rows, of a (mode 0), a·b (1) or both (2).
+    fn first_pass(
+        &self,
+        a: &D::Buf,
+        b: Option<&D::Buf>,
+        mode: i32,
+        groups: usize,
+        rows: usize,
+        c: usize,
+    ) -> (D::Buf, Option<D::Buf>) {
+        let chunks = rows.div_ceil(SUM_ROWS);
+        let mut part = self.alloc(groups * chunks * c);
+        let mut part2 = (mode == 2).then(|| self.alloc(groups * chunks * c));
+        let mut spare = self.alloc(1);
+        self.run(
+            "col_partial",
+            groups * chunks * c,
+            &mut [
+                In(a),
+                In(b.unwrap_or(&self.none)),
+                I32(mode),
+                I32(rows as i32),
+                I32(c as i32),
+                I32(chunks as i32),
+                I32(SUM_ROWS as i32),
+                Out(&mut part),
+                Out(part2.as_mut().unwrap_or(&mut spare)),
+            ],
+        );
+        (part, part2)
+    }
+
+    /// Further passes over (groups, left, C) partial sums until at most SUM_ROWS are left per
+    /// column, then their scaled sum: many threads in every pass.
+    fn finish_sums(
+        &self,
+        mut part: D::Buf,
+        groups: usize,
+        mut left: usize,
+        c: usize,
+        scale: f32,
+    ) -> D::Buf {
+        while left > SUM_ROWS {
+            let (next, _) = self.first_pass(&part, None, 0, groups, left, c);
+            part = next;
+            left = left.div_ceil(SUM_ROWS);
+        }
+        let mut out = self.alloc(groups * c);
+        self.run(
+            "col_finish",
+            groups * c,
+            &mut [
+                In(&part),
+                I32(left as i32),
+                I32(c as i32),
+                F32(scale),
+                Out(&mut out),
+            ],
+        );
+        out
+    }
+
     fn run(&self, name: &'static str, total: usize, args: &mut [Arg<D::Buf>]) {
         check_size(total);
         if total > 0 {
@@ -168,54 +231,22 @@ impl<D: Device> Backend for Kernels<D> {
         c: usize,
         scale: f32,
     ) -> D::Buf {
-        let mut out = self.zeros(groups * c);
         if rows == 0 {
-            return out;
+            return self.zeros(groups * c);
         }
-        // Passes of SUM_ROWS rows per thread (the first one multiplying by b) until at most
-        // SUM_ROWS partial sums are left per column: many threads in every pass, no atomics.
-        let mut part: Option<D::Buf> = None;
-        let mut left = rows;
-        loop {
-            let chunks = left.div_ceil(SUM_ROWS);
-            let mut next = self.alloc(groups * chunks * c);
-            let (src, bp) = match &part {
-                None => (a, b),
-                Some(p) => (p, None),
-            };
-            self.run(
-                "col_partial",
-                groups * chunks * c,
-                &mut [
-                    In(src),
-                    In(bp.unwrap_or(&self.none)),
-                    fl(bp.is_some()),
-                    I32(left as i32),
-                    I32(c as i32),
-                    I32(chunks as i32),
-                    I32(SUM_ROWS as i32),
-                    Out(&mut next),
-                ],
-            );
-            part = Some(next);
-            left = chunks;
-            if left <= SUM_ROWS {
-                break;
-            }
+        let (part, _) = self.first_pass(a, b, i32::from(b.is_some()), groups, rows, c);
+        self.finish_sums(part, groups, rows.div_ceil(SUM_ROWS), c, scale)
+    }
+    fn col_sums2(&self, a: &D::Buf, b: &D::Buf, rows: usize, c: usize) -> (D::Buf, D::Buf) {
+        if rows == 0 {
+            return (self.zeros(c), self.zeros(c));
         }
-        let part = part.expect("one pass at least");
-        self.run(
-            "col_finish",
-            groups * c,
-            &mut [
-                In(&part),
-                I32(left as i32),
-                I32(c as i32),
-                F32(scale),
-                Out(&mut out),
-            ],
-        );
-        out
+        let (p1, p2) = self.first_pass(a, Some(b), 2, 1, rows, c);
+        let left = rows.div_ceil(SUM_ROWS);
+        (
+            self.finish_sums(p1, 1, left, c, 1.0),
+            self.finish_sums(p2.expect("mode 2 writes both"), 1, left, c, 1.0),
+        )
     }
     fn chan_affine(
         &self,

@@ -269,12 +269,7 @@ impl<B: Backend> KernelNet<B> {
                     eps,
                     momentum,
                 };
-                let sums = train.then(|| {
-                    (
-                        be.col_sums(&x.buf, None, 1, rows, c, 1.0),
-                        be.col_sums(&x.buf, Some(&x.buf), 1, rows, c, 1.0),
-                    )
-                });
+                let sums = train.then(|| be.col_sums2(&x.buf, &x.buf, rows, c));
                 let [m, inv_std, scale, shift] = be.bn_coeffs(
                     sums.as_ref().map(|(a, b)| (a, b, rows)),
                     &p,
@@ -601,8 +596,7 @@ impl<B: Backend> KernelNet<B> {
                     unreachable!("bn saves statistics")
                 };
                 let (rows, c) = rows_of(&x.shape);
-                let sdy = be.col_sums(&dy, None, 1, rows, c, 1.0);
-                let sdyx = be.col_sums(&dy, Some(&x.buf), 1, rows, c, 1.0);
+                let (sdy, sdyx) = be.col_sums2(&dy, &x.buf, rows, c);
                 let (mut dg, mut db) = (None, None);
                 for (i, slot) in pgrads.iter_mut().enumerate() {
                     if Some(i) == gamma {
