@@ -3,8 +3,8 @@
 //! `backend`), and its own tape: the training forward keeps each layer's inputs and what its
 //! backward needs, and the backward walks the layers in reverse, accumulating one gradient
 //! buffer per node. On a GPU this replaces dfdx's composites (gather + scatter-add per
-//! window, matmul-with-ones reductions) by one kernel per step; dfdx's public API gives no
-//! access to a tensor's device buffer, so these kernels cannot work on dfdx's tensors.
+//! window, matmul-with-ones reductions) by a kernel or two per operation; dfdx's public API
+//! gives no access to a tensor's device buffer, so such kernels cannot work on dfdx's tensors.
 
 pub mod backend;
 #[cfg(feature = "cuda")]
@@ -85,6 +85,20 @@ struct Record<Buf> {
     ins: Vec<Val<Buf>>,
     out: Val<Buf>,
     saved: Saved<Buf>,
+}
+
+/// Zero padding as a 1×1 window whose taps start `p` before the image: its im2col matrix is
+/// the padded tensor.
+fn pad_geom(p: [[usize; 2]; 2], ins: &[usize], outs: &[usize]) -> Geom {
+    let w = crate::lower::kernels::Window::between(
+        ins,
+        outs,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        [p[0][0], p[1][0]],
+    );
+    Geom::of(&w, 1)
 }
 
 fn rows_of(shape: &[usize]) -> (usize, usize) {
@@ -239,7 +253,7 @@ impl<B: Backend> KernelNet<B> {
                 } else {
                     Rc::new(be.im2col(&x.buf, &Geom::of(&s.win, s.groups), 0.0))
                 };
-                let mut y = be.zeros(total);
+                let mut y = be.alloc(total);
                 be.gemm(
                     &self.conv_gemm(&s, rows_out),
                     &cols,
@@ -279,30 +293,14 @@ impl<B: Backend> KernelNet<B> {
                 );
                 self.params[mean].buf = mm;
                 self.params[var].buf = mv;
-                let mut y = be.zeros(total);
+                let mut y = be.alloc(total);
                 be.chan_affine(&x.buf, &scale, None, &shift, c, &mut y, false);
                 (y, Saved::Bn { mean: m, inv_std })
             }
             Layer::Activation(ActFn::Softmax) => (be.softmax(&x.buf, cout), Saved::None),
             Layer::Activation(f) => (be.act(&x.buf, act_code(f)), Saved::None),
             Layer::ZeroPad(p) => {
-                let g = Geom {
-                    n: x.shape[0] as i32,
-                    h: x.shape[1] as i32,
-                    w: x.shape[2] as i32,
-                    c: x.shape[3] as i32,
-                    kh: 1,
-                    kw: 1,
-                    sh: 1,
-                    sw: 1,
-                    dh: 1,
-                    dw: 1,
-                    pt: p[0][0] as i32,
-                    pl: p[1][0] as i32,
-                    ho: out_shape[1] as i32,
-                    wo: out_shape[2] as i32,
-                    groups: 1,
-                };
+                let g = pad_geom(p, &x.shape, &out_shape);
                 (be.im2col(&x.buf, &g, 0.0), Saved::None)
             }
             Layer::Pool { max, op } => {
@@ -327,7 +325,7 @@ impl<B: Backend> KernelNet<B> {
             }
             Layer::Dense { w, b, act } => {
                 let cin = *x.shape.last().expect("rank >= 1");
-                let mut z = be.zeros(total);
+                let mut z = be.alloc(total);
                 be.gemm(
                     &Gemm::plain(rows_out, cout, cin),
                     &x.buf,
@@ -366,7 +364,7 @@ impl<B: Backend> KernelNet<B> {
                     })
                     .collect();
                 let mask = be.upload(&mask);
-                let mut y = be.zeros(total);
+                let mut y = be.alloc(total);
                 be.mul(&x.buf, &mask, &mut y, false);
                 (y, Saved::Mask(mask))
             }
@@ -387,9 +385,14 @@ impl<B: Backend> KernelNet<B> {
     fn merge_forward(&self, ins: &[Val<B::Buf>], out_shape: &[usize], kind: MergeKind) -> B::Buf {
         let be = &self.be;
         let (rows, last) = rows_of(out_shape);
-        let mut y = be.zeros(rows * last);
+        // Every kind writes all of y (Add copies its first operand in, then adds the others).
+        let n = rows * last;
+        let mut y = be.alloc(n);
         match kind {
-            MergeKind::Add => ins.iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y)),
+            MergeKind::Add => {
+                be.col_copy(&ins[0].buf, n, 0, &mut y, n, 0, n, 1, false);
+                ins[1..].iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
+            }
             MergeKind::Concatenate => {
                 let mut off = 0;
                 for a in ins {
@@ -409,7 +412,7 @@ impl<B: Backend> KernelNet<B> {
                 } else {
                     be.mul(&ins[0].buf, &ins[1].buf, &mut y, false);
                     for a in &ins[2..] {
-                        let mut next = be.zeros(rows * last);
+                        let mut next = be.alloc(n);
                         be.mul(&y, &a.buf, &mut next, false);
                         y = next;
                     }
@@ -621,23 +624,7 @@ impl<B: Backend> KernelNet<B> {
                 });
             }
             Layer::ZeroPad(p) => {
-                let g = Geom {
-                    n: x.shape[0] as i32,
-                    h: x.shape[1] as i32,
-                    w: x.shape[2] as i32,
-                    c: x.shape[3] as i32,
-                    kh: 1,
-                    kw: 1,
-                    sh: 1,
-                    sw: 1,
-                    dh: 1,
-                    dw: 1,
-                    pt: p[0][0] as i32,
-                    pl: p[1][0] as i32,
-                    ho: rec.out.shape[1] as i32,
-                    wo: rec.out.shape[2] as i32,
-                    groups: 1,
-                };
+                let g = pad_geom(p, &x.shape, &rec.out.shape);
                 self.add_grad(grads, xi, xlen, |dx, acc| be.col2im(&dy, &g, dx, acc));
             }
             Layer::Pool { max, op } => {
