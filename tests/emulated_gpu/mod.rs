@@ -171,3 +171,15 @@ fn kernel_signatures_are_read() {
         )]
     );
 }
+
+#[test]
+fn every_kernel_fits_a_cudarc_launch() {
+    // cudarc launches take at most 12 parameters, and `launch.rs` appends the work-item count
+    // as the last one, an int.
+    let sigs = signatures(SOURCE);
+    assert!(sigs.len() >= 20);
+    for (name, types) in &sigs {
+        assert!(types.len() <= 12, "{name}: {} parameters", types.len());
+        assert_eq!(types.last().map(String::as_str), Some("int"), "{name}");
+    }
+}
