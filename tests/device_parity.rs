@@ -120,6 +120,8 @@ fn kernelnet_passes_parity(make: &mut dyn FnMut(&Net) -> Box<dyn Model>, name: &
     let rows = parity::run_all(make);
     assert_eq!(rows.len(), parity::CASES.len());
     let table = parity::table(&rows, name, 1e-4);
+    // Shown with --nocapture: the figures behind the pass.
+    println!("{table}");
     for r in &rows {
         assert!(r.passes(1e-4), "{}\n{table}", r.name);
         assert!(r.params > 0, "{}: no gradients compared", r.name);
