@@ -855,7 +855,7 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
 }
 
 /// (N, 1, 1, C) against (N, H, W, C): the SE gate.
-fn se_gate(gate: &[usize], x: &[usize]) -> bool {
+pub fn se_gate(gate: &[usize], x: &[usize]) -> bool {
     gate.len() == x.len()
         && gate[0] == x[0]
         && gate[gate.len() - 1] == x[x.len() - 1]

@@ -13,7 +13,7 @@ pub mod host;
 pub mod launch;
 
 use super::kernels::ConvShape;
-use super::layers::{conv_shape, global_window, pool_window, Layer, Net};
+use super::layers::{conv_shape, global_window, pool_window, se_gate, Layer, Net};
 use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
 use super::plan::Plan;
 use super::profile::{kind_label, Profile};
@@ -106,14 +106,6 @@ fn rows_of(shape: &[usize]) -> (usize, usize) {
     (shape.iter().product::<usize>() / last.max(1), last)
 }
 
-/// (N, 1, …, 1, C) against (N, H, W, C): the SE gate.
-fn is_gate(gate: &[usize], x: &[usize]) -> bool {
-    gate.len() == x.len()
-        && gate[0] == x[0]
-        && gate[gate.len() - 1] == x[x.len() - 1]
-        && gate[1..gate.len() - 1].iter().all(|&d| d == 1)
-}
-
 pub struct KernelNet<B: Backend> {
     pub be: B,
     device_name: String,
@@ -144,8 +136,8 @@ impl<B: Backend> KernelNet<B> {
                     .collect();
                 let ok = shapes.iter().all(|s| *s == out)
                     || (shapes.len() == 2
-                        && ((shapes[0] == out && is_gate(&shapes[1], &out))
-                            || (shapes[1] == out && is_gate(&shapes[0], &out))));
+                        && ((shapes[0] == out && se_gate(&shapes[1], &out))
+                            || (shapes[1] == out && se_gate(&shapes[0], &out))));
                 if !ok {
                     return Err(format!(
                         "layer `{}`: the kernel network multiplies equal shapes or an SE gate (N, 1, 1, C) with (N, H, W, C) only; use --device cuda (dfdx composites) for this model",
