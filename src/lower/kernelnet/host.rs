@@ -44,28 +44,24 @@ impl Backend for Host {
     fn synchronize(&self) {}
 
     fn gemm(&self, g: &Gemm, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) {
+        // The CPU network's matmul (strided operands, bounds-checked), one per batch entry.
+        assert!(g.alpha == 1.0 && (g.beta == 0.0 || g.beta == 1.0), "{g:?}");
+        let a_st = if g.ta { (1, g.lda) } else { (g.lda, 1) };
+        let b_st = if g.tb { (1, g.ldb) } else { (g.ldb, 1) };
         for bt in 0..g.batch {
             let (oa, ob, oc) = (bt * g.sa, bt * g.sb, bt * g.sc);
-            for i in 0..g.m {
-                for j in 0..g.n {
-                    let mut s = 0.0f32;
-                    for l in 0..g.k {
-                        let av = if g.ta {
-                            a[oa + l * g.lda + i]
-                        } else {
-                            a[oa + i * g.lda + l]
-                        };
-                        let bv = if g.tb {
-                            b[ob + j * g.ldb + l]
-                        } else {
-                            b[ob + l * g.ldb + j]
-                        };
-                        s += av * bv;
-                    }
-                    let o = &mut c[oc + i * g.ldc + j];
-                    *o = g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * *o };
-                }
-            }
+            crate::lower::kernels::matmul(
+                g.m,
+                g.n,
+                g.k,
+                &mut c[oc..],
+                (g.ldc, 1),
+                g.beta == 1.0,
+                &a[oa..],
+                a_st,
+                &b[ob..],
+                b_st,
+            );
         }
     }
 
