@@ -1,7 +1,8 @@
 //! What the kernel network asks of a device: buffers, cuBLAS-style matmuls and the project's
 //! own kernels, with one meaning shared by every implementation. `host::Host` runs them as
-//! plain loops (the reference the network's wiring is tested with); `cuda::CudaKernels` runs
-//! the same kernels from `kernels.cu` on a GPU.
+//! plain loops (the reference the network's wiring is tested with); `launch::Kernels` runs
+//! the kernels of `kernels.cu` on a device that can launch them (`cuda::Cuda`, or in the
+//! tests the same kernels compiled for the host).
 
 /// A window over an NHWC tensor: convolution taps, pooling, zero padding (a 1×1 window with
 /// an offset). The im2col matrix has one row per output position and its columns ordered
@@ -128,8 +129,7 @@ pub fn act_code(f: crate::ir::ops::ActFn) -> i32 {
     }
 }
 
-/// Per-channel BatchNorm inputs for `bn_coeffs`: in training the batch sums, otherwise the
-/// moving statistics are read.
+/// A BatchNorm layer's γ and β (absent: 1 and 0), ε, and the moving averages' momentum.
 pub struct BnParams<'a, Buf> {
     pub gamma: Option<&'a Buf>,
     pub beta: Option<&'a Buf>,
