@@ -6,7 +6,7 @@
 //! those of `layers::Net`, so both networks load the same checkpoints and can be compared.
 
 use super::kernels::{ConvShape, Window};
-use super::layers::{conv_shape, pool_window, Layer, Net};
+use super::layers::{conv_shape, dropout_mask, pool_window, rows_of, se_gate, Layer, Net};
 use super::model::{
     host_gradients, opt_state_of, Batch, DeviceBuffers, Model, OptSettings, Optim, ParamInfo,
     StepResult,
@@ -99,11 +99,6 @@ fn broadcast_index(s: &[usize], out: &[usize]) -> Vec<usize> {
             src
         })
         .collect()
-}
-
-fn rows_of(shape: &[usize]) -> (usize, usize) {
-    let last = *shape.last().expect("rank >= 1");
-    (shape.iter().product::<usize>() / last.max(1), last)
 }
 
 impl<D: DeviceBuffers> CompositeNet<D> {
@@ -370,15 +365,7 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                     let mut rng = self.dropout_rng.fork(idx as u64);
                     let keep = 1.0 - rate;
                     let (r, c) = *x.shape();
-                    let mask: Vec<f32> = (0..r * c)
-                        .map(|_| {
-                            if rng.uniform() < keep {
-                                1.0 / keep
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
+                    let mask = dropout_mask(&mut rng, r * c, keep);
                     x * self.dev.tensor_from_vec(mask, (r, c))
                 }
             }
@@ -451,14 +438,9 @@ impl<D: DeviceBuffers> CompositeNet<D> {
             MergeKind::Multiply => {
                 let (n, c) = (out_shape[0], last);
                 let per = rows / n.max(1);
-                let is_gate = |s: &[usize]| {
-                    s.len() == out_shape.len()
-                        && s[0] == n
-                        && s[s.len() - 1] == c
-                        && s[1..s.len() - 1].iter().all(|&d| d == 1)
-                };
                 let rest: Vec<DAct<D, T>> = ins.collect();
-                if rest.len() == 1 && first.shape == out_shape && is_gate(&rest[0].shape) {
+                if rest.len() == 1 && first.shape == out_shape && se_gate(&rest[0].shape, out_shape)
+                {
                     // The SE case, x (N·H·W, C) times a gate (N, C) broadcast over H·W.
                     let gate = rest.into_iter().next().expect("two inputs").t;
                     let gate = if T::OWNS_TAPE {

@@ -525,15 +525,7 @@ impl Net {
                 let mut rng = self.dropout_rng.fork(idx as u64);
                 let keep = 1.0 - rate;
                 apply(ins, &[], out_shape, move |data, need| {
-                    let mask: Vec<f32> = (0..data[0].len())
-                        .map(|_| {
-                            if rng.uniform() < keep {
-                                1.0 / keep
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
+                    let mask = dropout_mask(&mut rng, data[0].len(), keep);
                     let y = data[0].iter().zip(&mask).map(|(x, m)| x * m).collect();
                     let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
@@ -852,6 +844,26 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
             (y, back)
         }
     })
+}
+
+/// Inverted dropout's multipliers: 1/keep with probability `keep`, else 0. Every network
+/// draws them on the host from the same stream, so all devices drop the same units.
+pub fn dropout_mask(rng: &mut Rng, n: usize, keep: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            if rng.uniform() < keep {
+                1.0 / keep
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// (rows, last axis) of a batch shape: the 2-D view of an activation.
+pub fn rows_of(shape: &[usize]) -> (usize, usize) {
+    let last = *shape.last().expect("rank >= 1");
+    (shape.iter().product::<usize>() / last.max(1), last)
 }
 
 /// (N, 1, 1, C) against (N, H, W, C): the SE gate.

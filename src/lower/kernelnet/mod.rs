@@ -13,7 +13,9 @@ pub mod host;
 pub mod launch;
 
 use super::kernels::ConvShape;
-use super::layers::{conv_shape, global_window, pool_window, se_gate, Layer, Net};
+use super::layers::{
+    conv_shape, dropout_mask, global_window, pool_window, rows_of, se_gate, Layer, Net,
+};
 use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
 use super::plan::Plan;
 use super::profile::{kind_label, Profile};
@@ -99,11 +101,6 @@ fn pad_geom(p: [[usize; 2]; 2], ins: &[usize], outs: &[usize]) -> Geom {
         [p[0][0], p[1][0]],
     );
     Geom::of(&w, 1)
-}
-
-fn rows_of(shape: &[usize]) -> (usize, usize) {
-    let last = *shape.last().expect("rank >= 1");
-    (shape.iter().product::<usize>() / last.max(1), last)
 }
 
 pub struct KernelNet<B: Backend> {
@@ -346,15 +343,7 @@ impl<B: Backend> KernelNet<B> {
                 // The same masks as the CPU network: drawn on the host from the same stream.
                 let mut rng = self.dropout_rng.fork(idx as u64);
                 let keep = 1.0 - rate;
-                let mask: Vec<f32> = (0..total)
-                    .map(|_| {
-                        if rng.uniform() < keep {
-                            1.0 / keep
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
+                let mask = dropout_mask(&mut rng, total, keep);
                 let mask = be.upload(&mask);
                 let mut y = be.alloc(total);
                 be.mul(&x.buf, &mask, &mut y, false);
