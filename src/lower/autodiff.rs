@@ -175,6 +175,33 @@ pub fn apply<T: Tape<f32, Cpu>>(
     }
 }
 
+/// Softmax of logits (N, K) per row, and the summed cross-entropy against class indices
+/// (computed in f64 from the shifted logits).
+pub fn softmax_cross_entropy(x: &[f32], k: usize, labels: &[usize]) -> (f64, Vec<f32>) {
+    let mut probs = vec![0.0f32; x.len()];
+    let mut loss = 0.0f64;
+    for (i, &label) in labels.iter().enumerate().take(x.len() / k.max(1)) {
+        let row = &x[i * k..(i + 1) * k];
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
+        for j in 0..k {
+            probs[i * k + j] = (((row[j] - m) as f64).exp() / z) as f32;
+        }
+        loss += z.ln() - (row[label] - m) as f64;
+    }
+    (loss, probs)
+}
+
+/// dx += scale · (probs - one_hot(labels)): the cross-entropy's gradient on the logits.
+pub fn cross_entropy_grad(probs: &[f32], k: usize, labels: &[usize], scale: f32, dx: &mut [f32]) {
+    for (i, &label) in labels.iter().enumerate().take(probs.len() / k.max(1)) {
+        for j in 0..k {
+            let t = if j == label { 1.0 } else { 0.0 };
+            dx[i * k + j] += scale * (probs[i * k + j] - t);
+        }
+    }
+}
+
 /// Mean softmax cross-entropy of logits (N, K) against class indices; a scalar with the tape.
 pub fn cross_entropy<T: Tape<f32, Cpu>>(
     logits: Act<T>,
@@ -184,29 +211,12 @@ pub fn cross_entropy<T: Tape<f32, Cpu>>(
     let labels = labels.to_vec();
     let mut probs_out = vec![];
     let out = apply(vec![logits], &[], vec![1], |data, train| {
-        let x = &data[0];
-        let mut probs = vec![0.0f32; n * k];
-        let mut loss = 0.0f64;
-        for i in 0..n {
-            let row = &x[i * k..(i + 1) * k];
-            let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
-            for j in 0..k {
-                probs[i * k + j] = (((row[j] - m) as f64).exp() / z) as f32;
-            }
-            loss += z.ln() - (row[labels[i]] - m) as f64;
-        }
+        let (loss, probs) = softmax_cross_entropy(&data[0], k, &labels);
         probs_out = probs.chunks(k).map(|r| r.to_vec()).collect();
         let back: Option<BackwardFn> = train.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
                 if let Some(dx) = g.inputs[0].as_deref_mut() {
-                    let s = dy[0] / n as f32;
-                    for i in 0..n {
-                        for j in 0..k {
-                            let t = if j == labels[i] { 1.0 } else { 0.0 };
-                            dx[i * k + j] += s * (probs[i * k + j] - t);
-                        }
-                    }
+                    cross_entropy_grad(&probs, k, &labels, dy[0] / n as f32, dx);
                 }
             })
         });

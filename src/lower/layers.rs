@@ -588,15 +588,7 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
                     return;
                 };
                 if f == ActFn::Softmax {
-                    let y = softmax_rows(&x, last);
-                    for ((dr, yr), gr) in
-                        dx.chunks_mut(last).zip(y.chunks(last)).zip(dy.chunks(last))
-                    {
-                        let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                        for j in 0..last {
-                            dr[j] += yr[j] * (gr[j] - s);
-                        }
-                    }
+                    softmax_backward(&softmax_rows(&x, last), dy, last, dx, true);
                     return;
                 }
                 dx.par_chunks_mut(4096)
@@ -612,7 +604,18 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
     })
 }
 
-fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
+/// dx (+)= the gradient of a row-wise softmax with output y: y · (dy - Σ y·dy) per row.
+pub fn softmax_backward(y: &[f32], dy: &[f32], last: usize, dx: &mut [f32], accumulate: bool) {
+    for ((dr, yr), gr) in dx.chunks_mut(last).zip(y.chunks(last)).zip(dy.chunks(last)) {
+        let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+        for j in 0..last {
+            let v = yr[j] * (gr[j] - s);
+            dr[j] = if accumulate { dr[j] + v } else { v };
+        }
+    }
+}
+
+pub fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
     for (yr, xr) in y.chunks_mut(last).zip(x.chunks(last)) {
         let m = xr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -3,7 +3,7 @@
 //! matmul layouts, gradient flow) is checked against the CPU network without a GPU.
 
 use super::backend::{Backend, BnParams, Gemm, Geom, Update};
-use crate::lower::layers::{act_grad, act_value};
+use crate::lower::layers::{act_grad, act_value, softmax_backward, softmax_rows};
 
 pub struct Host;
 
@@ -316,31 +316,10 @@ impl Backend for Host {
         }
     }
     fn softmax(&self, x: &Vec<f32>, c: usize) -> Vec<f32> {
-        let mut y = vec![0.0f32; x.len()];
-        for (yr, xr) in y.chunks_mut(c).zip(x.chunks(c)) {
-            let m = xr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut z = 0.0;
-            for (o, v) in yr.iter_mut().zip(xr) {
-                *o = (v - m).exp();
-                z += *o;
-            }
-            yr.iter_mut().for_each(|o| *o /= z);
-        }
-        y
+        softmax_rows(x, c)
     }
     fn softmax_back(&self, y: &Vec<f32>, dy: &Vec<f32>, c: usize, dx: &mut Vec<f32>, acc: bool) {
-        for r in 0..y.len() / c {
-            let row = r * c..(r + 1) * c;
-            let dot: f32 = y[row.clone()]
-                .iter()
-                .zip(&dy[row.clone()])
-                .map(|(a, b)| a * b)
-                .sum();
-            for i in row {
-                let v = y[i] * (dy[i] - dot);
-                dx[i] = if acc { dx[i] + v } else { v };
-            }
-        }
+        softmax_backward(y, dy, c, dx, acc)
     }
     fn gate_mul(
         &self,

@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod host;
 pub mod launch;
 
+use super::autodiff::{cross_entropy_grad, softmax_cross_entropy};
 use super::kernels::ConvShape;
 use super::layers::{
     conv_shape, dropout_mask, global_window, pool_window, rows_of, se_gate, Layer, Net,
@@ -813,20 +814,9 @@ impl<B: Backend> KernelNet<B> {
 /// probabilities, and the gradient of the loss with respect to the logits.
 fn cross_entropy(logits: &[f32], k: usize, labels: &[usize]) -> (StepResult, Vec<f32>) {
     let n = logits.len() / k.max(1);
-    let mut probs = vec![0.0f32; n * k];
-    let mut loss = 0.0f64;
+    let (loss, probs) = softmax_cross_entropy(logits, k, labels);
     let mut d = vec![0.0f32; n * k];
-    for i in 0..n {
-        let row = &logits[i * k..(i + 1) * k];
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
-        for j in 0..k {
-            probs[i * k + j] = (((row[j] - m) as f64).exp() / z) as f32;
-            let t = if j == labels[i] { 1.0 } else { 0.0 };
-            d[i * k + j] = (probs[i * k + j] - t) / n as f32;
-        }
-        loss += z.ln() - (row[labels[i].min(k - 1)] - m) as f64;
-    }
+    cross_entropy_grad(&probs, k, labels, 1.0 / n as f32, &mut d);
     let res = StepResult {
         loss: (loss / n.max(1) as f64) as f32,
         probs: probs.chunks(k.max(1)).map(|r| r.to_vec()).collect(),
