@@ -61,6 +61,18 @@ impl Geom {
     pub fn in_len(&self) -> usize {
         (self.n * self.h * self.w * self.c) as usize
     }
+    /// How many taps of im2col row `row` fall inside the image (at least 1): an average
+    /// pool's divisor, as Keras leaves the padding out.
+    pub fn taps_inside(&self, row: usize) -> usize {
+        let (oy, ox) = (
+            ((row / self.wo as usize) % self.ho as usize) as i32,
+            (row % self.wo as usize) as i32,
+        );
+        (0..self.kh * self.kw)
+            .filter(|t| self.src(oy, ox, t / self.kw, t % self.kw).is_some())
+            .count()
+            .max(1)
+    }
     /// Input (y, x) of output (oy, ox) and tap (ky, kx), or None in the padding.
     pub fn src(&self, oy: i32, ox: i32, ky: i32, kx: i32) -> Option<(i32, i32)> {
         let iy = oy * self.sh + ky * self.dh - self.pt;

@@ -2,7 +2,7 @@
 //! kernel in `kernels.cu`, written the same way, so that the network's wiring (shapes,
 //! matmul layouts, gradient flow) is checked against the CPU network without a GPU.
 
-use super::backend::{Backend, BnParams, Gemm, Geom, Update};
+use super::backend::{Backend, BnParams, Gemm, Geom, Update, UpdateCfg};
 use crate::lower::layers::{act_grad, act_value, softmax_backward, softmax_rows};
 
 pub struct Host;
@@ -125,14 +125,7 @@ impl Backend for Host {
         let mut y = vec![0.0f32; rows * c];
         let mut arg = vec![0.0f32; if max { rows * c } else { 0 }];
         for r in 0..rows {
-            let (oy, ox) = (
-                ((r / g.wo as usize) % g.ho as usize) as i32,
-                (r % g.wo as usize) as i32,
-            );
-            let inside = (0..kk)
-                .filter(|t| g.src(oy, ox, *t as i32 / g.kw, *t as i32 % g.kw).is_some())
-                .count()
-                .max(1);
+            let inside = g.taps_inside(r);
             for j in 0..c {
                 let tap = |t: usize| cols[(r * kk + t) * c + j];
                 if max {
@@ -158,14 +151,7 @@ impl Backend for Host {
         let rows = g.out_rows();
         let mut d = vec![0.0f32; rows * kk * c];
         for r in 0..rows {
-            let (oy, ox) = (
-                ((r / g.wo as usize) % g.ho as usize) as i32,
-                (r % g.wo as usize) as i32,
-            );
-            let inside = (0..kk)
-                .filter(|t| g.src(oy, ox, *t as i32 / g.kw, *t as i32 % g.kw).is_some())
-                .count()
-                .max(1);
+            let inside = g.taps_inside(r);
             for j in 0..c {
                 for t in 0..kk {
                     d[(r * kk + t) * c + j] = if max {
@@ -395,28 +381,17 @@ impl Backend for Host {
         m: &mut Vec<f32>,
         v: &mut Vec<f32>,
     ) {
+        // The kernel's arithmetic, from the same per-step constants.
+        let u = UpdateCfg::of(u);
         for i in 0..p.len() {
-            match *u {
-                Update::Adam {
-                    step,
-                    lr,
-                    b1,
-                    b2,
-                    eps,
-                    wd,
-                } => {
-                    let gi = g[i] + wd * p[i];
-                    m[i] = m[i] * b1 + gi * (1.0 - b1);
-                    v[i] = v[i] * b2 + gi * gi * (1.0 - b2);
-                    let mh = m[i] / (1.0 - b1.powi(step));
-                    let vh = v[i] / (1.0 - b2.powi(step));
-                    p[i] -= lr * mh / (vh.sqrt() + eps);
-                }
-                Update::Sgd { lr, momentum, wd } => {
-                    let gi = g[i] + wd * p[i];
-                    m[i] = gi + momentum * m[i];
-                    p[i] -= lr * m[i];
-                }
+            let gi = g[i] + u.wd * p[i];
+            if u.kind == 0 {
+                m[i] = m[i] * u.b1 + gi * (1.0 - u.b1);
+                v[i] = v[i] * u.b2 + gi * gi * (1.0 - u.b2);
+                p[i] -= u.lr * (m[i] / u.bc1) / ((v[i] / u.bc2).sqrt() + u.eps);
+            } else {
+                m[i] = gi + u.momentum * m[i];
+                p[i] -= u.lr * m[i];
             }
         }
     }
