@@ -12,7 +12,7 @@ use super::model::{
     StepResult,
 };
 use super::plan::Plan;
-use super::profile::{kind_label, Profile};
+use super::profile::{kind_label, span_end, span_start, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::Graph;
@@ -178,17 +178,14 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                 shape: a.shape.clone(),
             },
             |idx, ins, out_shape, skip_act| {
-                if self.profile.is_none() {
-                    return self.layer_forward(idx, ins, out_shape, train, skip_act);
-                }
-                self.dev.synchronize();
-                let t = std::time::Instant::now();
+                let t = self.phase_start();
                 let y = self.layer_forward(idx, ins, out_shape, train, skip_act);
-                self.dev.synchronize();
-                let what = format!("  forward: {}", kind_label(&plan.layers[idx]));
-                if let Some(p) = self.profile.as_mut() {
-                    p.add(&what, t.elapsed().as_secs_f64());
-                }
+                span_end(
+                    &mut self.profile,
+                    t,
+                    || self.dev.synchronize(),
+                    || format!("  forward: {}", kind_label(&plan.layers[idx])),
+                );
                 y
             },
         )
@@ -544,19 +541,16 @@ impl<D: DeviceBuffers> CompositeNet<D> {
     }
 
     fn phase_start(&self) -> Option<std::time::Instant> {
-        self.profile.as_ref().map(|_| {
-            self.dev.synchronize();
-            std::time::Instant::now()
-        })
+        span_start(&self.profile, || self.dev.synchronize())
     }
 
     fn phase_end(&mut self, what: &str, t: Option<std::time::Instant>) {
-        if let Some(t) = t {
-            self.dev.synchronize();
-            if let Some(p) = self.profile.as_mut() {
-                p.add(what, t.elapsed().as_secs_f64());
-            }
-        }
+        span_end(
+            &mut self.profile,
+            t,
+            || self.dev.synchronize(),
+            || what.into(),
+        );
     }
 }
 
@@ -644,13 +638,11 @@ impl<D: DeviceBuffers> Model for CompositeNet<D> {
         }
         res
     }
-    fn profile_report(&self) -> Option<String> {
-        self.profile.as_ref().map(Profile::report)
+    fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
     }
-    fn profile_reset(&mut self) {
-        if let Some(p) = self.profile.as_mut() {
-            *p = Profile::default();
-        }
+    fn profile_mut(&mut self) -> Option<&mut Profile> {
+        self.profile.as_mut()
     }
     fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
         let (loss, res) = self.loss_with_tape(&batch, dropout_seed);

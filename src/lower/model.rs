@@ -4,6 +4,7 @@
 //! kernels) and the composite network (`composite::CompositeNet`, dfdx ops on any dfdx device,
 //! CUDA included) both implement it.
 
+use super::profile::Profile;
 use crate::ir::Graph;
 use crate::train::config::{Optimizer, TrainConfig};
 use dfdx::prelude::*;
@@ -74,10 +75,21 @@ pub trait Model {
     fn synchronize(&self);
     /// Time per phase and layer kind, when the network was built with profiling on.
     fn profile_report(&self) -> Option<String> {
-        None
+        self.profile().map(Profile::report)
     }
     /// Forgets the times so far (the warm-up step compiles kernels and fills caches).
-    fn profile_reset(&mut self) {}
+    fn profile_reset(&mut self) {
+        if let Some(p) = self.profile_mut() {
+            *p = Profile::default();
+        }
+    }
+    /// The network's profile, when it was built with profiling on.
+    fn profile(&self) -> Option<&Profile> {
+        None
+    }
+    fn profile_mut(&mut self) -> Option<&mut Profile> {
+        None
+    }
 
     /// The number of classes the loss sees.
     fn classes(&self) -> usize {

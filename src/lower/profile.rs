@@ -2,6 +2,7 @@
 //! measured span is closed by a device synchronization (which itself slows the run a little).
 
 use super::layers::Layer;
+use std::time::Instant;
 
 #[derive(Default)]
 pub struct Profile {
@@ -38,6 +39,29 @@ impl Profile {
             ));
         }
         s
+    }
+}
+
+/// Starts timing a span when profiling: `sync` waits for the device's queued work first, so
+/// the span does not pay for it.
+pub fn span_start(p: &Option<Profile>, sync: impl FnOnce()) -> Option<Instant> {
+    p.as_ref().map(|_| {
+        sync();
+        Instant::now()
+    })
+}
+
+/// Ends a span begun by `span_start`, after the device has finished its work, and adds it to
+/// the profile under `what`.
+pub fn span_end(
+    p: &mut Option<Profile>,
+    t: Option<Instant>,
+    sync: impl FnOnce(),
+    what: impl FnOnce() -> String,
+) {
+    if let (Some(t), Some(p)) = (t, p.as_mut()) {
+        sync();
+        p.add(&what(), t.elapsed().as_secs_f64());
     }
 }
 

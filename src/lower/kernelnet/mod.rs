@@ -19,7 +19,7 @@ use super::layers::{
 };
 use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
 use super::plan::Plan;
-use super::profile::{kind_label, Profile};
+use super::profile::{self, kind_label, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
@@ -765,19 +765,11 @@ impl<B: Backend> KernelNet<B> {
     }
 
     fn span_start(&self) -> Option<std::time::Instant> {
-        self.profile.as_ref().map(|_| {
-            self.be.synchronize();
-            std::time::Instant::now()
-        })
+        profile::span_start(&self.profile, || self.be.synchronize())
     }
 
     fn span_end(&mut self, t: Option<std::time::Instant>, what: impl FnOnce() -> String) {
-        if let Some(t) = t {
-            self.be.synchronize();
-            if let Some(p) = self.profile.as_mut() {
-                p.add(&what(), t.elapsed().as_secs_f64());
-            }
-        }
+        profile::span_end(&mut self.profile, t, || self.be.synchronize(), what);
     }
 
     fn param_info(&self) -> Vec<ParamInfo> {
@@ -878,13 +870,11 @@ impl<B: Backend> Model for KernelNet<B> {
         self.span_end(t, || "optimizer".into());
         res
     }
-    fn profile_report(&self) -> Option<String> {
-        self.profile.as_ref().map(Profile::report)
+    fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
     }
-    fn profile_reset(&mut self) {
-        if let Some(p) = self.profile.as_mut() {
-            *p = Profile::default();
-        }
+    fn profile_mut(&mut self) -> Option<&mut Profile> {
+        self.profile.as_mut()
     }
     fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
         let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
