@@ -7,6 +7,30 @@ use crate::lower::layers::{act_grad, act_value, softmax_backward, softmax_rows};
 
 pub struct Host;
 
+/// Visits the im2col matrix in order, one block of C/groups channels at a time: the block's
+/// offset in the matrix, and the offset of the input channels it copies (None in padding).
+fn for_each_tap(g: &Geom, mut f: impl FnMut(usize, Option<usize>)) {
+    let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
+    let mut col = 0;
+    for n in 0..g.n {
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                for grp in 0..g.groups as usize {
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let src = g.src(oy, ox, ky, kx).map(|(iy, ix)| {
+                                (((n * g.h + iy) * g.w + ix) as usize) * c + grp * cg
+                            });
+                            f(col, src);
+                            col += cg;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn act_of(code: i32) -> crate::ir::ops::ActFn {
     use crate::ir::ops::ActFn::*;
     [
@@ -66,28 +90,12 @@ impl Backend for Host {
     }
 
     fn im2col(&self, x: &Vec<f32>, g: &Geom, fill: f32) -> Vec<f32> {
-        let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
+        let cg = (g.c / g.groups) as usize;
         let mut out = Vec::with_capacity(g.out_rows() * g.cols());
-        for n in 0..g.n {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    for grp in 0..g.groups as usize {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                match g.src(oy, ox, ky, kx) {
-                                    Some((iy, ix)) => {
-                                        let base =
-                                            (((n * g.h + iy) * g.w + ix) as usize) * c + grp * cg;
-                                        out.extend_from_slice(&x[base..base + cg]);
-                                    }
-                                    None => out.extend(std::iter::repeat_n(fill, cg)),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        for_each_tap(g, |_, src| match src {
+            Some(base) => out.extend_from_slice(&x[base..base + cg]),
+            None => out.extend(std::iter::repeat_n(fill, cg)),
+        });
         out
     }
 
@@ -95,28 +103,14 @@ impl Backend for Host {
         if !accumulate {
             dx.iter_mut().for_each(|v| *v = 0.0);
         }
-        let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
-        let mut i = 0;
-        for n in 0..g.n {
-            for oy in 0..g.ho {
-                for ox in 0..g.wo {
-                    for grp in 0..g.groups as usize {
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                if let Some((iy, ix)) = g.src(oy, ox, ky, kx) {
-                                    let base =
-                                        (((n * g.h + iy) * g.w + ix) as usize) * c + grp * cg;
-                                    for j in 0..cg {
-                                        dx[base + j] += dcols[i + j];
-                                    }
-                                }
-                                i += cg;
-                            }
-                        }
-                    }
+        let cg = (g.c / g.groups) as usize;
+        for_each_tap(g, |col, src| {
+            if let Some(base) = src {
+                for j in 0..cg {
+                    dx[base + j] += dcols[col + j];
                 }
             }
-        }
+        });
     }
 
     fn taps_reduce(&self, cols: &Vec<f32>, g: &Geom, max: bool) -> (Vec<f32>, Vec<f32>) {
