@@ -53,7 +53,7 @@ impl<Buf> Clone for Val<Buf> {
 /// What a layer's backward needs besides its inputs and output.
 enum Saved<Buf> {
     None,
-    /// The im2col matrix of a convolution or pool (the input itself for a direct 1×1 conv).
+    /// A convolution's im2col matrix (the input itself for a direct 1×1 conv).
     Cols(Rc<Buf>),
     /// A pool's im2col matrix is not needed: its winning taps are.
     Arg(Buf),
@@ -748,16 +748,18 @@ impl<B: Backend> KernelNet<B> {
                     if i == 0 {
                         continue;
                     }
-                    // dy times every other operand.
-                    let mut prod = be.zeros(total);
-                    be.axpy(&dy, 1.0, &mut prod);
-                    for (j, a) in ins.iter().enumerate() {
-                        if j != k {
-                            let mut next = be.zeros(total);
-                            be.mul(&prod, &a.buf, &mut next, false);
-                            prod = next;
-                        }
+                    // dy times every other operand (dy itself for a lone operand).
+                    let mut prod: Option<B::Buf> = None;
+                    for (_, a) in ins.iter().enumerate().filter(|(j, _)| *j != k) {
+                        let mut next = be.alloc(total);
+                        be.mul(prod.as_ref().unwrap_or(&dy), &a.buf, &mut next, false);
+                        prod = Some(next);
                     }
+                    let prod = prod.unwrap_or_else(|| {
+                        let mut c = be.alloc(total);
+                        be.col_copy(&dy, total, 0, &mut c, total, 0, total, 1, false);
+                        c
+                    });
                     self.accumulate(grads, i, prod);
                 }
             }
