@@ -4,6 +4,7 @@
 
 pub mod diag;
 pub mod expand;
+pub mod export;
 pub mod ir;
 pub mod report;
 pub mod source;

@@ -1,6 +1,9 @@
 //! The `se-compile` command line: clap structs, calls into the library, diagnostics rendering.
 
+mod commands;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use commands::export::{ExportArgs, ExportFormat, LayoutArg, MapArg};
 use se_compile::diag::{render, Style};
 use se_compile::lower::device::{self, DeviceSpec};
 use se_compile::lower::layers::Net;
@@ -148,6 +151,12 @@ enum Cmd {
         top_k: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// text (top-k lines), or json: every image's full output at full precision.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        format: String,
+        /// Override the input height and width (as `export --input`).
+        #[arg(long)]
+        input: Option<usize>,
     },
     /// Train and inference speed (images/s) on random data.
     #[command(
@@ -179,6 +188,47 @@ enum Cmd {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f32,
     },
+    /// Export the model: ONNX (one .onnx file) or PyTorch (model.py + weights.safetensors).
+    #[command(
+        after_help = "Examples:\n  se-compile export se_resnet50 --format onnx -o se_resnet50.onnx\n  se-compile export models/se_resnet_mini.yaml --format onnx --weights runs/se_resnet_mini/best.safetensors -o mini.onnx --batch 1\n  se-compile export models/se_resnet_mini.yaml --format pytorch --weights runs/se_resnet_mini/best.safetensors -o mini_torch\n\nWithout --weights the network's seeded initial values (the recipe's seed) are exported.\nONNX input is NHWC float pixels / 255, as se-compile feeds them (--input-layout nchw for NCHW)."
+    )]
+    Export {
+        spec: String,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// The .onnx file, or the directory for --format pytorch.
+        #[arg(short, long)]
+        output: String,
+        /// A se-compile checkpoint (`best.safetensors` of a run).
+        #[arg(long)]
+        weights: Option<String>,
+        /// ONNX batch size: N, or `dynamic` (a symbolic `batch` axis).
+        #[arg(long, default_value = "dynamic")]
+        batch: String,
+        /// ONNX input (and image output) layout.
+        #[arg(long, value_enum, default_value = "nhwc")]
+        input_layout: LayoutArg,
+        /// Override the input height and width (e.g. 64 for a 64x64 SE-ResNet-50).
+        #[arg(long)]
+        input: Option<usize>,
+    },
+    /// Read a PyTorch state dict (safetensors) into a se-compile checkpoint for SPEC.
+    #[command(
+        name = "import-weights",
+        after_help = "Example:\n  python -c \"import timm, safetensors.torch as st; st.save_file(timm.create_model('seresnet50').state_dict(), 'seresnet50.safetensors')\"\n  se-compile import-weights models/se_resnet50_timm.yaml --from seresnet50.safetensors -o se_resnet50_timm.safetensors\n  se-compile eval models/se_resnet50_timm.yaml --weights se_resnet50_timm.safetensors --data DIR\n\nEvery tensor is checked by name and shape; nothing is written on error."
+    )]
+    ImportWeights {
+        spec: String,
+        /// The state dict, saved with safetensors.torch.save_file.
+        #[arg(long)]
+        from: String,
+        /// Key mapping: timm (timm's ResNet family), keras (se-compile's own names), auto.
+        #[arg(long, value_enum, default_value = "auto")]
+        map: MapArg,
+        /// The checkpoint to write.
+        #[arg(short, long)]
+        output: String,
+    },
     /// Write a Graphviz DOT graph with the output shape on every edge.
     #[command(
         after_help = "Example:\n  se-compile graph models/se_block.yaml -o se_block.dot && dot -Tpng se_block.dot -o se_block.png"
@@ -192,15 +242,15 @@ enum Cmd {
 }
 
 /// 1 for an invalid spec; 2 for usage errors (clap's own code for bad arguments).
-const EXIT_INVALID: u8 = 1;
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_INVALID: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
-struct Ctx {
+pub(crate) struct Ctx {
     style: Style,
 }
 
 impl Ctx {
-    fn build_full(
+    pub(crate) fn build_full(
         &self,
         path: &str,
         hw: Option<(usize, usize)>,
@@ -278,7 +328,11 @@ fn fresh_run_dir(model: &str) -> std::path::PathBuf {
         .expect("a free name")
 }
 
-fn load_weights(vg: &ValidGraph, weights: &str, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
+pub(crate) fn load_weights(
+    vg: &ValidGraph,
+    weights: &str,
+    d: DeviceSpec,
+) -> Result<Box<dyn Model>, u8> {
     let p = std::path::Path::new(weights);
     let ck = se_compile::train::checkpoint::read(p).map_err(|e| {
         eprintln!("error: {e}");
@@ -571,9 +625,12 @@ fn run(cli: Cli) -> Result<(), u8> {
             images,
             top_k,
             device,
+            format,
+            input,
         } => {
             let dev = device_of(&device)?;
-            let (_, _, vg) = cx.build_full(&spec, None)?;
+            let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
+            let mut json_rows = vec![];
             let mut net = load_weights(&vg, &weights, dev)?;
             let classes = class_names(&weights);
             let shape = vg.graph().input_shape().clone();
@@ -609,7 +666,25 @@ fn run(cli: Cli) -> Result<(), u8> {
                         format!("{name} {p:.4}")
                     })
                     .collect();
-                println!("{img}: {}", top.join(", "));
+                if format == "json" {
+                    json_rows.push(serde_json::json!({
+                        "image": img,
+                        "top": ranked.iter().take(top_k.max(1)).map(|(i, p)| serde_json::json!({
+                            "class": classes.get(*i).cloned().unwrap_or_else(|| i.to_string()),
+                            "index": i,
+                            "probability": p,
+                        })).collect::<Vec<_>>(),
+                        "probabilities": r.probs[0],
+                    }));
+                } else {
+                    println!("{img}: {}", top.join(", "));
+                }
+            }
+            if format == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json_rows).expect("plain JSON")
+                );
             }
             if worst != 0 {
                 return Err(worst);
@@ -676,6 +751,32 @@ fn run(cli: Cli) -> Result<(), u8> {
                 return Err(EXIT_INVALID);
             }
         }
+        Cmd::Export {
+            spec,
+            format,
+            output,
+            weights,
+            batch,
+            input_layout,
+            input,
+        } => commands::export::run_export(
+            &cx,
+            ExportArgs {
+                spec,
+                format,
+                output,
+                weights,
+                batch,
+                input_layout,
+                input,
+            },
+        )?,
+        Cmd::ImportWeights {
+            spec,
+            from,
+            map,
+            output,
+        } => commands::export::run_import(&cx, &spec, &from, map, &output)?,
         Cmd::Graph { spec, output } => {
             let (_, vg) = cx.build(&spec)?;
             write_out(&output, &report::dot::dot(&vg))?;

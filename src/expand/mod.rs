@@ -620,6 +620,17 @@ impl<'a> Expander<'a> {
         }
         let mut call_sites = env.call_sites.clone();
         call_sites.push((site, format!("in block `{}` used here", def.name.name)));
+        let mut scope = scope;
+        scope.args = def
+            .params
+            .iter()
+            .filter_map(
+                |p| match vars.vars.iter().rev().find(|(n, _)| *n == p.name.name) {
+                    Some((n, Value::Int(v))) => Some((n.clone(), *v)),
+                    _ => None,
+                },
+            )
+            .collect();
         let mut inner = Env {
             vars,
             se,

@@ -27,6 +27,10 @@ pub struct Scope {
     pub stage: Option<(String, String)>,
     /// `stage3.block2`, or `blockN` for a template used outside a stage, with the template name.
     pub block: Option<(String, String)>,
+    /// The block's integer parameters as bound for this instance (`filters: 64`), for back
+    /// ends that write a block as a class with constructor arguments (the PyTorch export).
+    #[serde(skip)]
+    pub args: Vec<(String, i64)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

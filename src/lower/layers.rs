@@ -890,6 +890,22 @@ pub fn input_act<T: Tape<f32, Cpu>>(dev: &Cpu, data: Vec<f32>, shape: Vec<usize>
 }
 
 impl Net {
+    /// The spec's output for a batch (N, H, W, C) in inference mode, flat: logits with a
+    /// final softmax applied, as the spec has it (the exports are checked against this).
+    pub fn outputs(&mut self, x: Vec<f32>, shape: Vec<usize>) -> Vec<f32> {
+        let inp = input_act::<NoneTape>(&self.dev, x, shape);
+        let y = self.forward(inp, false);
+        let last = *y.shape.last().expect("rank >= 1");
+        let v = y.t.as_vec();
+        let (stop, skipped) = self.plan.logits();
+        let g = &self.plan.graph;
+        if skipped || stop != g.output {
+            softmax_rows(&v, last)
+        } else {
+            v
+        }
+    }
+
     fn loss_with_tape(
         &mut self,
         b: Batch,

@@ -1,0 +1,172 @@
+//! `se-compile export` and `se-compile import-weights`.
+
+use crate::{load_weights, Ctx, EXIT_INVALID, EXIT_USAGE};
+use se_compile::export::{self, onnx, pytorch, Weights};
+use se_compile::lower::device::DeviceSpec;
+use se_compile::lower::layers::Net;
+use se_compile::lower::model::Model;
+use se_compile::train::checkpoint::write_atomic;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Onnx,
+    Pytorch,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    Nhwc,
+    Nchw,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MapArg {
+    Auto,
+    Timm,
+    Keras,
+}
+
+pub struct ExportArgs {
+    pub spec: String,
+    pub format: ExportFormat,
+    pub output: String,
+    pub weights: Option<String>,
+    pub batch: String,
+    pub input_layout: LayoutArg,
+    pub input: Option<usize>,
+}
+
+fn fail(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {msg}");
+    EXIT_INVALID
+}
+
+/// The directory a new file or folder at `path` goes into must exist.
+fn check_parent(path: &Path) -> Result<(), u8> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => return Ok(()),
+    };
+    if !parent.is_dir() {
+        return Err(fail(format!(
+            "{}: the directory {} does not exist; create it first or choose another -o",
+            path.display(),
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), u8> {
+    write_atomic(path, bytes).map_err(|e| fail(format!("{}: cannot write: {e}", path.display())))
+}
+
+pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
+    let batch = match a.batch.as_str() {
+        "dynamic" => onnx::Batch::Dynamic,
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => onnx::Batch::Fixed(n),
+            _ => {
+                eprintln!("error: --batch takes a positive integer or `dynamic`, not `{n}`");
+                return Err(EXIT_USAGE);
+            }
+        },
+    };
+    let out = PathBuf::from(&a.output);
+    check_parent(&out)?;
+    let (src, spec, vg) = cx.build_full(&a.spec, a.input.map(|i| (i, i)))?;
+    let t0 = std::time::Instant::now();
+    let net: Box<dyn Model> = match &a.weights {
+        Some(w) => load_weights(&vg, w, DeviceSpec::Cpu)?,
+        None => {
+            // The values `train` starts from: the recipe's seed.
+            let seed = se_compile::train::config::TrainConfig::from_spec(&spec)
+                .map(|c| c.seed)
+                .unwrap_or(0);
+            Box::new(Net::new(&vg, seed))
+        }
+    };
+    let w = Weights::from_model(net.as_ref());
+    match a.format {
+        ExportFormat::Onnx => {
+            let opts = onnx::Options {
+                batch,
+                input_layout: match a.input_layout {
+                    LayoutArg::Nhwc => onnx::Layout::Spec,
+                    LayoutArg::Nchw => onnx::Layout::Nchw,
+                },
+            };
+            let model = onnx::export(&vg, &src, &w, &opts).map_err(fail)?;
+            let bytes = onnx::to_bytes(&model);
+            write(&out, &bytes)?;
+            eprintln!(
+                "wrote {} ({} nodes, {} bytes, {:.2} s)",
+                out.display(),
+                model.graph.node.len(),
+                bytes.len(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        ExportFormat::Pytorch => {
+            let files = pytorch::export(&vg, &src, &w).map_err(fail)?;
+            if out.exists() && !out.is_dir() {
+                return Err(fail(format!(
+                    "{}: exists and is not a directory; --format pytorch writes a directory",
+                    out.display()
+                )));
+            }
+            std::fs::create_dir_all(&out)
+                .map_err(|e| fail(format!("{}: cannot create: {e}", out.display())))?;
+            for (name, bytes) in &files {
+                write(&out.join(name), bytes)?;
+            }
+            let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+            eprintln!(
+                "wrote {} ({}; {:.2} s)",
+                out.display(),
+                names.join(", "),
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run_import(cx: &Ctx, spec: &str, from: &str, map: MapArg, output: &str) -> Result<(), u8> {
+    let out = PathBuf::from(output);
+    check_parent(&out)?;
+    let (src, _, vg) = cx.build_full(spec, None)?;
+    let from_path = Path::new(from);
+    if !from_path.is_file() {
+        eprintln!("error: {from}: no such file");
+        return Err(EXIT_USAGE);
+    }
+    let bytes = std::fs::read(from_path).map_err(|e| fail(format!("{from}: cannot read: {e}")))?;
+    let map = match map {
+        MapArg::Auto => export::import::Mapping::Auto,
+        MapArg::Timm => export::import::Mapping::Timm,
+        MapArg::Keras => export::import::Mapping::Keras,
+    };
+    let net = Net::new(&vg, 0);
+    let imported = export::import::import(&vg, &src, &net, &bytes, from, map).map_err(fail)?;
+    let mut net: Box<dyn Model> = Box::new(net);
+    for (i, values) in imported.values.into_iter().enumerate() {
+        net.set_param(i, values);
+    }
+    let meta = [
+        ("model".to_string(), vg.graph().model.clone()),
+        ("imported_from".to_string(), from.to_string()),
+        ("mapping".to_string(), imported.mapping.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    se_compile::train::checkpoint::save(&out, net.as_ref(), &[], meta).map_err(fail)?;
+    eprintln!(
+        "wrote {} ({} tensors from {from}, {} mapping)",
+        out.display(),
+        imported.count,
+        imported.mapping
+    );
+    Ok(())
+}

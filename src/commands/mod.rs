@@ -1,0 +1,3 @@
+//! One file per subcommand (the newer ones; the rest still live in `main.rs`'s `run`).
+
+pub mod export;
