@@ -484,3 +484,184 @@ fn timm_weights_import_and_match_timm() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Runs the binary and returns (exit code, stderr).
+fn run_err(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_line_error(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    lines[0]
+}
+
+#[test]
+fn bad_export_input_is_a_one_line_error_and_writes_nothing() {
+    let dir = tmp("bad");
+    let mini = compile("se_resnet_mini", None);
+    let ck = dir.join("mini.safetensors");
+    save_ckpt(&Net::new(&mini, 1), &ck);
+    let out = dir.join("out.onnx");
+
+    // Weights of another spec.
+    let (code, err) = run_err(
+        bin()
+            .args(["export", "se_block", "--format", "onnx", "-o"])
+            .arg(&out)
+            .arg("--weights")
+            .arg(&ck),
+    );
+    assert_eq!(code, 1);
+    assert!(one_line_error(&err).contains("different spec"), "{err}");
+    assert!(!out.exists());
+
+    // A truncated checkpoint.
+    let bytes = std::fs::read(&ck).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    for fmt in ["onnx", "pytorch"] {
+        let (code, err) = run_err(
+            bin()
+                .args(["export", "se_resnet_mini", "--format", fmt, "-o"])
+                .arg(&out)
+                .arg("--weights")
+                .arg(&cut),
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(one_line_error(&err).contains("cut.safetensors"), "{err}");
+        assert!(!out.exists());
+    }
+
+    // An output path in a missing directory.
+    for fmt in ["onnx", "pytorch"] {
+        let missing = dir.join("no/such/dir/model.onnx");
+        let (code, err) = run_err(
+            bin()
+                .args(["export", "se_resnet_mini", "--format", fmt, "-o"])
+                .arg(&missing),
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(one_line_error(&err).contains("does not exist"), "{err}");
+        assert!(!dir.join("no").exists());
+    }
+
+    // An unknown format is a usage error.
+    let (code, err) = run_err(
+        bin()
+            .args(["export", "se_resnet_mini", "--format", "tflite", "-o"])
+            .arg(&out),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tflite"));
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes `tensors` (name, shape, values) as a safetensors file.
+fn write_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.2.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            (
+                t.0.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+}
+
+#[test]
+fn import_weights_checks_every_tensor_and_writes_nothing_on_error() {
+    let dir = tmp("import");
+    let vg = compile("se_resnet_mini", None);
+    let net = given_weights(&vg);
+    let good: Vec<(String, Vec<usize>, Vec<f32>)> = net
+        .param_info()
+        .into_iter()
+        .zip(net.param_values())
+        .map(|(p, v)| (p.name, vec![p.len], v))
+        .collect();
+    let out = dir.join("w.safetensors");
+    let import = |file: &Path| {
+        run_err(
+            bin()
+                .args([
+                    "import-weights",
+                    "se_resnet_mini",
+                    "--map",
+                    "keras",
+                    "--from",
+                ])
+                .arg(file)
+                .arg("-o")
+                .arg(&out),
+        )
+    };
+    // A complete file imports, and gives the same network.
+    let f = dir.join("good.safetensors");
+    write_tensors(&f, &good);
+    let (code, err) = import(&f);
+    assert_eq!(code, 0, "{err}");
+    let mut back = Net::new(&vg, 0);
+    checkpoint::load_into(&mut back, &checkpoint::read(&out).unwrap(), &out).unwrap();
+    assert_eq!(back.param_values(), net.param_values());
+    std::fs::remove_file(&out).unwrap();
+
+    // An extra tensor, a missing one, a misshaped one.
+    let mut extra = good.clone();
+    extra.push(("head/kernel".into(), vec![3], vec![0.0; 3]));
+    let missing: Vec<_> = good
+        .iter()
+        .filter(|t| t.0 != "conv2d_3/kernel")
+        .cloned()
+        .collect();
+    let mut shaped = good.clone();
+    let k = shaped.iter().position(|t| t.0 == "dense/kernel").unwrap();
+    shaped[k].1 = vec![10, 128];
+    for (what, tensors, needle) in [
+        ("extra", extra, "`head/kernel` feeds no layer"),
+        (
+            "missing",
+            missing,
+            "no tensor `conv2d_3/kernel`, which layer `conv2d_3`",
+        ),
+        (
+            "shape",
+            shaped,
+            "`dense/kernel` has shape [10, 128] but layer `dense`",
+        ),
+    ] {
+        let f = dir.join(format!("{what}.safetensors"));
+        write_tensors(&f, &tensors);
+        let (code, err) = import(&f);
+        assert_eq!(code, 1, "{what}: {err}");
+        let line = one_line_error(&err);
+        assert!(line.contains(needle), "{what}: {line}");
+        assert!(
+            line.contains("se_resnet_mini.yaml:") || what == "extra",
+            "{what} names the spec line: {line}"
+        );
+        assert!(!out.exists(), "{what}: nothing written");
+    }
+    // Not a safetensors file at all.
+    let f = dir.join("junk.safetensors");
+    std::fs::write(&f, b"not a state dict").unwrap();
+    let (code, err) = import(&f);
+    assert_eq!(code, 1);
+    assert!(one_line_error(&err).contains("not a safetensors file"));
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

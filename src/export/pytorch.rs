@@ -78,22 +78,40 @@ struct Naming<'a> {
 }
 
 impl Naming<'_> {
-    fn num(&self, v: usize, body: &mut Body) -> String {
-        for (name, val) in &self.cands {
-            let e = |k: i64| (*val * k == v as i64).then(|| (k, name.clone()));
-            let hit = e(1).or_else(|| e(2)).or_else(|| e(4));
-            if let Some((k, name)) = hit {
-                if !body.used_args.contains(&name) {
-                    body.used_args.push(name.clone());
-                }
-                return if k == 1 {
-                    name
-                } else {
-                    format!("{name} * {k}")
+    /// `v` as `in_channels` (when `prefer_in`), a parameter, `p * k` or `p // k`, or a literal.
+    fn num(&self, v: usize, body: &mut Body, prefer_in: bool) -> String {
+        let v = v as i64;
+        let mut order: Vec<&(String, i64)> = self.cands.iter().collect();
+        order.sort_by_key(|(n, _)| (n == "in_channels") != prefer_in);
+        let mut hit = None;
+        'search: for form in 0..3 {
+            for (name, val) in &order {
+                let e = match form {
+                    0 => (*val == v).then(|| name.clone()),
+                    1 => [2, 4]
+                        .into_iter()
+                        .find(|k| val * k == v)
+                        .map(|k| format!("{name} * {k}")),
+                    _ => [2, 4, 8, 16, 32]
+                        .into_iter()
+                        .find(|k| val % k == 0 && val / k == v)
+                        .map(|k| format!("{name} // {k}")),
                 };
+                if let Some(e) = e {
+                    hit = Some((name.clone(), e));
+                    break 'search;
+                }
             }
         }
-        v.to_string()
+        match hit {
+            Some((name, e)) => {
+                if !body.used_args.contains(&name) {
+                    body.used_args.push(name);
+                }
+                e
+            }
+            None => v.to_string(),
+        }
     }
     fn name(&mut self, g: &Graph, id: NodeId, role: &'static str) -> String {
         if self.roles {
@@ -190,6 +208,11 @@ fn body(
     let mut b = Body::default();
     let inside: std::collections::HashSet<NodeId> = nodes.iter().copied().collect();
     let consumers = g.consumers();
+    // The body's own input (a block's `x`), read from outside `nodes`.
+    let block_input: Option<NodeId> = nodes
+        .first()
+        .and_then(|&n| g.node(n).inputs.first().copied())
+        .filter(|i| !inside.contains(i));
     for (pos, &id) in nodes.iter().enumerate() {
         let node = g.node(id);
         let cin = in_channels(g, id);
@@ -256,8 +279,10 @@ fn body(
                 if !c.use_bias {
                     extra.push_str(", bias=False");
                 }
-                let ci = (naming.special)(id, "in").unwrap_or_else(|| naming.num(cin, &mut b));
-                let co = naming.num(c.filters, &mut b);
+                let reads_input = Some(&node.inputs[0]) == block_input.as_ref();
+                let ci = (naming.special)(id, "in")
+                    .unwrap_or_else(|| naming.num(cin, &mut b, reads_input));
+                let co = naming.num(c.filters, &mut b, false);
                 b.attrs.push(format!(
                     "self.{attr} = nn.Conv2d({ci}, {co}, {}{extra})",
                     pair(c.kernel)
@@ -317,7 +342,7 @@ fn body(
                 if !bn.scale {
                     extra.push_str(", affine=False");
                 }
-                let c = naming.num(cin, &mut b);
+                let c = naming.num(cin, &mut b, false);
                 b.attrs.push(format!("self.{attr} = nn.{kind}({c}{extra})"));
                 let n = &node.name;
                 if bn.scale {
@@ -415,8 +440,10 @@ fn body(
             }
             Op::Dense(d) => {
                 let (xe, _) = x.expr(Layout::Spec);
-                let ci = naming.num(cin, &mut b);
-                let co = (naming.special)(id, "out").unwrap_or_else(|| naming.num(d.units, &mut b));
+                let reads_input = Some(&node.inputs[0]) == block_input.as_ref();
+                let ci = naming.num(cin, &mut b, reads_input);
+                let co = (naming.special)(id, "out")
+                    .unwrap_or_else(|| naming.num(d.units, &mut b, false));
                 let bias = if d.use_bias { "" } else { ", bias=False" };
                 b.attrs
                     .push(format!("self.{attr} = nn.Linear({ci}, {co}{bias})"));
@@ -458,7 +485,7 @@ fn body(
                 if t.len() == 3 && t[0] == 1 && t[1] == 1 && x.rank == 2 {
                     // (C) → (1, 1, C): the SE gate, (N, C, 1, 1) in NCHW.
                     out_layout = Layout::Nchw;
-                    format!("{}.reshape(-1, {}, 1, 1)", x.var, t[2])
+                    format!("{0}.reshape({0}.shape[0], -1, 1, 1)", x.var)
                 } else {
                     let (xe, _) = x.expr(Layout::Spec);
                     let dims: Vec<String> = t.iter().map(|d| d.to_string()).collect();
@@ -508,7 +535,8 @@ fn body(
 }
 
 fn py_float(v: f64) -> String {
-    let s = format!("{v:?}");
+    // Nine significant digits: 1 - 0.9 prints as 0.1, not 0.09999999999999998.
+    let s = format!("{:?}", format!("{v:.9e}").parse::<f64>().unwrap_or(v));
     if s.contains('.') || s.contains('e') {
         s
     } else {
@@ -693,7 +721,13 @@ pub fn export(
         |inst: &Instance, input: Val| -> Result<(String, Vec<Tensor>, Val), ExportError> {
             let cin = *g.node(inst.input).shape.last().unwrap_or(&0) as i64;
             let mut cands = vec![("in_channels".to_string(), cin)];
-            cands.extend(inst.args.iter().filter(|(_, v)| *v > 1).cloned());
+            // Channel counts only: a stride or an index is no width.
+            cands.extend(
+                inst.args
+                    .iter()
+                    .filter(|(n, v)| *v > 1 && !n.contains("stride") && n != "index")
+                    .cloned(),
+            );
             let mut naming = Naming {
                 cands,
                 roles: true,
