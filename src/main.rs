@@ -785,7 +785,28 @@ fn run(cli: Cli) -> Result<(), u8> {
     Ok(())
 }
 
+/// A closed or full standard output (`se-compile summary ... | head -1`, a full disk behind a
+/// redirect) ends the process with a one-line error and exit code 1, not a panic: `println!`
+/// panics on a write error, and this hook turns that panic into the error.
+fn stdout_errors_are_errors() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(|s| s.as_str())
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = msg.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: cannot write to standard output ({why}); the output is incomplete");
+            std::process::exit(EXIT_INVALID as i32);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    stdout_errors_are_errors();
     let cli = Cli::parse();
     se_compile::lower::tune_allocator();
     match run(cli) {

@@ -171,3 +171,38 @@ fn json_and_markdown_formats() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(out);
 }
+
+/// A closed standard output is a one-line error and exit code 1, not a panic; so is a full disk.
+#[test]
+fn closed_or_full_stdout_is_an_error_not_a_panic() {
+    use std::process::Stdio;
+    // A pipe whose reader is gone before the program starts, as with `| head -1`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = bin()
+        .args(["summary", "se_resnet50"])
+        .stdout(Stdio::from(writer))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: cannot write to standard output"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = bin()
+            .args(["summary", "se_resnet50"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("cannot write to standard output"), "{err}");
+    }
+}
