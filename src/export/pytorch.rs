@@ -650,6 +650,8 @@ struct Class {
     name: String,
     args: Vec<String>,
     body: Body,
+    /// The variable `forward` returns.
+    ret: String,
 }
 
 /// Writes `model.py` and `weights.safetensors`.
@@ -761,6 +763,7 @@ pub fn export(
                     && c.body.attrs == body.attrs
                     && c.body.fwd == body.fwd
                     && c.args == args
+                    && c.ret == out.var
             });
             let name = match found {
                 Some(c) => c.name.clone(),
@@ -780,6 +783,7 @@ pub fn export(
                     block_classes.push(Class {
                         name: name.clone(),
                         args: args.clone(),
+                        ret: out.var.clone(),
                         body: Body {
                             attrs: body.attrs.clone(),
                             fwd: body.fwd.clone(),
@@ -959,15 +963,13 @@ pub fn export(
         for l in &cls.body.fwd {
             writeln!(py, "        {l}").unwrap();
         }
-        writeln!(py, "        return x").unwrap();
+        writeln!(py, "        return {}", cls.ret).unwrap();
     }
-    // The block's last line writes `x` unless its value is named; make sure it returns it.
     writeln!(py, "\n\nclass {model_class}(nn.Module):").unwrap();
     writeln!(py, "    \"\"\"`{}` from {}.\"\"\"", g.model, src.name).unwrap();
     writeln!(py).unwrap();
     let mut sig = vec![];
-    if let (Some(hd), Some(n)) = (head_dense, classes_n) {
-        let _ = hd;
+    if let (Some(_), Some(n)) = (head_dense, classes_n) {
         sig.push(format!("num_classes: int = {n}"));
     }
     if in_shape.len() == 3 && top.attrs.iter().any(|a| a.contains("in_chans")) {
@@ -980,8 +982,7 @@ pub fn export(
     }
     writeln!(py, "        super().__init__()").unwrap();
     for a in &top.attrs {
-        for (k, l) in a.lines().enumerate() {
-            let _ = k;
+        for l in a.lines() {
             writeln!(py, "        {l}").unwrap();
         }
     }
@@ -992,7 +993,6 @@ pub fn export(
     }
     writeln!(py, "        return {ret}").unwrap();
 
-    let py = fix_block_returns(py);
     let st = safetensors_bytes(&state, g, version)?;
     Ok(vec![
         ("model.py".into(), py.into_bytes()),
@@ -1023,28 +1023,6 @@ fn to_block_input(v: &Val) -> Val {
 }
 fn block_arg(v: &Val) -> String {
     v.expr(Layout::Nchw).0
-}
-
-/// In a block's forward, the last line may assign to a named variable: return that.
-fn fix_block_returns(py: String) -> String {
-    let mut out: Vec<String> = vec![];
-    for line in py.lines() {
-        if line == "        return x" {
-            if let Some(prev) = out.last() {
-                let t = prev.trim_start();
-                if let Some((var, _)) = t.split_once(" = ") {
-                    if var != "x" && !var.contains(' ') {
-                        out.push(format!("        return {var}"));
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(line.to_string());
-    }
-    let mut s = out.join("\n");
-    s.push('\n');
-    s
 }
 
 fn snake_of(g: &Graph, camel_name: &str) -> String {
