@@ -52,6 +52,23 @@ struct Val {
     layout: Layout,
 }
 
+impl Val {
+    fn nchw(name: &str) -> Val {
+        Val {
+            name: name.into(),
+            rank: 4,
+            layout: Layout::Nchw,
+        }
+    }
+    fn spec(name: &str, rank: usize) -> Val {
+        Val {
+            name: name.into(),
+            rank,
+            layout: Layout::Spec,
+        }
+    }
+}
+
 struct Builder {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
@@ -335,11 +352,7 @@ pub fn export(
                         attr_int("group", c.groups as i64),
                     ],
                 );
-                Val {
-                    name: name.clone(),
-                    rank: 4,
-                    layout: Layout::Nchw,
-                }
+                Val::nchw(&name)
             }
             Op::BatchNorm(bn) => {
                 let c = cin;
@@ -373,11 +386,7 @@ pub fn export(
                         &name,
                         attrs(),
                     );
-                    Val {
-                        name: name.clone(),
-                        rank: 4,
-                        layout: Layout::Nchw,
-                    }
+                    Val::nchw(&name)
                 } else if x.rank == 2 {
                     b.node(
                         "BatchNormalization",
@@ -386,11 +395,7 @@ pub fn export(
                         &name,
                         attrs(),
                     );
-                    Val {
-                        name: name.clone(),
-                        rank: 2,
-                        layout: Layout::Spec,
-                    }
+                    Val::spec(&name, 2)
                 } else {
                     // (N, d1.., C): channels to axis 1 for BatchNormalization, and back.
                     let r = x.rank as i64;
@@ -447,11 +452,7 @@ pub fn export(
                     &name,
                     vec![attr_str("mode", "constant")],
                 );
-                Val {
-                    name: name.clone(),
-                    rank: 4,
-                    layout: Layout::Nchw,
-                }
+                Val::nchw(&name)
             }
             Op::Pool2d(p) => {
                 let xi = g.node(node.inputs[0]).shape.clone();
@@ -471,11 +472,7 @@ pub fn export(
                     }
                 };
                 b.node(op, &name, &[&x.name], &name, attrs);
-                Val {
-                    name: name.clone(),
-                    rank: 4,
-                    layout: Layout::Nchw,
-                }
+                Val::nchw(&name)
             }
             Op::GlobalPool(p) => {
                 let x = b.to(x, Layout::Nchw);
@@ -485,11 +482,7 @@ pub fn export(
                 };
                 if p.keepdims {
                     b.node(op, &name, &[&x.name], &name, vec![]);
-                    Val {
-                        name: name.clone(),
-                        rank: 4,
-                        layout: Layout::Nchw,
-                    }
+                    Val::nchw(&name)
                 } else {
                     let pooled = format!("{name}/pooled");
                     b.node(op, &pooled, &[&x.name], &pooled, vec![]);
@@ -500,11 +493,7 @@ pub fn export(
                         &name,
                         vec![attr_int("axis", 1)],
                     );
-                    Val {
-                        name: name.clone(),
-                        rank: 2,
-                        layout: Layout::Spec,
-                    }
+                    Val::spec(&name, 2)
                 }
             }
             Op::Dense(d) => {
@@ -564,11 +553,7 @@ pub fn export(
                     &name,
                     vec![attr_int("axis", 1)],
                 );
-                Val {
-                    name: name.clone(),
-                    rank: 2,
-                    layout: Layout::Spec,
-                }
+                Val::spec(&name, 2)
             }
             Op::Reshape(_) => {
                 let t = &node.shape;
