@@ -4,6 +4,7 @@ mod commands;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::export::{ExportArgs, ExportFormat, LayoutArg, MapArg};
+use commands::recipe::RecipeFlags;
 use se_compile::diag::{render, Style};
 use se_compile::lower::device::{self, DeviceSpec};
 use se_compile::lower::layers::Net;
@@ -93,24 +94,8 @@ enum Cmd {
         /// DIR with train/<class>/ and test/<class>/ (default: the bundled data/fashion-mnist-mini).
         #[arg(long)]
         data: Option<String>,
-        #[arg(long)]
-        epochs: Option<usize>,
-        #[arg(long)]
-        batch_size: Option<usize>,
-        #[arg(long)]
-        lr: Option<f64>,
-        #[arg(long, value_parser = ["adam", "sgd"])]
-        optimizer: Option<String>,
-        #[arg(long, value_parser = ["constant", "step", "cosine"])]
-        schedule: Option<String>,
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Hold out this fraction of train/ for validation when DIR has no test/.
-        #[arg(long)]
-        val_split: Option<f32>,
-        /// Turn augmentation on or off (the spec's `augment`).
-        #[arg(long)]
-        augment: Option<bool>,
+        #[command(flatten)]
+        recipe: RecipeFlags,
         /// Run directory (default: runs/<model>, or runs/<model>-N if that exists).
         #[arg(long)]
         out: Option<String>,
@@ -440,14 +425,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Train {
             spec,
             data,
-            epochs,
-            batch_size,
-            lr,
-            optimizer,
-            schedule,
-            seed,
-            val_split,
-            augment,
+            recipe,
             out,
             resume,
             device,
@@ -459,39 +437,7 @@ fn run(cli: Cli) -> Result<(), u8> {
                     eprint!("{}", render(&d, &src, cx.style));
                     EXIT_INVALID
                 })?;
-            if let Some(v) = epochs {
-                cfg.epochs = v.max(1);
-            }
-            if let Some(v) = batch_size {
-                cfg.batch_size = v.max(1);
-            }
-            if let Some(v) = lr {
-                cfg.lr = v;
-            }
-            if let Some(v) = seed {
-                cfg.seed = v;
-            }
-            if let Some(v) = val_split {
-                cfg.val_split = v.clamp(0.0, 0.9);
-            }
-            if let Some(v) = augment {
-                cfg.augment.enabled = v;
-            }
-            if let Some(o) = optimizer {
-                cfg.optimizer = if o == "sgd" {
-                    se_compile::train::config::Optimizer::Sgd
-                } else {
-                    se_compile::train::config::Optimizer::Adam
-                };
-            }
-            if let Some(s) = schedule {
-                use se_compile::train::config::Schedule;
-                cfg.schedule = match s.as_str() {
-                    "step" => Schedule::Step,
-                    "cosine" => Schedule::Cosine,
-                    _ => Schedule::Constant,
-                };
-            }
+            recipe.apply(&mut cfg);
             let out_dir = match (&resume, &out) {
                 (Some(r), _) => std::path::PathBuf::from(r),
                 (None, Some(o)) => {

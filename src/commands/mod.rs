@@ -1,3 +1,4 @@
 //! One file per subcommand (the newer ones; the rest still live in `main.rs`'s `run`).
 
 pub mod export;
+pub mod recipe;

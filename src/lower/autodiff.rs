@@ -175,9 +175,10 @@ pub fn apply<T: Tape<f32, Cpu>>(
     }
 }
 
-/// Softmax of logits (N, K) per row, and the summed cross-entropy against class indices
-/// (computed in f64 from the shifted logits).
-pub fn softmax_cross_entropy(x: &[f32], k: usize, labels: &[usize]) -> (f64, Vec<f32>) {
+/// Softmax cross-entropy of logits (N, K) against class indices, summed over the rows, with
+/// the probabilities. With label smoothing `eps` the target is (1 - eps) one_hot + eps / K
+/// (Keras' and PyTorch's definition), so a row's loss is ln z - sum_j t_j (x_j - max).
+pub fn softmax_cross_entropy(x: &[f32], k: usize, labels: &[usize], eps: f32) -> (f64, Vec<f32>) {
     let mut probs = vec![0.0f32; x.len()];
     let mut loss = 0.0f64;
     for (i, &label) in labels.iter().enumerate().take(x.len() / k.max(1)) {
@@ -187,36 +188,53 @@ pub fn softmax_cross_entropy(x: &[f32], k: usize, labels: &[usize]) -> (f64, Vec
         for j in 0..k {
             probs[i * k + j] = (((row[j] - m) as f64).exp() / z) as f32;
         }
-        loss += z.ln() - (row[label] - m) as f64;
+        let hit = (row[label.min(k - 1)] - m) as f64;
+        loss += if eps == 0.0 {
+            z.ln() - hit
+        } else {
+            let mean: f64 = row.iter().map(|v| (v - m) as f64).sum::<f64>() / k as f64;
+            z.ln() - (1.0 - eps as f64) * hit - eps as f64 * mean
+        };
     }
     (loss, probs)
 }
 
-/// dx += scale · (probs - one_hot(labels)): the cross-entropy's gradient on the logits.
-pub fn cross_entropy_grad(probs: &[f32], k: usize, labels: &[usize], scale: f32, dx: &mut [f32]) {
+/// dx += scale · (probs - target): the cross-entropy's gradient on the logits, with the target
+/// of `softmax_cross_entropy` (label smoothing `eps`).
+pub fn cross_entropy_grad(
+    probs: &[f32],
+    k: usize,
+    labels: &[usize],
+    eps: f32,
+    scale: f32,
+    dx: &mut [f32],
+) {
+    let off = eps / k as f32;
     for (i, &label) in labels.iter().enumerate().take(probs.len() / k.max(1)) {
         for j in 0..k {
-            let t = if j == label { 1.0 } else { 0.0 };
+            let t = if j == label { 1.0 - eps + off } else { off };
             dx[i * k + j] += scale * (probs[i * k + j] - t);
         }
     }
 }
 
-/// Mean softmax cross-entropy of logits (N, K) against class indices; a scalar with the tape.
+/// Mean softmax cross-entropy of logits (N, K) against class indices (label smoothing `eps`);
+/// a scalar with the tape.
 pub fn cross_entropy<T: Tape<f32, Cpu>>(
     logits: Act<T>,
     labels: &[usize],
+    eps: f32,
 ) -> (Tensor<(), f32, Cpu, T>, Vec<Vec<f32>>) {
     let (n, k) = (logits.shape[0], logits.shape[1]);
     let labels = labels.to_vec();
     let mut probs_out = vec![];
     let out = apply(vec![logits], &[], vec![1], |data, train| {
-        let (loss, probs) = softmax_cross_entropy(&data[0], k, &labels);
+        let (loss, probs) = softmax_cross_entropy(&data[0], k, &labels, eps);
         probs_out = probs.chunks(k).map(|r| r.to_vec()).collect();
         let back: Option<BackwardFn> = train.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
                 if let Some(dx) = g.inputs[0].as_deref_mut() {
-                    cross_entropy_grad(&probs, k, &labels, dy[0] / n as f32, dx);
+                    cross_entropy_grad(&probs, k, &labels, eps, dy[0] / n as f32, dx);
                 }
             })
         });

@@ -485,11 +485,12 @@ impl<D: DeviceBuffers> CompositeNet<D> {
         }
     }
 
-    fn one_hot(&self, labels: &[usize], k: usize) -> T2<D, NoneTape> {
-        let mut v = vec![0.0f32; labels.len() * k];
+    /// The target rows: one-hot, or (1 - eps) one_hot + eps / K with label smoothing.
+    fn one_hot(&self, labels: &[usize], k: usize, eps: f32) -> T2<D, NoneTape> {
+        let mut v = vec![eps / k as f32; labels.len() * k];
         for (i, &l) in labels.iter().enumerate() {
             if l < k {
-                v[i * k + l] = 1.0;
+                v[i * k + l] += 1.0 - eps;
             }
         }
         self.dev.tensor_from_vec(v, (labels.len(), k))
@@ -500,13 +501,15 @@ impl<D: DeviceBuffers> CompositeNet<D> {
         &mut self,
         batch: &Batch,
         dropout_seed: u64,
+        label_smoothing: f32,
     ) -> (Tensor<(), f32, D, OwnedTape<f32, D>>, StepResult) {
         self.dropout_rng = Rng::new(dropout_seed);
         let x = self.host_input::<OwnedTape<f32, D>>(batch);
         let logits = self.forward(x, true).t;
         let k = logits.shape().1;
         let probs = probabilities(&logits.retaped::<NoneTape>());
-        let loss = cross_entropy_with_logits_loss(logits, self.one_hot(batch.labels, k));
+        let loss =
+            cross_entropy_with_logits_loss(logits, self.one_hot(batch.labels, k, label_smoothing));
         let l = loss.retaped::<NoneTape>().as_vec()[0];
         (loss, StepResult { loss: l, probs })
     }
@@ -613,12 +616,12 @@ impl<D: DeviceBuffers> Model for CompositeNet<D> {
         let k = logits.shape().1;
         let probs = probabilities(&logits);
         let loss =
-            cross_entropy_with_logits_loss(logits, self.one_hot(batch.labels, k)).as_vec()[0];
+            cross_entropy_with_logits_loss(logits, self.one_hot(batch.labels, k, 0.0)).as_vec()[0];
         StepResult { loss, probs }
     }
     fn train_step(&mut self, batch: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
         let t = self.phase_start();
-        let (loss, res) = self.loss_with_tape(&batch, dropout_seed);
+        let (loss, res) = self.loss_with_tape(&batch, dropout_seed, opt.label_smoothing);
         self.phase_end("train forward + loss", t);
         if res.loss.is_finite() {
             let t = self.phase_start();
@@ -645,7 +648,7 @@ impl<D: DeviceBuffers> Model for CompositeNet<D> {
         self.profile.as_mut()
     }
     fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
-        let (loss, res) = self.loss_with_tape(&batch, dropout_seed);
+        let (loss, res) = self.loss_with_tape(&batch, dropout_seed, 0.0);
         let mut grads: Gradients<f32, D> = loss.backward();
         let g = host_gradients(self.params.iter().map(|p| (&p.t, p.trainable)), &mut grads);
         (res, g)

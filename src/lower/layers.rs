@@ -910,10 +910,11 @@ impl Net {
         &mut self,
         b: Batch,
         dropout_seed: u64,
+        label_smoothing: f32,
     ) -> (Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>>, StepResult) {
         self.reseed_dropout(dropout_seed);
         let inp = input_act::<OwnedTape<f32, Cpu>>(&self.dev, b.x, b.shape);
-        let (loss, probs) = cross_entropy(self.forward(inp, true), b.labels);
+        let (loss, probs) = cross_entropy(self.forward(inp, true), b.labels, label_smoothing);
         let l = loss.array();
         (loss, StepResult { loss: l, probs })
     }
@@ -939,14 +940,14 @@ impl Model for Net {
     }
     fn infer(&mut self, b: Batch) -> StepResult {
         let inp = input_act::<NoneTape>(&self.dev, b.x, b.shape);
-        let (loss, probs) = cross_entropy(self.forward(inp, false), b.labels);
+        let (loss, probs) = cross_entropy(self.forward(inp, false), b.labels, 0.0);
         StepResult {
             loss: loss.array(),
             probs,
         }
     }
     fn train_step(&mut self, b: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
-        let (loss, res) = self.loss_with_tape(b, dropout_seed);
+        let (loss, res) = self.loss_with_tape(b, dropout_seed, opt.label_smoothing);
         if res.loss.is_finite() {
             let mut grads = loss.backward();
             let optim = self
@@ -962,7 +963,7 @@ impl Model for Net {
         res
     }
     fn gradients(&mut self, b: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
-        let (loss, res) = self.loss_with_tape(b, dropout_seed);
+        let (loss, res) = self.loss_with_tape(b, dropout_seed, 0.0);
         let mut grads = loss.backward();
         let g = host_gradients(self.params.iter().map(|p| (&p.t, p.trainable)), &mut grads);
         (res, g)

@@ -30,6 +30,8 @@ pub struct OptSettings {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// Label smoothing of the training loss (0: plain one-hot targets).
+    pub label_smoothing: f32,
 }
 
 impl OptSettings {
@@ -39,6 +41,7 @@ impl OptSettings {
             lr,
             momentum: cfg.momentum,
             weight_decay: cfg.weight_decay,
+            label_smoothing: cfg.label_smoothing as f32,
         }
     }
 }

@@ -58,6 +58,34 @@ impl Default for Augment {
     }
 }
 
+/// The metric that early stopping and reduce-on-plateau watch (Keras' `monitor`). Losses
+/// improve downwards, accuracies upwards. Without validation data a `val_` metric falls back
+/// to the training one.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    ValLoss,
+    ValAccuracy,
+    Loss,
+    Accuracy,
+}
+
+impl Monitor {
+    pub const NAMES: [&'static str; 4] = ["val_loss", "val_accuracy", "loss", "accuracy"];
+    pub fn parse(s: &str) -> Option<Monitor> {
+        Some(match s {
+            "val_loss" => Monitor::ValLoss,
+            "val_accuracy" => Monitor::ValAccuracy,
+            "loss" => Monitor::Loss,
+            "accuracy" => Monitor::Accuracy,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        Monitor::NAMES[self as usize]
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub optimizer: Optimizer,
@@ -73,6 +101,38 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Fraction of train/ held out for validation when DIR has no test/.
     pub val_split: f32,
+    /// Label smoothing of the training loss: targets (1 - e) one_hot + e / K. Validation and
+    /// `eval` use the plain loss (as timm does).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Linear warm-up: 0-based epoch e < W trains at lr_at(e) * (e + 1) / W.
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// Early stopping patience in epochs (Keras' `EarlyStopping`); 0 is off.
+    #[serde(default)]
+    pub early_stopping: usize,
+    /// Reduce-on-plateau patience in epochs (Keras' `ReduceLROnPlateau`); 0 is off.
+    #[serde(default)]
+    pub reduce_lr_on_plateau: usize,
+    /// The factor each plateau multiplies the learning rate by.
+    #[serde(default = "default_plateau_factor")]
+    pub plateau_factor: f64,
+    /// The floor for a reduced learning rate.
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default = "default_monitor")]
+    pub monitor: Monitor,
+    /// An improvement smaller than this does not count.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+fn default_plateau_factor() -> f64 {
+    0.1
+}
+
+fn default_monitor() -> Monitor {
+    Monitor::ValLoss
 }
 
 impl Default for TrainConfig {
@@ -90,13 +150,31 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             seed: 42,
             val_split: 0.2,
+            label_smoothing: 0.0,
+            warmup_epochs: 0,
+            early_stopping: 0,
+            reduce_lr_on_plateau: 0,
+            plateau_factor: default_plateau_factor(),
+            min_lr: 0.0,
+            monitor: default_monitor(),
+            min_delta: 0.0,
         }
     }
 }
 
 impl TrainConfig {
-    /// The learning rate for a 0-based epoch.
+    /// The learning rate of the schedule and the warm-up for a 0-based epoch (before any
+    /// reduce-on-plateau, which depends on the history: see `callbacks`).
     pub fn lr_at(&self, epoch: usize) -> f64 {
+        let warm = if epoch < self.warmup_epochs {
+            (epoch + 1) as f64 / self.warmup_epochs as f64
+        } else {
+            1.0
+        };
+        warm * self.schedule_lr(epoch)
+    }
+
+    fn schedule_lr(&self, epoch: usize) -> f64 {
         match self.schedule {
             Schedule::Constant => self.lr,
             // Keras' LearningRateScheduler in the seed gets the 0-based epoch and switches after
@@ -174,6 +252,30 @@ impl TrainConfig {
         }
         if let Some(v) = a.float("val_split", 0.0, 0.9)? {
             c.val_split = v as f32;
+        }
+        if let Some(v) = a.float("label_smoothing", 0.0, 0.99)? {
+            c.label_smoothing = v;
+        }
+        if let Some(v) = a.int("warmup_epochs", 0)? {
+            c.warmup_epochs = v as usize;
+        }
+        if let Some(v) = a.int("early_stopping", 0)? {
+            c.early_stopping = v as usize;
+        }
+        if let Some(v) = a.int("reduce_lr_on_plateau", 0)? {
+            c.reduce_lr_on_plateau = v as usize;
+        }
+        if let Some(v) = a.float("plateau_factor", 0.0, 0.999)? {
+            c.plateau_factor = v;
+        }
+        if let Some(v) = a.float("min_lr", 0.0, 10.0)? {
+            c.min_lr = v;
+        }
+        if let Some((m, _)) = a.word("monitor", &Monitor::NAMES)? {
+            c.monitor = Monitor::parse(&m).expect("one of NAMES");
+        }
+        if let Some(v) = a.float("min_delta", 0.0, 1e6)? {
+            c.min_delta = v;
         }
         let aug = &mut c.augment;
         if let Some(v) = a.bool("augment")? {

@@ -1,3 +1,4 @@
+pub mod callbacks;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

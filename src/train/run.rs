@@ -1,5 +1,6 @@
 //! The training loop (the seed's `model.fit`), evaluation, prediction and the speed benchmark.
 
+use super::callbacks::Callbacks;
 use super::checkpoint::{self, OPT_M, OPT_V};
 use super::config::TrainConfig;
 use super::data::{Dataset, Split};
@@ -264,8 +265,20 @@ pub fn train(
         })
         .fold(f64::NEG_INFINITY, f64::max);
     let mut step_log = Some(open_step_log(&opts.out, history.len())?);
+    let mut callbacks = Callbacks::replay(cfg, &history);
+    let history_len_at_start = history.len();
     for epoch in history.len()..cfg.epochs {
-        let lr = cfg.lr_at(epoch);
+        if callbacks.stop {
+            if epoch == history_len_at_start {
+                println!(
+                    "early_stopping: this run stopped after epoch {epoch} ({} did not improve for {} epochs); nothing to resume",
+                    cfg.monitor.name(),
+                    cfg.early_stopping
+                );
+            }
+            break;
+        }
+        let lr = callbacks.lr(cfg, epoch);
         println!("Epoch {}/{}", epoch + 1, cfg.epochs);
         let t0 = Instant::now();
         let mut order: Vec<usize> = (0..n).collect();
@@ -394,6 +407,24 @@ pub fn train(
             checkpoint::save(&opts.out.join("best.safetensors"), net, &[], meta)?;
         }
         write_history(&opts.out, &history)?;
+        let scale = callbacks.lr_scale;
+        callbacks.observe(cfg, &rec);
+        if callbacks.lr_scale < scale {
+            println!(
+                "reduce_lr_on_plateau: {} did not improve for {} epochs; learning rate x{}",
+                cfg.monitor.name(),
+                cfg.reduce_lr_on_plateau,
+                cfg.plateau_factor
+            );
+        }
+        if callbacks.stop && epoch + 1 < cfg.epochs {
+            println!(
+                "early_stopping: {} did not improve for {} epochs; stopping after epoch {}",
+                cfg.monitor.name(),
+                cfg.early_stopping,
+                epoch + 1
+            );
+        }
     }
     Ok(history)
 }

@@ -410,15 +410,24 @@ impl<B: Backend> KernelNet<B> {
 
     /// Forward in training mode, the loss, and the gradient of every parameter (in `params`
     /// order; empty for non-trainable ones).
-    fn loss_and_grads(&mut self, b: &Batch, dropout_seed: u64) -> (StepResult, Vec<B::Buf>) {
+    fn loss_and_grads(
+        &mut self,
+        b: &Batch,
+        dropout_seed: u64,
+        label_smoothing: f32,
+    ) -> (StepResult, Vec<B::Buf>) {
         self.dropout_rng = Rng::new(dropout_seed);
         let n_nodes = self.plan.graph.nodes.len();
         let mut records: Vec<Option<Record<B::Buf>>> = (0..n_nodes).map(|_| None).collect();
         let phase = self.span_start();
         let x = self.input(b);
         let logits = self.forward(x, true, Some(&mut records));
-        let (res, dlogits) =
-            cross_entropy(&self.be.download(&logits.buf), logits.shape[1], b.labels);
+        let (res, dlogits) = cross_entropy(
+            &self.be.download(&logits.buf),
+            logits.shape[1],
+            b.labels,
+            label_smoothing,
+        );
         drop(logits);
         self.span_end(phase, || "train forward + loss".into());
         let mut pgrads: Vec<B::Buf> = self
@@ -806,11 +815,11 @@ impl<B: Backend> KernelNet<B> {
 
 /// Mean softmax cross-entropy of logits (N, K) on the host (K is small): the loss, the
 /// probabilities, and the gradient of the loss with respect to the logits.
-fn cross_entropy(logits: &[f32], k: usize, labels: &[usize]) -> (StepResult, Vec<f32>) {
+fn cross_entropy(logits: &[f32], k: usize, labels: &[usize], eps: f32) -> (StepResult, Vec<f32>) {
     let n = logits.len() / k.max(1);
-    let (loss, probs) = softmax_cross_entropy(logits, k, labels);
+    let (loss, probs) = softmax_cross_entropy(logits, k, labels, eps);
     let mut d = vec![0.0f32; n * k];
-    cross_entropy_grad(&probs, k, labels, 1.0 / n as f32, &mut d);
+    cross_entropy_grad(&probs, k, labels, eps, 1.0 / n as f32, &mut d);
     let res = StepResult {
         loss: (loss / n.max(1) as f64) as f32,
         probs: probs.chunks(k.max(1)).map(|r| r.to_vec()).collect(),
@@ -833,13 +842,14 @@ impl<B: Backend> Model for KernelNet<B> {
             &self.be.download(&logits.buf),
             logits.shape[1],
             batch.labels,
+            0.0,
         )
         .0;
         self.span_end(t, || "inference forward".into());
         res
     }
     fn train_step(&mut self, batch: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
-        let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
+        let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed, opt.label_smoothing);
         if !res.loss.is_finite() {
             return res;
         }
@@ -879,7 +889,7 @@ impl<B: Backend> Model for KernelNet<B> {
         self.profile.as_mut()
     }
     fn gradients(&mut self, batch: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
-        let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed);
+        let (res, pgrads) = self.loss_and_grads(&batch, dropout_seed, 0.0);
         let g = pgrads.iter().map(|b| self.be.download(b)).collect();
         (res, g)
     }
