@@ -51,6 +51,7 @@ enum FormatArg {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing would only obscure the clap attributes
 enum Cmd {
     /// Validate specs: parse, expand and infer every shape.
     #[command(
@@ -96,6 +97,8 @@ enum Cmd {
         data: Option<String>,
         #[command(flatten)]
         recipe: RecipeFlags,
+        #[command(flatten)]
+        launch: commands::torchrun::LaunchFlags,
         /// Run directory (default: runs/<model>, or runs/<model>-N if that exists).
         #[arg(long)]
         out: Option<String>,
@@ -231,7 +234,7 @@ pub(crate) const EXIT_INVALID: u8 = 1;
 pub(crate) const EXIT_USAGE: u8 = 2;
 
 pub(crate) struct Ctx {
-    style: Style,
+    pub(crate) style: Style,
 }
 
 impl Ctx {
@@ -426,6 +429,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             spec,
             data,
             recipe,
+            launch,
             out,
             resume,
             device,
@@ -450,6 +454,23 @@ fn run(cli: Cli) -> Result<(), u8> {
                 }
                 (None, None) => fresh_run_dir(&vg.graph().model),
             };
+            if launch.engine == commands::torchrun::Engine::Torchrun {
+                if device != "cpu" {
+                    eprintln!("error: --device is se-compile's engine; with --engine torchrun, train.py uses CUDA when torch sees a GPU");
+                    return Err(EXIT_USAGE);
+                }
+                return commands::torchrun::run(commands::torchrun::TorchRun {
+                    vg: &vg,
+                    src: &src,
+                    cfg: &cfg,
+                    data: data
+                        .map(std::path::PathBuf::from)
+                        .unwrap_or_else(bundled_data),
+                    out: out_dir,
+                    resume: resume.is_some(),
+                    flags: &launch,
+                });
+            }
             // The device first: an unavailable GPU is reported before the data is read.
             let mut net = on_device(Net::new(&vg, cfg.seed), dev)?;
             if dev != DeviceSpec::Cpu {

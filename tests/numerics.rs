@@ -561,37 +561,49 @@ fn dropout_masks_in_training_only() {
     check_grads(spec, 2, true);
 }
 
+/// The loss -sum_j t_j log p_j and its gradient (p - t) / N, with the one-hot target and with
+/// label smoothing's t = (1 - e) one_hot + e / K.
 #[test]
 fn cross_entropy_matches_its_definition() {
-    let spec = "model: t\ninput: [1, 1, 5]\nlayers:\n  - flatten\n";
-    let mut net = build(spec);
-    let x = randn(3 * 5, 17);
-    let labels = [2usize, 0, 4];
-    let t: Tensor<(usize,), f32, Cpu> = net.dev.tensor_from_vec(x.clone(), (15,));
-    let a = Act {
-        t: t.retaped::<OwnedTape<f32, Cpu>>(),
-        shape: vec![3, 1, 1, 5],
-        needs_grad: true,
-        key: 0,
-    };
-    let logits = net.forward(a, true);
-    let (loss, probs) = se_compile::lower::autodiff::cross_entropy(logits, &labels);
-    let mut want = 0.0f64;
-    for r in 0..3 {
-        let row = &x[r * 5..r * 5 + 5];
-        let z: f64 = row.iter().map(|v| (*v as f64).exp()).sum();
-        want += z.ln() - row[labels[r]] as f64;
-        for j in 0..5 {
-            assert!((probs[r][j] as f64 - (row[j] as f64).exp() / z).abs() < 1e-5);
+    for eps in [0.0f32, 0.1, 0.3] {
+        let spec = "model: t\ninput: [1, 1, 5]\nlayers:\n  - flatten\n";
+        let mut net = build(spec);
+        let x = randn(3 * 5, 17);
+        let labels = [2usize, 0, 4];
+        let t: Tensor<(usize,), f32, Cpu> = net.dev.tensor_from_vec(x.clone(), (15,));
+        let a = Act {
+            t: t.retaped::<OwnedTape<f32, Cpu>>(),
+            shape: vec![3, 1, 1, 5],
+            needs_grad: true,
+            key: 0,
+        };
+        let logits = net.forward(a, true);
+        let (loss, probs) = se_compile::lower::autodiff::cross_entropy(logits, &labels, eps);
+        let target = |r: usize, j: usize| {
+            (1.0 - eps as f64) * if j == labels[r] { 1.0 } else { 0.0 } + eps as f64 / 5.0
+        };
+        let mut want = 0.0f64;
+        for r in 0..3 {
+            let row = &x[r * 5..r * 5 + 5];
+            let z: f64 = row.iter().map(|v| (*v as f64).exp()).sum();
+            for j in 0..5 {
+                let p = (row[j] as f64).exp() / z;
+                want -= target(r, j) * p.ln();
+                assert!((probs[r][j] as f64 - p).abs() < 1e-5);
+            }
         }
-    }
-    want /= 3.0;
-    assert!((loss.array() as f64 - want).abs() < 1e-5);
-    let g = loss.backward().get(&t).as_vec();
-    for r in 0..3 {
-        for j in 0..5 {
-            let want = (probs[r][j] - if j == labels[r] { 1.0 } else { 0.0 }) / 3.0;
-            assert!((g[r * 5 + j] - want).abs() < 1e-5);
+        want /= 3.0;
+        assert!(
+            (loss.array() as f64 - want).abs() < 1e-5,
+            "eps {eps}: {} vs {want}",
+            loss.array()
+        );
+        let g = loss.backward().get(&t).as_vec();
+        for r in 0..3 {
+            for j in 0..5 {
+                let want = (probs[r][j] as f64 - target(r, j)) / 3.0;
+                assert!((g[r * 5 + j] as f64 - want).abs() < 1e-5, "eps {eps}");
+            }
         }
     }
 }

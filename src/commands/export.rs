@@ -109,7 +109,12 @@ pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
             );
         }
         ExportFormat::Pytorch => {
-            let files = pytorch::export(&vg, &src, &w).map_err(fail)?;
+            let cfg = se_compile::train::config::TrainConfig::from_spec(&spec).map_err(|d| {
+                eprint!("{}", se_compile::diag::render(&d, &src, cx.style));
+                EXIT_INVALID
+            })?;
+            let mut files = pytorch::export(&vg, &src, &w).map_err(fail)?;
+            files.extend(pytorch::training_files(&vg, &src, &cfg));
             if out.exists() && !out.is_dir() {
                 return Err(fail(format!(
                     "{}: exists and is not a directory; --format pytorch writes a directory",

@@ -54,6 +54,8 @@ struct Tensor {
     key: String,
     shape: Vec<usize>,
     data: Data,
+    /// se-compile's name of the same tensor (`conv2d/kernel`); empty for torch's BN counter.
+    se: String,
 }
 
 /// The code of one module body.
@@ -298,12 +300,14 @@ fn body(
                         cig,
                         c.filters,
                     )),
+                    se: format!("{}/kernel", node.name),
                 });
                 if c.use_bias {
                     b.tensors.push(Tensor {
                         key: format!("{attr}.bias"),
                         shape: vec![c.filters],
                         data: Data::F32(w.get(&node.name, "bias").to_vec()),
+                        se: format!("{}/bias", node.name),
                     });
                 }
                 out_layout = Layout::Nchw;
@@ -350,11 +354,13 @@ fn body(
                         key: format!("{attr}.weight"),
                         shape: vec![cin],
                         data: Data::F32(w.get(n, "gamma").to_vec()),
+                        se: format!("{n}/gamma"),
                     });
                     b.tensors.push(Tensor {
                         key: format!("{attr}.bias"),
                         shape: vec![cin],
                         data: Data::F32(w.get(n, "beta").to_vec()),
+                        se: format!("{n}/beta"),
                     });
                 }
                 for (k, what) in [
@@ -365,12 +371,14 @@ fn body(
                         key: format!("{attr}.{k}"),
                         shape: vec![cin],
                         data: Data::F32(w.get(n, what).to_vec()),
+                        se: format!("{n}/{what}"),
                     });
                 }
                 b.tensors.push(Tensor {
                     key: format!("{attr}.num_batches_tracked"),
                     shape: vec![],
                     data: Data::I64Zero,
+                    se: String::new(),
                 });
                 out_layout = lay;
                 format!("self.{attr}({xe})")
@@ -451,12 +459,14 @@ fn body(
                     key: format!("{attr}.weight"),
                     shape: vec![d.units, cin],
                     data: Data::F32(transpose2(w.get(&node.name, "kernel"), cin, d.units)),
+                    se: format!("{}/kernel", node.name),
                 });
                 if d.use_bias {
                     b.tensors.push(Tensor {
                         key: format!("{attr}.bias"),
                         shape: vec![d.units],
                         data: Data::F32(w.get(&node.name, "bias").to_vec()),
+                        se: format!("{}/bias", node.name),
                     });
                 }
                 let e = format!("self.{attr}({xe})");
@@ -874,6 +884,15 @@ pub fn export(
         }
     }
     let (ret, _) = cur.expr(Layout::Nchw);
+    // A final softmax becomes switchable, so that train.py computes the loss from the logits
+    // (as se-compile does) while the module's output stays the spec's probabilities.
+    let softmax_head = match top.fwd.last() {
+        Some(l) if super::ends_in_softmax(g) => l
+            .strip_prefix(&format!("{ret} = torch.softmax("))
+            .and_then(|r| r.strip_suffix(", dim=-1)"))
+            .map(|inner| inner.to_string()),
+        _ => None,
+    };
 
     // model.py
     let mut py = String::new();
@@ -981,6 +1000,13 @@ pub fn export(
         writeln!(py, "    def __init__(self, {}):", sig.join(", ")).unwrap();
     }
     writeln!(py, "        super().__init__()").unwrap();
+    if softmax_head.is_some() {
+        writeln!(
+            py,
+            "        self.softmax_output = True  # False: return the logits (train.py)"
+        )
+        .unwrap();
+    }
     for a in &top.attrs {
         for l in a.lines() {
             writeln!(py, "        {l}").unwrap();
@@ -988,19 +1014,71 @@ pub fn export(
     }
     writeln!(py).unwrap();
     writeln!(py, "    def forward(self, x):").unwrap();
-    for l in &top.fwd {
+    let n_fwd = top.fwd.len() - usize::from(softmax_head.is_some());
+    for l in &top.fwd[..n_fwd] {
         writeln!(py, "        {l}").unwrap();
+    }
+    if let Some(inner) = &softmax_head {
+        writeln!(py, "        {ret} = {inner}").unwrap();
+        writeln!(py, "        if self.softmax_output:").unwrap();
+        writeln!(py, "            {ret} = torch.softmax({ret}, dim=-1)").unwrap();
     }
     writeln!(py, "        return {ret}").unwrap();
 
     let st = safetensors_bytes(&state, g, version)?;
+    // state-dict key -> se-compile name, for train.py's checkpoints in se-compile's names.
+    let names: serde_json::Map<String, serde_json::Value> = state
+        .iter()
+        .filter(|t| !t.se.is_empty())
+        .map(|t| (t.key.clone(), serde_json::Value::String(t.se.clone())))
+        .collect();
+    let mut names = serde_json::to_string_pretty(&names).expect("plain JSON");
+    names.push('\n');
     Ok(vec![
         ("model.py".into(), py.into_bytes()),
         ("weights.safetensors".into(), st),
+        ("names.json".into(), names.into_bytes()),
     ])
 }
 
 /// `x` for a sub-module's output read once, else a name of its own.
+/// The training half of the export: `train.py` (DDP, launched by torchrun), `recipe.json` (the
+/// spec's `train:` recipe and what train.py needs to know of the model) and the spec itself,
+/// copied into every run directory as `se-compile train` does.
+pub fn training_files(
+    vg: &ValidGraph,
+    src: &SourceFile,
+    cfg: &crate::train::config::TrainConfig,
+) -> Vec<(String, Vec<u8>)> {
+    let g = vg.graph();
+    let ext = if src.name.ends_with(".se") {
+        "se"
+    } else {
+        "yaml"
+    };
+    let recipe = serde_json::json!({
+        "model": g.model,
+        "class": camel(&g.model),
+        "spec": src.name,
+        "spec_file": format!("spec.{ext}"),
+        "input": g.input_shape(),
+        "classes": g.classes,
+        "softmax_output": super::ends_in_softmax(g),
+        "se_compile_version": env!("CARGO_PKG_VERSION"),
+        "train": cfg,
+    });
+    let mut recipe = serde_json::to_string_pretty(&recipe).expect("plain JSON");
+    recipe.push('\n');
+    vec![
+        ("train.py".into(), TRAIN_PY.as_bytes().to_vec()),
+        ("recipe.json".into(), recipe.into_bytes()),
+        (format!("spec.{ext}"), src.text.as_bytes().to_vec()),
+    ]
+}
+
+/// The training script: the same for every model (it reads `recipe.json` and `names.json`).
+pub const TRAIN_PY: &str = include_str!("train.py");
+
 fn out_var(g: &Graph, last: NodeId, attr: &str) -> String {
     if g.consumers()[last.index()].len() > 1 {
         format!("{attr}_out")

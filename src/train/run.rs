@@ -17,10 +17,17 @@ pub struct EpochRecord {
     pub epoch: usize,
     pub loss: f64,
     pub accuracy: f64,
+    /// NaN without validation data (`null` in history.json, as serde_json writes a NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_accuracy: f64,
     pub lr: f64,
     pub seconds: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Everything a run directory records about how it was started, for `--resume`.
@@ -162,6 +169,11 @@ fn write_history(dir: &Path, hist: &[EpochRecord]) -> Result<(), String> {
             .expect("plain data")
             .as_bytes(),
     )?;
+    plot_history(dir, hist)
+}
+
+/// `accuracy.png` and `loss.png` of a history (also drawn for runs trained by train.py).
+pub fn plot_history(dir: &Path, hist: &[EpochRecord]) -> Result<(), String> {
     let col = |f: fn(&EpochRecord) -> f64| hist.iter().map(f).collect::<Vec<_>>();
     super::plot::curves(
         &dir.join("accuracy.png"),

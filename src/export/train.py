@@ -1,0 +1,683 @@
+#!/usr/bin/env python3
+"""Train an se-compile export with PyTorch DistributedDataParallel, launched by torchrun.
+
+Written by `se-compile export SPEC --format pytorch -o DIR` next to model.py,
+weights.safetensors (the spec's seeded initial weights, the values `se-compile train`
+starts from), names.json (state-dict key -> se-compile tensor name) and recipe.json (the
+spec's `train:` recipe).
+
+    torchrun --nproc-per-node 8 DIR/train.py --data IMAGES --out RUN_DIR
+    torchrun --nnodes 2 --node-rank R --nproc-per-node 8 \\
+        --rdzv-backend c10d --rdzv-endpoint HOST:29500 DIR/train.py --data IMAGES --out RUN_DIR
+    python DIR/train.py --data IMAGES --out RUN_DIR            (one process, no torchrun)
+
+IMAGES is se-compile's layout: IMAGES/train/<class>/*.png|jpg and IMAGES/test/<class>/*
+(or a seeded `val_split` of train/). RUN_DIR is se-compile's run directory: history.csv,
+history.json, steps.csv, last.safetensors and best.safetensors in se-compile's tensor names
+and layouts, config.json and the spec. So `se-compile eval`, `predict` and
+`train --resume` work on it, and `--resume` here continues an `se-compile train` run.
+
+--batch-size is the GLOBAL batch (the recipe's `batch_size`): each optimizer step sees the
+same images as a step of `se-compile train` with the same seed, split over the processes.
+NCCL on CUDA, gloo on the CPU. Only rank 0 writes; every file is written atomically.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from decimal import Decimal
+
+try:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import PIL  # noqa: F401
+    import safetensors  # noqa: F401
+except ImportError as e:
+    sys.exit(f"error: {e}. train.py needs PyTorch, numpy, Pillow and safetensors: "
+             "python3 -m venv V && V/bin/pip install torch numpy pillow safetensors, "
+             "then run V/bin/torchrun (or V/bin/python)")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+M64 = (1 << 64) - 1
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# --- se-compile's seeded generator (SplitMix64, src/lower/rng.rs), for identical shuffles,
+# --- validation splits and augmentations.
+class Rng:
+    def __init__(self, seed):
+        self.s = (seed ^ 0x9E3779B97F4A7C15) & M64
+
+    def next_u64(self):
+        self.s = (self.s + 0x9E3779B97F4A7C15) & M64
+        z = self.s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+
+    def uniform(self):
+        return np.float32(self.next_u64() >> 40) / np.float32(1 << 24)
+
+    def range(self, lo, hi):
+        lo, hi = np.float32(lo), np.float32(hi)
+        return lo + (hi - lo) * self.uniform()
+
+    def below(self, n):
+        return self.next_u64() % max(n, 1)
+
+    def shuffle(self, v):
+        for i in range(len(v) - 1, 0, -1):
+            j = self.below(i + 1)
+            v[i], v[j] = v[j], v[i]
+
+
+# --- data: the same folders, order, split and pixels as src/train/data.rs
+def class_dirs(d):
+    try:
+        names = sorted(e.name for e in os.scandir(d) if e.is_dir())
+    except OSError as e:
+        fail(f"{d}: cannot read: {e}")
+    if len(names) < 2:
+        fail(f"{d}: found {len(names)} class folder(s); classification needs at least 2 "
+             "(DIR/train/<class>/*.png)")
+    return names
+
+
+def readable(path, warn):
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.size
+        return True
+    except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, as se-compile does
+        if warn:
+            print(f"warning: skipped unreadable image {path}: {e}", file=sys.stderr)
+        return False
+
+
+def list_split(d, names, warn):
+    paths, labels = [], []
+    for label, n in enumerate(names):
+        cdir = os.path.join(d, n)
+        files = sorted(
+            os.path.join(cdir, f) for f in os.listdir(cdir)
+            if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(cdir, f)))
+        if not files:
+            fail(f"{cdir}: class folder holds no images (.png, .jpg, .jpeg); add images or "
+                 "remove the folder")
+        for f in files:
+            if readable(f, warn):
+                paths.append(f)
+                labels.append(label)
+    return paths, labels
+
+
+def load_lists(root, val_split, seed, verbose):
+    if not os.path.isdir(root):
+        fail(f"{root}: no such data folder (expected DIR/train/<class>/*.png)")
+    tdir = os.path.join(root, "train")
+    if not os.path.isdir(tdir):
+        fail(f"{root}: has no train/ folder (expected DIR/train/<class>/*.png)")
+    names = class_dirs(tdir)
+    train = list_split(tdir, names, verbose)
+    vdir = os.path.join(root, "test")
+    if os.path.isdir(vdir):
+        if class_dirs(vdir) != names:
+            fail(f"{vdir}: class folders differ from train/")
+        val = list_split(vdir, names, verbose)
+    else:
+        idx = list(range(len(train[0])))
+        Rng(seed ^ 0x5EED).shuffle(idx)
+        n_val = int(math.floor(float(np.float32(len(idx)) * np.float32(val_split)) + 0.5))
+        pick = lambda ids: ([train[0][i] for i in ids], [train[1][i] for i in ids])  # noqa: E731
+        val, train = pick(idx[:n_val]), pick(idx[n_val:])
+    if not train[0]:
+        fail(f"{tdir}: no readable training images")
+    return names, train, val
+
+
+def decode(path, h, w, c):
+    from PIL import Image
+    with Image.open(path) as im:
+        im = im.convert("L" if c == 1 else "RGB")
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8).reshape(h, w, c)
+
+
+def round_away(v):
+    return np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+
+
+def augment(src, a, rng):
+    """Keras' apply_affine_transform with fill_mode='nearest', as src/train/data.rs: the
+    same random draws in the same order."""
+    h, w, c = src.shape
+    f32 = np.float32
+    theta = np.deg2rad(rng.range(-a["rotation"], a["rotation"])).astype(f32)
+    tx = rng.range(-a["width_shift"], a["width_shift"]) * f32(w)
+    ty = rng.range(-a["height_shift"], a["height_shift"]) * f32(h)
+    shear = np.deg2rad(rng.range(-a["shear"], a["shear"])).astype(f32)
+    zx = rng.range(1.0 - a["zoom"], 1.0 + a["zoom"])
+    zy = rng.range(1.0 - a["zoom"], 1.0 + a["zoom"])
+    flip = a["horizontal_flip"] and rng.uniform() < 0.5
+    bright = rng.range(a["brightness"][0], a["brightness"][1])
+    cs, sn = np.cos(theta), np.sin(theta)
+    r = np.array([[cs, -sn], [sn, cs]], dtype=f32)
+    s = np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]], dtype=f32)
+    rs = r @ s
+    m = np.array([[rs[0, 0] * zx, rs[0, 1] * zy], [rs[1, 0] * zx, rs[1, 1] * zy]], dtype=f32)
+    cy, cx = f32((h - 1.0) / 2.0), f32((w - 1.0) / 2.0)
+    ys, xs = np.mgrid[0:h, 0:w].astype(f32)
+    if flip:
+        xs = f32(w - 1) - xs
+    px, py = xs - cx, ys - cy
+    sx = np.clip(round_away(m[0, 0] * px + m[0, 1] * py + cx + tx), 0, w - 1).astype(np.int64)
+    sy = np.clip(round_away(m[1, 0] * px + m[1, 1] * py + cy + ty), 0, h - 1).astype(np.int64)
+    v = np.minimum(src[sy, sx].astype(f32) * bright, f32(255.0))
+    return v / f32(255.0)
+
+
+class Images(torch.utils.data.Dataset):
+    """Items are addressed as (augmentation seed or None, index in the split)."""
+
+    def __init__(self, paths, labels, shape, aug):
+        self.paths, self.labels, self.shape, self.aug = paths, labels, shape, aug
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        seed, i = key
+        h, w, c = self.shape
+        try:
+            px = decode(self.paths[i], h, w, c)
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: cannot decode {self.paths[i]}: {e}; using a black image",
+                  file=sys.stderr)
+            px = np.zeros((h, w, c), np.uint8)
+        if seed is not None and self.aug["enabled"]:
+            x = augment(px, self.aug, Rng(seed ^ ((i * 0x2545F4914F6CDD1D) & M64)))
+        else:
+            x = px.astype(np.float32) / np.float32(255.0)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), self.labels[i]
+
+
+def epoch_batches(n, batch, seed, epoch):
+    """se-compile's batches of one epoch: the seeded shuffle cut into global batches."""
+    order = list(range(n))
+    Rng(seed ^ (((epoch + 1) * 0x9E3779B9) & M64)).shuffle(order)
+    return [order[k:k + batch] for k in range(0, n, batch)]
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """This rank's share of every global batch: elements rank, rank + world, ... The union
+    over the ranks of step k is exactly se-compile's batch k."""
+
+    def __init__(self, batches, rank, world, seed, epoch, augment):
+        self.items = []
+        for k, b in enumerate(batches):
+            s = (seed ^ ((epoch << 32) & M64) ^ k) if augment else None
+            self.items.append([(s, i) for i in b[rank::world]])
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+# --- callbacks: the same rules as src/train/callbacks.rs, replayed from the history
+class Callbacks:
+    def __init__(self, cfg):
+        self.cfg, self.lr_scale, self.best = cfg, 1.0, math.inf
+        self.wait = self.plateau_wait = 0
+        self.stop = False
+
+    def value(self, r):
+        m = self.cfg["monitor"]
+        v, fallback, sign = {
+            "val_loss": (r["val_loss"], r["loss"], 1.0),
+            "val_accuracy": (r["val_accuracy"], r["accuracy"], -1.0),
+            "loss": (r["loss"], r["loss"], 1.0),
+            "accuracy": (r["accuracy"], r["accuracy"], -1.0),
+        }[m]
+        return sign * (fallback if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+
+    def observe(self, r):
+        v = self.value(r)
+        if v < self.best - self.cfg["min_delta"]:
+            self.best, self.wait, self.plateau_wait = v, 0, 0
+            return
+        self.wait += 1
+        self.plateau_wait += 1
+        if self.cfg["early_stopping"] > 0 and self.wait >= self.cfg["early_stopping"]:
+            self.stop = True
+        p = self.cfg["reduce_lr_on_plateau"]
+        if p > 0 and self.plateau_wait >= p:
+            self.lr_scale *= self.cfg["plateau_factor"]
+            self.plateau_wait = 0
+
+    def lr(self, epoch):
+        lr = lr_at(self.cfg, epoch)
+        return max(lr * self.lr_scale, self.cfg["min_lr"]) if self.lr_scale < 1.0 else lr
+
+
+def lr_at(cfg, epoch):
+    warm = (epoch + 1) / cfg["warmup_epochs"] if epoch < cfg["warmup_epochs"] else 1.0
+    s = cfg["schedule"]
+    if s == "step":
+        lr = cfg["lr"] * cfg["gamma"] ** sum(1 for m in cfg["milestones"] if epoch > m)
+    elif s == "cosine":
+        lr = 0.5 * cfg["lr"] * (1.0 + math.cos(math.pi * epoch / max(cfg["epochs"], 1)))
+    else:
+        lr = cfg["lr"]
+    return warm * lr
+
+
+# --- run directory: se-compile's files and formats
+def write_atomic(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rust_e(x):
+    """Rust's `{:e}` of an f64: the shortest digits, e.g. 5e-4, 2.500000000000001e-4."""
+    if x == 0:
+        return "0e0"
+    sign, digits, exp = Decimal(repr(float(x))).normalize().as_tuple()
+    d = "".join(map(str, digits))
+    e = exp + len(d) - 1
+    mant = d[0] + ("." + d[1:] if len(d) > 1 else "")
+    return ("-" if sign else "") + f"{mant}e{e}"
+
+
+def rust_f(x, n):
+    return "NaN" if x is None or math.isnan(x) else f"{x:.{n}f}"
+
+
+def write_history(out, hist):
+    lines = ["epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds"]
+    for r in hist:
+        lines.append(",".join([
+            str(r["epoch"]), rust_f(r["loss"], 6), rust_f(r["accuracy"], 6),
+            rust_f(r["val_loss"], 6), rust_f(r["val_accuracy"], 6), rust_e(r["lr"]),
+            f"{r['seconds']:.3f}"]))
+    write_atomic(os.path.join(out, "history.csv"), ("\n".join(lines) + "\n").encode())
+    # serde_json writes a NaN as null
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+             for r in hist]
+    write_atomic(os.path.join(out, "history.json"), json.dumps(clean, indent=2).encode())
+
+
+def to_se(t):
+    """A torch tensor in se-compile's layout, flat: HWIO kernels, [in, out] dense kernels."""
+    t = t.detach().float().cpu()
+    if t.dim() == 4:
+        t = t.permute(2, 3, 1, 0)
+    elif t.dim() == 2:
+        t = t.t()
+    return t.contiguous().reshape(-1)
+
+
+def from_se(flat, like):
+    if like.dim() == 4:
+        o, i, kh, kw = like.shape
+        return flat.reshape(kh, kw, i, o).permute(3, 2, 0, 1).contiguous()
+    if like.dim() == 2:
+        o, i = like.shape
+        return flat.reshape(i, o).t().contiguous()
+    return flat.reshape(like.shape)
+
+
+class Checkpoints:
+    def __init__(self, model, names):
+        self.model, self.names = model, names
+        self.state = dict(model.state_dict(keep_vars=True))
+        for k in names:
+            if k not in self.state:
+                fail(f"names.json names `{k}` but model.py has no such tensor; re-export")
+
+    def save(self, path, meta, opt=None, kind=None):
+        from safetensors.torch import save_file
+        tensors = {se: to_se(self.state[k]) for k, se in self.names.items()}
+        if opt is not None:
+            step = 0
+            for k, se in self.names.items():
+                p = self.state[k]
+                if not isinstance(p, nn.Parameter) or not p.requires_grad:
+                    continue
+                st = opt.state.get(p, {})
+                if kind == "adam":
+                    if "exp_avg" not in st:
+                        continue
+                    m, v = st["exp_avg"], st["exp_avg_sq"]
+                    step = int(st["step"])
+                else:
+                    if st.get("momentum_buffer") is None:
+                        continue
+                    m, v = st["momentum_buffer"], torch.zeros_like(p)
+                tensors["optimizer/m/" + se] = to_se(m)
+                tensors["optimizer/v/" + se] = to_se(v)
+            meta = dict(meta, optimizer_step=str(step if kind == "adam" else meta["_steps"]))
+        meta = {k: str(v) for k, v in meta.items() if not k.startswith("_")}
+        tmp = f"{path}.tmp-{os.getpid()}"
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+
+    def load(self, path, opt=None, kind=None):
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            have = set(f.keys())
+            with torch.no_grad():
+                for k, se in self.names.items():
+                    if se not in have:
+                        fail(f"{path}: has no tensor `{se}`; was it saved from a different spec?")
+                    t = self.state[k]
+                    flat = f.get_tensor(se).float()
+                    if flat.numel() != t.numel():
+                        fail(f"{path}: tensor `{se}` has {flat.numel()} values but the spec's "
+                             f"layer needs {t.numel()}; the weights belong to a different spec")
+                    t.copy_(from_se(flat, t))
+            if opt is None:
+                return meta
+            step = int(meta.get("optimizer_step", "0"))
+            for k, se in self.names.items():
+                p = self.state[k]
+                if not isinstance(p, nn.Parameter) or not p.requires_grad:
+                    continue
+                km, kv = "optimizer/m/" + se, "optimizer/v/" + se
+                if km not in have or kv not in have:
+                    fail(f"{path}: checkpoint has no optimizer state for `{se}`")
+                m = from_se(f.get_tensor(km).float(), p).to(p.device)
+                v = from_se(f.get_tensor(kv).float(), p).to(p.device)
+                if kind == "adam":
+                    opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": m,
+                                    "exp_avg_sq": v}
+                else:
+                    opt.state[p] = {"momentum_buffer": m}
+        return meta
+
+
+def parse_args(recipe):
+    t = recipe["train"]
+    p = argparse.ArgumentParser(
+        description=f"Train {recipe['model']} (exported from {recipe['spec']}) with PyTorch "
+                    "DDP; launch with torchrun for more than one process.")
+    p.add_argument("--data", required=True, help="DIR with train/<class>/ (and test/<class>/)")
+    p.add_argument("--out", help="run directory (default runs/<model>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR (an se-compile or train.py run) from its last epoch")
+    p.add_argument("--epochs", type=int)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch-size", type=int,
+                   help=f"GLOBAL batch, split over the processes (recipe: {t['batch_size']})")
+    g.add_argument("--batch-per-process", type=int,
+                   help="batch per process; the global batch is this times the world size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--schedule", choices=["constant", "step", "cosine"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-split", type=float)
+    p.add_argument("--augment", choices=["true", "false"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--reduce-lr-on-plateau", type=int, metavar="PATIENCE")
+    p.add_argument("--monitor", choices=["val_loss", "val_accuracy", "loss", "accuracy"])
+    p.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm: batch statistics over the global batch (CUDA only)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    return p.parse_args()
+
+
+def main():
+    with open(os.path.join(HERE, "recipe.json")) as f:
+        recipe = json.load(f)
+    with open(os.path.join(HERE, "names.json")) as f:
+        names = json.load(f)
+    args = parse_args(recipe)
+    # As `se-compile train SPEC --resume RUN_DIR`: the recipe (the spec's) and the flags given
+    # now; the run directory brings the weights, the optimizer state and the history.
+    cfg = dict(recipe["train"])
+    for key in ["epochs", "lr", "optimizer", "schedule", "seed", "val_split", "label_smoothing",
+                "warmup_epochs", "early_stopping", "reduce_lr_on_plateau", "monitor"]:
+        v = getattr(args, key)
+        if v is not None:
+            cfg[key] = v
+    if args.augment is not None:
+        cfg["augment"] = dict(cfg["augment"], enabled=args.augment == "true")
+
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        fail("--device cuda, but torch sees no CUDA device")
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if distributed:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if args.batch_per_process:
+        cfg["batch_size"] = args.batch_per_process * world
+    elif args.batch_size:
+        cfg["batch_size"] = args.batch_size
+    B = cfg["batch_size"]
+    if B < world:
+        fail(f"the global batch {B} is smaller than the {world} processes; raise --batch-size")
+    lead = rank == 0
+    out = args.resume or args.out or os.path.join("runs", recipe["model"])
+    if lead:
+        if not args.resume and os.path.exists(os.path.join(out, "last.safetensors")):
+            fail(f"{out} already holds a run; continue it with --resume {out}, or choose "
+                 "another --out")
+        os.makedirs(out, exist_ok=True)
+
+    h, w, c = recipe["input"]
+    names_cls, train, val = load_lists(args.data, cfg["val_split"], cfg["seed"], lead)
+    if recipe.get("classes") and len(names_cls) != recipe["classes"]:
+        fail(f"{args.data} has {len(names_cls)} classes but the model's output has "
+             f"{recipe['classes']} units; set `classes: {len(names_cls)}` in the spec")
+    if lead:
+        print(f"Found {len(train[0])} training and {len(val[0])} validation images in "
+              f"{len(names_cls)} classes ({args.data}); {world} process(es), global batch {B} "
+              f"({B // world}{'+' if B % world else ''} per process), "
+              f"{'nccl' if cuda else 'gloo'} on {device.type}", flush=True)
+
+    sys.path.insert(0, HERE)
+    import model as model_py  # noqa: E402  (the exported model.py beside this file)
+    torch.manual_seed(cfg["seed"])
+    net = getattr(model_py, recipe["class"])()
+    from safetensors.torch import load_file
+    net.load_state_dict(load_file(os.path.join(HERE, "weights.safetensors")))
+    if hasattr(net, "softmax_output"):
+        net.softmax_output = False
+    logits_out = not recipe["softmax_output"] or hasattr(net, "softmax_output")
+    if args.sync_bn:
+        if not cuda:
+            fail("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); leave it off "
+                 "on the CPU, each process then normalises its own share of the batch")
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.to(device)
+    ck = Checkpoints(net, names)
+    kind = cfg["optimizer"]
+    if kind == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8,
+                               weight_decay=cfg["weight_decay"])
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                              weight_decay=cfg["weight_decay"])
+    history = []
+    steps_done = 0
+    if args.resume:
+        last = os.path.join(out, "last.safetensors")
+        if not os.path.exists(last):
+            fail(f"{last}: no such file; --resume needs a run with a finished epoch")
+        meta = ck.load(last, opt, kind)
+        steps_done = int(meta.get("optimizer_step", "0"))
+        try:
+            with open(os.path.join(out, "history.json")) as f:
+                history = json.load(f)
+        except (OSError, ValueError) as e:
+            fail(f"{out}/history.json: {e}")
+        history = history[:int(meta.get("epoch", "0"))]
+        for r in history:
+            for k in ("val_loss", "val_accuracy"):
+                if r[k] is None:
+                    r[k] = math.nan
+    ddp = nn.parallel.DistributedDataParallel(net) if distributed else net
+
+    if lead:
+        spec_src = os.path.join(HERE, recipe["spec_file"])
+        with open(spec_src, "rb") as f:
+            write_atomic(os.path.join(out, recipe["spec_file"]), f.read())
+        rc = {"spec": recipe["spec"], "data": args.data, "classes": names_cls, "train": cfg,
+              "engine": "torchrun", "world_size": world}
+        write_atomic(os.path.join(out, "config.json"), json.dumps(rc, indent=2).encode())
+        kept = ["epoch,step,loss"]
+        sp = os.path.join(out, "steps.csv")
+        if history and os.path.exists(sp):
+            with open(sp) as f:
+                kept += [ln.rstrip("\n") for ln in list(f)[1:]
+                         if int(ln.split(",")[0]) <= len(history)]
+        write_atomic(sp, ("\n".join(kept) + "\n").encode())
+        step_log = open(sp, "a")
+
+    shape = (h, w, c)
+    train_ds = Images(train[0], train[1], shape, cfg["augment"])
+    val_ds = Images(val[0], val[1], shape, cfg["augment"])
+    cb = Callbacks(cfg)
+    for r in history:
+        cb.observe(r)
+    best = max([(r["val_accuracy"] if val[0] else -r["loss"]) for r in history],
+               default=-math.inf)
+    loader_kw = dict(num_workers=args.workers, persistent_workers=False,
+                     pin_memory=cuda)
+
+    def loss_of(out_, y, smoothing):
+        if logits_out:
+            return F.cross_entropy(out_, y, reduction="sum", label_smoothing=smoothing)
+        logp = torch.log(out_.clamp_min(1e-30))
+        k = logp.shape[1]
+        return -((1 - smoothing) * logp.gather(1, y[:, None]).sum()
+                 + smoothing / k * logp.sum())
+
+    for epoch in range(len(history), cfg["epochs"]):
+        if cb.stop:
+            break
+        lr = cb.lr(epoch)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        if lead:
+            print(f"Epoch {epoch + 1}/{cfg['epochs']}", flush=True)
+        t0 = time.time()
+        torch.manual_seed((cfg["seed"] * 1000003 + epoch) % (1 << 63))
+        batches = epoch_batches(len(train[0]), B, cfg["seed"], epoch)
+        sampler = RankBatches(batches, rank, world, cfg["seed"], epoch,
+                              cfg["augment"]["enabled"])
+        loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
+        ddp.train()
+        tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+        for k, (x, y) in enumerate(loader):
+            n_global = len(batches[k])
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if x.shape[0] == 0:
+                fail(f"step {k + 1} gives this process no images (the last batch has "
+                     f"{n_global} for {world} processes)")
+            out_ = ddp(x)
+            loss_sum = loss_of(out_, y, cfg["label_smoothing"])
+            # DDP averages gradients over the processes: scale so that the result is the
+            # mean over the global batch, whatever each process's share.
+            opt.zero_grad(set_to_none=True)
+            (loss_sum * (world / n_global)).backward()
+            if not torch.isfinite(loss_sum):
+                fail(f"loss became {loss_sum.item()} at epoch {epoch + 1} step {k + 1}: "
+                     f"stopping. Lower the learning rate (now {lr:e}).")
+            opt.step()
+            steps_done += 1
+            with torch.no_grad():
+                st = torch.stack([loss_sum.detach().double(),
+                                  (out_.argmax(1) == y).sum().double(),
+                                  torch.tensor(float(x.shape[0]), dtype=torch.float64,
+                                               device=device)])
+            if distributed:
+                dist.all_reduce(st)
+            tot += st
+            if lead:
+                step_log.write(f"{epoch + 1},{k + 1},{(st[0] / st[2]).item():.7f}\n")
+        if lead:
+            step_log.flush()
+        val_loss = val_acc = math.nan
+        if val[0]:
+            ddp.eval()
+            vs = torch.zeros(3, dtype=torch.float64, device=device)
+            ids = list(range(len(val[0])))[rank::world]
+            vl = torch.utils.data.DataLoader(
+                val_ds, batch_sampler=[[(None, i) for i in ids[j:j + B]]
+                                       for j in range(0, len(ids), B)], **loader_kw)
+            with torch.no_grad():
+                for x, y in vl:
+                    x, y = x.to(device), y.to(device)
+                    o = net(x)
+                    vs += torch.stack([loss_of(o, y, 0.0).double(),
+                                       (o.argmax(1) == y).sum().double(),
+                                       torch.tensor(float(x.shape[0]), dtype=torch.float64,
+                                                    device=device)])
+            if distributed:
+                dist.all_reduce(vs)
+            val_loss, val_acc = (vs[0] / vs[2]).item(), (vs[1] / vs[2]).item()
+        rec = {"epoch": epoch + 1, "loss": (tot[0] / tot[2]).item(),
+               "accuracy": (tot[1] / tot[2]).item(), "val_loss": val_loss,
+               "val_accuracy": val_acc, "lr": lr, "seconds": time.time() - t0}
+        history.append(rec)
+        if lead:
+            print(f"{len(batches)}/{len(batches)} - {rec['seconds']:.0f}s - loss: "
+                  f"{rec['loss']:.4f} - accuracy: {rec['accuracy']:.4f} - val_loss: "
+                  f"{val_loss:.4f} - val_accuracy: {val_acc:.4f} - lr: {lr:.3e}", flush=True)
+            meta = {"format": "se-compile-weights", "model": recipe["model"],
+                    "epoch": epoch + 1, "engine": "torchrun", "_steps": steps_done}
+            ck.save(os.path.join(out, "last.safetensors"), meta, opt, kind)
+            score = val_acc if val[0] else -rec["loss"]
+            if score > best:
+                best = score
+                ck.save(os.path.join(out, "best.safetensors"), meta)
+            write_history(out, history)
+        scale = cb.lr_scale
+        cb.observe(rec)
+        if lead and cb.lr_scale < scale:
+            print(f"reduce_lr_on_plateau: {cfg['monitor']} did not improve for "
+                  f"{cfg['reduce_lr_on_plateau']} epochs; learning rate x{cfg['plateau_factor']}")
+        if lead and cb.stop and epoch + 1 < cfg["epochs"]:
+            print(f"early_stopping: {cfg['monitor']} did not improve for "
+                  f"{cfg['early_stopping']} epochs; stopping after epoch {epoch + 1}")
+    if lead and history:
+        print(f"run saved in {out} (val_accuracy {history[-1]['val_accuracy']:.4f} after "
+              f"epoch {history[-1]['epoch']})", flush=True)
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
