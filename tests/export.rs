@@ -10,7 +10,9 @@ use se_compile::{compile_full, load, ValidGraph};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+
+mod common;
+use common::python;
 
 const TOL: f32 = 1e-4;
 
@@ -20,23 +22,6 @@ fn root() -> &'static Path {
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_se-compile"))
-}
-
-/// The reference environment's python (installed once, then cached).
-fn python() -> &'static Path {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/pyenv.sh"))
-            .output()
-            .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "scripts/pyenv.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
 }
 
 /// Runs a script of tests/python and returns its JSON line.

@@ -39,6 +39,15 @@ pub struct RecipeFlags {
     /// The metric early stopping and reduce-on-plateau watch (`monitor`).
     #[arg(long, value_parser = Monitor::NAMES)]
     pub monitor: Option<String>,
+    /// A change of --monitor smaller than this is no improvement (`min_delta`).
+    #[arg(long)]
+    pub min_delta: Option<f64>,
+    /// The learning-rate factor of each plateau (`plateau_factor`, default 0.1).
+    #[arg(long)]
+    pub plateau_factor: Option<f64>,
+    /// The floor of a reduced learning rate (`min_lr`).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
 }
 
 impl RecipeFlags {
@@ -86,6 +95,15 @@ impl RecipeFlags {
         }
         if let Some(v) = self.reduce_lr_on_plateau {
             cfg.reduce_lr_on_plateau = v;
+        }
+        if let Some(v) = self.min_delta {
+            cfg.min_delta = v.max(0.0);
+        }
+        if let Some(v) = self.plateau_factor {
+            cfg.plateau_factor = v.clamp(0.0, 1.0);
+        }
+        if let Some(v) = self.min_lr {
+            cfg.min_lr = v.max(0.0);
         }
         if let Some(m) = &self.monitor {
             cfg.monitor = Monitor::parse(m).expect("clap checked the name");

@@ -441,6 +441,9 @@ def parse_args(recipe):
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--reduce-lr-on-plateau", type=int, metavar="PATIENCE")
     p.add_argument("--monitor", choices=["val_loss", "val_accuracy", "loss", "accuracy"])
+    p.add_argument("--min-delta", type=float)
+    p.add_argument("--plateau-factor", type=float)
+    p.add_argument("--min-lr", type=float)
     p.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm: batch statistics over the global batch (CUDA only)")
     p.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
@@ -459,7 +462,8 @@ def main():
     # now; the run directory brings the weights, the optimizer state and the history.
     cfg = dict(recipe["train"])
     for key in ["epochs", "lr", "optimizer", "schedule", "seed", "val_split", "label_smoothing",
-                "warmup_epochs", "early_stopping", "reduce_lr_on_plateau", "monitor"]:
+                "warmup_epochs", "early_stopping", "reduce_lr_on_plateau", "monitor", "min_delta",
+                "plateau_factor", "min_lr"]:
         v = getattr(args, key)
         if v is not None:
             cfg[key] = v
@@ -630,6 +634,11 @@ def main():
         if lead:
             step_log.flush()
         val_loss = val_acc = math.nan
+        if distributed:
+            # DDP hands rank 0's BN statistics to the others at each forward, then every rank
+            # updates them with its own share: evaluate with rank 0's, the ones it saves.
+            for b in net.buffers():
+                dist.broadcast(b, 0)
         if val[0]:
             ddp.eval()
             vs = torch.zeros(3, dtype=torch.float64, device=device)

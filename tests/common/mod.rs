@@ -2,7 +2,28 @@
 use se_compile::diag::{render, Style};
 use se_compile::report::summary::{self, Depth, Format, Options};
 use se_compile::{compile, SourceFile, ValidGraph};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The reference environment's python (`scripts/pyenv.sh`: installed once, then cached outside
+/// the clone).
+pub fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/pyenv.sh"))
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "scripts/pyenv.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
 
 /// Reads a test file with the path relative to the crate root, so snapshots hold no absolute paths.
 pub fn source(path: &Path) -> SourceFile {
