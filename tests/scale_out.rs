@@ -334,6 +334,18 @@ fn label_smoothing_changes_the_loss_the_same_way_in_both_engines() {
     assert!(hs[0][1] > hp[0][1], "{} vs {}", hs[0][1], hp[0][1]);
 }
 
+/// train.py's port of the seed's augmentation draws the same transforms per image: the first
+/// augmented batch gives the same loss in both engines (and not the unaugmented one's).
+#[test]
+fn augmentation_is_the_same_in_both_engines() {
+    let plain = both("aug-off", &["--epochs", "1"]);
+    let aug = both("aug-on", &["--epochs", "1", "--augment", "true"]);
+    let (p, a_se, a_t) = (steps(&plain[0])[0], steps(&aug[0])[0], steps(&aug[1])[0]);
+    println!("first-step loss: plain {p}, augmented {a_se} (se-compile) / {a_t} (train.py)");
+    assert!((a_se - a_t).abs() < 1e-5, "{a_se} vs {a_t}");
+    assert!((a_se - p).abs() > 1e-3, "augmentation had no effect");
+}
+
 #[test]
 fn a_missing_torchrun_is_a_clear_error() {
     let d = tmp("no-torchrun");
