@@ -109,6 +109,10 @@ enum Cmd {
         /// project's own CUDA kernels, see README).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Keep decoded images in memory when the whole decoded dataset fits this many MB
+        /// (0: always stream from disk). Default: a quarter of the available memory, at most 4096.
+        #[arg(long, value_name = "MB")]
+        cache_mb: Option<u64>,
     },
     /// Loss, accuracy and confusion matrix of saved weights on DIR/test (or DIR/train).
     #[command(
@@ -124,6 +128,10 @@ enum Cmd {
         batch_size: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Keep decoded images in memory when the whole decoded dataset fits this many MB
+        /// (0: always stream from disk). Default: a quarter of the available memory, at most 4096.
+        #[arg(long, value_name = "MB")]
+        cache_mb: Option<u64>,
     },
     /// Top-k classes with probabilities for images.
     #[command(
@@ -145,6 +153,9 @@ enum Cmd {
         /// Override the input height and width (as `export --input`).
         #[arg(long)]
         input: Option<usize>,
+        /// Images decoded and run per batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
     },
     /// Train and inference speed (images/s) on random data.
     #[command(
@@ -433,6 +444,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             out,
             resume,
             device,
+            cache_mb,
         } => {
             let dev = device_of(&device)?;
             let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
@@ -480,7 +492,7 @@ fn run(cli: Cli) -> Result<(), u8> {
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(bundled_data);
             let shape = vg.graph().input_shape().clone();
-            let ds = se_compile::train::data::Dataset::load(
+            let mut ds = se_compile::train::data::Dataset::load(
                 &data_dir,
                 shape[0],
                 shape[1],
@@ -513,6 +525,10 @@ fn run(cli: Cli) -> Result<(), u8> {
                 "Found {} training and {} validation images in {} classes ({}), skipped {} unreadable",
                 ds.train.len(), ds.val.len(), ds.classes.len(), data_dir.display(), ds.skipped.len()
             );
+            println!(
+                "{}",
+                ds.cache(cache_mb.unwrap_or_else(se_compile::train::data::default_cache_mb))
+            );
             let opts = se_compile::train::run::TrainOptions {
                 spec_path: src.name.clone(),
                 spec_text: src.text.clone(),
@@ -541,6 +557,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             data,
             batch_size,
             device,
+            cache_mb,
         } => {
             let dev = device_of(&device)?;
             let (_, _, vg) = cx.build_full(&spec, None)?;
@@ -549,13 +566,18 @@ fn run(cli: Cli) -> Result<(), u8> {
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(bundled_data);
             let shape = vg.graph().input_shape().clone();
-            let ds = se_compile::train::data::Dataset::load(
+            let mut ds = se_compile::train::data::Dataset::load(
                 &data_dir, shape[0], shape[1], shape[2], 0.0, 0,
             )
             .map_err(|e| {
                 eprintln!("error: {e}");
                 EXIT_INVALID
             })?;
+            // On stderr: eval's standard output stays the result (its first line the score).
+            eprintln!(
+                "{}",
+                ds.cache(cache_mb.unwrap_or_else(se_compile::train::data::default_cache_mb))
+            );
             let split = if ds.val.is_empty() {
                 &ds.train
             } else {
@@ -594,6 +616,7 @@ fn run(cli: Cli) -> Result<(), u8> {
             device,
             format,
             input,
+            batch_size,
         } => {
             let dev = device_of(&device)?;
             let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
@@ -602,51 +625,62 @@ fn run(cli: Cli) -> Result<(), u8> {
             let classes = class_names(&weights);
             let shape = vg.graph().input_shape().clone();
             let mut worst = 0;
-            for img in &images {
-                let px = match se_compile::train::data::decode(
-                    std::path::Path::new(img),
-                    shape[0],
-                    shape[1],
-                    shape[2],
-                ) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("error: {img}: cannot decode: {e}");
+            // Decoded and run in batches, on the training loader's worker thread.
+            let ds = se_compile::train::data::Dataset::of_files(
+                images.iter().map(std::path::PathBuf::from).collect(),
+                shape[0],
+                shape[1],
+                shape[2],
+            );
+            let idx: Vec<usize> = (0..images.len()).collect();
+            let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
+            let _ = se_compile::train::data::prefetch(
+                chunks.len(),
+                |k| ds.batch(&ds.train, chunks[k], None),
+                |_, b| {
+                    for (i, e) in &b.failed {
+                        eprintln!("error: {}: cannot decode: {e}", images[*i]);
                         worst = EXIT_INVALID;
-                        continue;
                     }
-                };
-                let x: Vec<f32> = px.iter().map(|v| *v as f32 / 255.0).collect();
-                let r = net.infer(se_compile::lower::model::Batch {
-                    x,
-                    shape: vec![1, shape[0], shape[1], shape[2]],
-                    labels: &[0],
-                });
-                let mut ranked: Vec<(usize, f32)> =
-                    r.probs[0].iter().copied().enumerate().collect();
-                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let top: Vec<String> = ranked
-                    .iter()
-                    .take(top_k.max(1))
-                    .map(|(i, p)| {
-                        let name = classes.get(*i).cloned().unwrap_or_else(|| i.to_string());
-                        format!("{name} {p:.4}")
-                    })
-                    .collect();
-                if format == "json" {
-                    json_rows.push(serde_json::json!({
-                        "image": img,
-                        "top": ranked.iter().take(top_k.max(1)).map(|(i, p)| serde_json::json!({
-                            "class": classes.get(*i).cloned().unwrap_or_else(|| i.to_string()),
-                            "index": i,
-                            "probability": p,
-                        })).collect::<Vec<_>>(),
-                        "probabilities": r.probs[0],
-                    }));
-                } else {
-                    println!("{img}: {}", top.join(", "));
-                }
-            }
+                    if b.is_empty() {
+                        return Ok(());
+                    }
+                    let r = net.infer(se_compile::lower::model::Batch {
+                        shape: vec![b.len(), shape[0], shape[1], shape[2]],
+                        x: b.x,
+                        labels: &b.labels,
+                    });
+                    for (&i, probs) in b.index.iter().zip(&r.probs) {
+                        let img = &images[i];
+                        let mut ranked: Vec<(usize, f32)> =
+                            probs.iter().copied().enumerate().collect();
+                        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                        let top: Vec<String> = ranked
+                            .iter()
+                            .take(top_k.max(1))
+                            .map(|(i, p)| {
+                                let name =
+                                    classes.get(*i).cloned().unwrap_or_else(|| i.to_string());
+                                format!("{name} {p:.4}")
+                            })
+                            .collect();
+                        if format == "json" {
+                            json_rows.push(serde_json::json!({
+                                "image": img,
+                                "top": ranked.iter().take(top_k.max(1)).map(|(i, p)| serde_json::json!({
+                                    "class": classes.get(*i).cloned().unwrap_or_else(|| i.to_string()),
+                                    "index": i,
+                                    "probability": p,
+                                })).collect::<Vec<_>>(),
+                                "probabilities": probs,
+                            }));
+                        } else {
+                            println!("{img}: {}", top.join(", "));
+                        }
+                    }
+                    Ok(())
+                },
+            );
             if format == "json" {
                 println!(
                     "{}",

@@ -334,3 +334,81 @@ fn nan_loss_stops_the_run_and_keeps_the_checkpoint() {
         before
     );
 }
+
+#[test]
+fn cached_and_streamed_runs_match_and_undecodable_images_are_left_out() {
+    let data = tiny_data("stream", 3);
+    let imgs: Vec<PathBuf> = data
+        .join("test/7_sneaker")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // A header that reads and data that does not: it passes the listing, fails every decode.
+    let bytes = std::fs::read(&imgs[0]).unwrap();
+    std::fs::write(data.join("train/0_tshirt_top/truncated.png"), &bytes[..60]).unwrap();
+    let base = tmp("stream-runs");
+    let common = [
+        "--batch-size",
+        "8",
+        "--seed",
+        "5",
+        "--augment",
+        "true",
+        "--epochs",
+        "2",
+    ];
+    let (cached, streamed) = (base.join("cached"), base.join("streamed"));
+    let (code, out_c, err_c) = train("models/se_resnet_mini.yaml", &data, &cached, &common);
+    assert_eq!(code, 0, "{out_c}\n{err_c}");
+    assert!(
+        out_c.contains("Found 31 training and 20 validation images"),
+        "{out_c}"
+    );
+    assert!(
+        out_c.contains("data: 51 images, 0.0 MB decoded: cached in memory"),
+        "{out_c}"
+    );
+    let (code, out_s, err_s) = train(
+        "models/se_resnet_mini.yaml",
+        &data,
+        &streamed,
+        &[&common[..], &["--cache-mb", "0"]].concat(),
+    );
+    assert_eq!(code, 0, "{out_s}\n{err_s}");
+    assert!(
+        out_s.contains("streamed from disk (cache off: --cache-mb 0)"),
+        "{out_s}"
+    );
+    // Reported once over two epochs, with its path and the reason.
+    for err in [&err_c, &err_s] {
+        assert_eq!(
+            err.matches("truncated.png: cannot decode").count(),
+            1,
+            "{err}"
+        );
+    }
+    assert_eq!(history(&cached), history(&streamed), "cached run differs");
+    let read = |d: &Path| se_compile::train::checkpoint::read(&d.join("last.safetensors")).unwrap();
+    assert!(read(&cached).tensors == read(&streamed).tensors);
+
+    // predict runs in batches: a bad image is an error of its own, the others are predicted.
+    let w = cached.join("best.safetensors");
+    let bad = data.join("train/0_tshirt_top/truncated.png");
+    let list = [&imgs[0], &bad, &imgs[1]].map(|p| p.to_str().unwrap().to_string());
+    let predict = |bs: &str| {
+        let mut args = vec!["predict", "models/se_resnet_mini.yaml", "--weights"];
+        args.extend([w.to_str().unwrap(), "--batch-size", bs]);
+        args.extend(list.iter().map(|s| s.as_str()));
+        run(&args)
+    };
+    let (code, one, e1) = predict("1");
+    assert_eq!(code, 1, "{e1}");
+    assert!(e1.contains("truncated.png: cannot decode"), "{e1}");
+    let lines: Vec<&str> = one.lines().collect();
+    assert_eq!(lines.len(), 2, "{one}");
+    assert!(lines[0].starts_with(&format!("{}: ", list[0])), "{one}");
+    assert!(lines[1].starts_with(&format!("{}: ", list[2])), "{one}");
+    let (code, three, _) = predict("3");
+    assert_eq!((code, three), (1, one));
+}

@@ -1,19 +1,30 @@
 //! Image folders in Keras' `flow_from_directory` layout: `DIR/train/<class>/*` and
 //! `DIR/test/<class>/*` (or a seeded `val_split` of train). Class indices are the sorted folder
-//! names. Images (PNG, JPEG; grey or colour) are decoded in parallel, resized to the spec's input
-//! and kept as bytes; batches are scaled by 1/255 and augmented on worker threads.
+//! names. Loading only lists the files and reads each header; images (PNG, JPEG; grey or colour)
+//! are decoded when a batch needs them, resized to the spec's input, scaled by 1/255 and
+//! augmented, on worker threads a few batches ahead of the consumer ([`prefetch`]). When the
+//! whole decoded dataset fits a budget ([`Dataset::cache`]), each image's bytes are kept after
+//! their first decode, so later epochs read memory instead of files.
+//!
+//! A file whose header reads but whose data does not decode is left out of every batch it falls
+//! in; [`Dataset::warn_once`] reports it once.
 
 use super::config::Augment;
 use crate::lower::rng::Rng;
 use rayon::prelude::*;
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
-/// Decoded images of one split, all H x W x C bytes.
+/// The files of one split and their labels.
 #[derive(Clone, Debug, Default)]
 pub struct Split {
-    pub pixels: Vec<Vec<u8>>,
     pub labels: Vec<usize>,
     pub paths: Vec<PathBuf>,
+    /// Each image's H x W x C bytes after its first decode, when the dataset is cached; empty
+    /// when it is streamed.
+    cache: Vec<OnceLock<Box<[u8]>>>,
 }
 
 impl Split {
@@ -23,21 +34,96 @@ impl Split {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    fn pick(&self, ids: &[usize]) -> Split {
+        Split {
+            labels: ids.iter().map(|&i| self.labels[i]).collect(),
+            paths: ids.iter().map(|&i| self.paths[i].clone()).collect(),
+            cache: vec![],
+        }
+    }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Dataset {
     pub classes: Vec<String>,
     pub train: Split,
     pub val: Split,
-    /// Files that could not be decoded: (path, reason). They are skipped, never fatal.
+    /// Files whose header could not be read: (path, reason). They are skipped, never fatal.
     pub skipped: Vec<(PathBuf, String)>,
     pub h: usize,
     pub w: usize,
     pub c: usize,
+    /// Files already reported by [`Dataset::warn_once`].
+    warned: Mutex<HashSet<PathBuf>>,
+}
+
+/// One assembled batch.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// (N, H, W, C) scaled by 1/255, N = `labels.len()`.
+    pub x: Vec<f32>,
+    pub labels: Vec<usize>,
+    /// The split index of each image in `x`.
+    pub index: Vec<usize>,
+    /// Images of the batch that could not be decoded, (split index, reason); not in `x`.
+    pub failed: Vec<(usize, String)>,
+}
+
+impl Loaded {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
 }
 
 const IMAGE_EXTS: &[&str] = &["png", "jpg", "jpeg"];
+
+/// How many assembled batches may wait for the consumer (one more is being assembled).
+pub const PREFETCH: usize = 2;
+
+/// Makes items `0..n` with `make` on a worker thread, at most [`PREFETCH`] ahead, and hands them
+/// to `consume` in order on the calling thread. An error from `consume` stops the worker and is
+/// returned.
+pub fn prefetch<T: Send>(
+    n: usize,
+    make: impl Fn(usize) -> T + Sync,
+    mut consume: impl FnMut(usize, T) -> Result<(), String>,
+) -> Result<(), String> {
+    std::thread::scope(|s| {
+        // Both channel ends live in this closure: an early return drops the receiver, which
+        // unblocks the worker's `send`, so the scope can end.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<T>(PREFETCH);
+        let make = &make;
+        s.spawn(move || {
+            for k in 0..n {
+                if tx.send(make(k)).is_err() {
+                    return;
+                }
+            }
+        });
+        for k in 0..n {
+            let item = rx.recv().map_err(|_| "data worker stopped".to_string())?;
+            consume(k, item)?;
+        }
+        Ok(())
+    })
+}
+
+/// The default cache budget in MB: a quarter of the available memory, at most 4096 MB (1024 MB
+/// when /proc/meminfo cannot be read).
+pub fn default_cache_mb() -> u64 {
+    let avail_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    match avail_kb {
+        Some(kb) => (kb / 1024 / 4).min(4096),
+        None => 1024,
+    }
+}
 
 fn class_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
@@ -79,14 +165,25 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Decodes one file to H x W x C bytes, resized (bilinear) to the model input.
-pub fn decode(path: &Path, h: usize, w: usize, c: usize) -> Result<Vec<u8>, String> {
-    let img = image::ImageReader::open(path)
+fn reader(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>, String> {
+    image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// Reads only the header: a file that is no image (or an empty one) fails here.
+fn check_header(path: &Path) -> Result<(), String> {
+    let (w, h) = reader(path)?.into_dimensions().map_err(|e| e.to_string())?;
+    if w == 0 || h == 0 {
+        return Err(format!("the image is empty ({w} x {h})"));
+    }
+    Ok(())
+}
+
+/// Decodes one file to H x W x C bytes, resized (bilinear) to the model input.
+pub fn decode(path: &Path, h: usize, w: usize, c: usize) -> Result<Vec<u8>, String> {
+    let img = reader(path)?.decode().map_err(|e| e.to_string())?;
     let img = if img.width() as usize != w || img.height() as usize != h {
         img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle)
     } else {
@@ -101,9 +198,6 @@ pub fn decode(path: &Path, h: usize, w: usize, c: usize) -> Result<Vec<u8>, Stri
 
 fn load_split(
     classes: &[(String, PathBuf)],
-    h: usize,
-    w: usize,
-    c: usize,
     skipped: &mut Vec<(PathBuf, String)>,
 ) -> Result<Split, String> {
     let mut files = vec![];
@@ -112,18 +206,11 @@ fn load_split(
             files.push((f, label));
         }
     }
-    let decoded: Vec<(PathBuf, usize, Result<Vec<u8>, String>)> = files
-        .into_par_iter()
-        .map(|(p, l)| {
-            let d = decode(&p, h, w, c);
-            (p, l, d)
-        })
-        .collect();
+    let checked: Vec<Result<(), String>> = files.par_iter().map(|(p, _)| check_header(p)).collect();
     let mut split = Split::default();
-    for (p, l, d) in decoded {
-        match d {
-            Ok(px) => {
-                split.pixels.push(px);
+    for ((p, l), ok) in files.into_iter().zip(checked) {
+        match ok {
+            Ok(()) => {
                 split.labels.push(l);
                 split.paths.push(p);
             }
@@ -134,7 +221,7 @@ fn load_split(
 }
 
 impl Dataset {
-    /// Loads `root/train` and `root/test`; without `test/`, holds out `val_split` of train.
+    /// Lists `root/train` and `root/test`; without `test/`, holds out `val_split` of train.
     pub fn load(
         root: &Path,
         h: usize,
@@ -158,7 +245,7 @@ impl Dataset {
         }
         let classes = class_dirs(&train_dir)?;
         let mut skipped = vec![];
-        let mut train = load_split(&classes, h, w, c, &mut skipped)?;
+        let mut train = load_split(&classes, &mut skipped)?;
         let test_dir = root.join("test");
         let val = if test_dir.is_dir() {
             let test_classes = class_dirs(&test_dir)?;
@@ -172,19 +259,13 @@ impl Dataset {
                     names
                 ));
             }
-            load_split(&test_classes, h, w, c, &mut skipped)?
+            load_split(&test_classes, &mut skipped)?
         } else {
             let mut idx: Vec<usize> = (0..train.len()).collect();
             Rng::new(seed ^ 0x5EED).shuffle(&mut idx);
             let n_val = ((train.len() as f32) * val_split).round() as usize;
-            let (v, t): (Vec<usize>, Vec<usize>) = (idx[..n_val].to_vec(), idx[n_val..].to_vec());
-            let pick = |ids: &[usize]| Split {
-                pixels: ids.iter().map(|&i| train.pixels[i].clone()).collect(),
-                labels: ids.iter().map(|&i| train.labels[i]).collect(),
-                paths: ids.iter().map(|&i| train.paths[i].clone()).collect(),
-            };
-            let val = pick(&v);
-            train = pick(&t);
+            let val = train.pick(&idx[..n_val]);
+            train = train.pick(&idx[n_val..]);
             val
         };
         if train.is_empty() {
@@ -201,40 +282,127 @@ impl Dataset {
             h,
             w,
             c,
+            warned: Mutex::default(),
         })
     }
 
-    /// One batch as f32 (N, H, W, C) scaled by 1/255, augmented when `aug` is given. Each
-    /// image's augmentation comes from its own seed, so batches are reproducible.
-    pub fn batch(
-        &self,
-        split: &Split,
-        idx: &[usize],
-        aug: Option<(&Augment, u64)>,
-    ) -> (Vec<f32>, Vec<usize>) {
-        let per = self.h * self.w * self.c;
-        let mut out = vec![0.0f32; idx.len() * per];
-        out.par_chunks_mut(per)
-            .zip(idx.par_iter())
-            .for_each(|(dst, &i)| {
-                let src = &split.pixels[i];
-                match aug {
-                    Some((a, seed)) if a.enabled => augment(
-                        src,
-                        dst,
-                        self.h,
-                        self.w,
-                        self.c,
-                        a,
-                        &mut Rng::new(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
-                    ),
-                    _ => dst
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(d, s)| *d = *s as f32 / 255.0),
+    /// A dataset of loose files (`predict`): all in `train`, label 0, no classes, no header check.
+    pub fn of_files(paths: Vec<PathBuf>, h: usize, w: usize, c: usize) -> Dataset {
+        Dataset {
+            classes: vec![],
+            train: Split {
+                labels: vec![0; paths.len()],
+                paths,
+                cache: vec![],
+            },
+            val: Split::default(),
+            skipped: vec![],
+            h,
+            w,
+            c,
+            warned: Mutex::default(),
+        }
+    }
+
+    /// Bytes of both splits once decoded.
+    pub fn decoded_bytes(&self) -> u64 {
+        (self.train.len() + self.val.len()) as u64 * (self.h * self.w * self.c) as u64
+    }
+
+    /// Keeps every image's decoded bytes after its first decode when the whole decoded dataset
+    /// fits `budget_mb` (0: never). Returns the line that says which.
+    pub fn cache(&mut self, budget_mb: u64) -> String {
+        let bytes = self.decoded_bytes();
+        let cached = budget_mb > 0 && bytes <= budget_mb << 20;
+        if cached {
+            for s in [&mut self.train, &mut self.val] {
+                s.cache = (0..s.len()).map(|_| OnceLock::new()).collect();
+            }
+        }
+        format!(
+            "data: {} images, {:.1} MB decoded: {}",
+            self.train.len() + self.val.len(),
+            bytes as f64 / (1u64 << 20) as f64,
+            match (cached, budget_mb) {
+                (true, _) => "cached in memory".to_string(),
+                (false, 0) => "streamed from disk (cache off: --cache-mb 0)".to_string(),
+                (false, b) => format!("streamed from disk (over the {b} MB cache budget)"),
+            }
+        )
+    }
+
+    /// Image `i` of `split` as H x W x C bytes: from the cache, or decoded (and cached).
+    fn pixels<'a>(&self, split: &'a Split, i: usize) -> Result<Cow<'a, [u8]>, String> {
+        let path = &split.paths[i];
+        match split.cache.get(i) {
+            Some(cell) => {
+                if cell.get().is_none() {
+                    // Another thread may set it first: the bytes are the same.
+                    let _ = cell.set(decode(path, self.h, self.w, self.c)?.into_boxed_slice());
                 }
+                Ok(Cow::Borrowed(cell.get().expect("set above")))
+            }
+            None => decode(path, self.h, self.w, self.c).map(Cow::Owned),
+        }
+    }
+
+    /// One batch of `split`'s images `idx`, decoded in parallel, as f32 (N, H, W, C) scaled by
+    /// 1/255, augmented when `aug` is given. Each image's augmentation comes from its own seed
+    /// (and its index in the split), so batches are reproducible. Images that do not decode are
+    /// left out and listed in `failed`.
+    pub fn batch(&self, split: &Split, idx: &[usize], aug: Option<(&Augment, u64)>) -> Loaded {
+        let per = self.h * self.w * self.c;
+        let decoded: Vec<Result<Cow<[u8]>, String>> =
+            idx.par_iter().map(|&i| self.pixels(split, i)).collect();
+        let mut out = Loaded::default();
+        let mut src = vec![];
+        for (&i, d) in idx.iter().zip(decoded) {
+            match d {
+                Ok(px) => {
+                    out.index.push(i);
+                    out.labels.push(split.labels[i]);
+                    src.push(px);
+                }
+                Err(e) => out.failed.push((i, e)),
+            }
+        }
+        out.x = vec![0.0f32; src.len() * per];
+        out.x
+            .par_chunks_mut(per)
+            .zip(src.par_iter().zip(&out.index))
+            .for_each(|(dst, (src, &i))| match aug {
+                Some((a, seed)) if a.enabled => augment(
+                    src,
+                    dst,
+                    self.h,
+                    self.w,
+                    self.c,
+                    a,
+                    &mut Rng::new(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+                ),
+                _ => dst
+                    .iter_mut()
+                    .zip(src.iter())
+                    .for_each(|(d, s)| *d = *s as f32 / 255.0),
             });
-        (out, idx.iter().map(|&i| split.labels[i]).collect())
+        out
+    }
+
+    /// Reports, once per file, the images of `failed` (from [`Dataset::batch`] on `split`).
+    pub fn warn_once(&self, split: &Split, failed: &[(usize, String)]) {
+        if failed.is_empty() {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, why) in failed {
+            let p = &split.paths[*i];
+            if warned.insert(p.clone()) {
+                eprintln!(
+                    "warning: {}: cannot decode, left out of its batches: {why}",
+                    p.display()
+                );
+            }
+        }
     }
 }
 

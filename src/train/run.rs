@@ -3,7 +3,7 @@
 use super::callbacks::Callbacks;
 use super::checkpoint::{self, OPT_M, OPT_V};
 use super::config::TrainConfig;
-use super::data::{Dataset, Split};
+use super::data::{prefetch, Dataset, Split};
 use crate::lower::model::{Batch, Model, OptSettings};
 use crate::lower::rng::Rng;
 use serde::{Deserialize, Serialize};
@@ -114,26 +114,37 @@ pub fn evaluate(
     classes: usize,
 ) -> (f64, f64, Vec<Vec<usize>>) {
     let mut conf = vec![vec![0usize; classes]; classes];
-    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     let idx: Vec<usize> = (0..split.len()).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let (x, y) = ds.batch(split, chunk, None);
-        let shape = vec![chunk.len(), ds.h, ds.w, ds.c];
-        let r = net.infer(Batch {
-            x,
-            shape,
-            labels: &y,
-        });
-        loss += r.loss as f64 * chunk.len() as f64;
-        for (p, &t) in r.probs.iter().zip(&y) {
-            let pred = argmax(p);
-            correct += usize::from(pred == t);
-            if t < classes && pred < classes {
-                conf[t][pred] += 1;
+    let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
+    // `consume` never fails; the worker only stops early by panicking, which the scope re-raises.
+    let _ = prefetch(
+        chunks.len(),
+        |k| ds.batch(split, chunks[k], None),
+        |_, b| {
+            ds.warn_once(split, &b.failed);
+            if b.is_empty() {
+                return Ok(());
             }
-        }
-    }
-    let n = split.len().max(1) as f64;
+            let bs = b.len();
+            let r = net.infer(Batch {
+                x: b.x,
+                shape: vec![bs, ds.h, ds.w, ds.c],
+                labels: &b.labels,
+            });
+            loss += r.loss as f64 * bs as f64;
+            seen += bs;
+            for (p, &t) in r.probs.iter().zip(&b.labels) {
+                let pred = argmax(p);
+                correct += usize::from(pred == t);
+                if t < classes && pred < classes {
+                    conf[t][pred] += 1;
+                }
+            }
+            Ok(())
+        },
+    );
+    let n = seen.max(1) as f64;
     (loss / n, correct as f64 / n, conf)
 }
 
@@ -296,45 +307,39 @@ pub fn train(
         let mut order: Vec<usize> = (0..n).collect();
         Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
         let batches: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
-        // Batches are assembled and augmented on a worker thread while the step runs.
-        let (loss_sum, correct, seen) = std::thread::scope(
-            |s| -> Result<(f64, usize, usize), String> {
-                // Both channel ends live in this closure: an early return drops the receiver,
-                // which unblocks the worker's `send`, so the scope can end.
-                let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<f32>, Vec<usize>, usize)>(2);
-                let aug = &cfg.augment;
-                let seed = cfg.seed;
-                let batches = &batches;
-                s.spawn(move || {
-                    for (k, b) in batches.iter().enumerate() {
-                        let (x, y) = ds.batch(
-                            &ds.train,
-                            b,
-                            Some((aug, seed ^ ((epoch as u64) << 32) ^ k as u64)),
-                        );
-                        if tx.send((x, y, b.len())).is_err() {
-                            return;
-                        }
-                    }
-                });
-                let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-                for step in 0..steps {
-                    let (x, y, bs) = rx.recv().map_err(|_| "data worker stopped".to_string())?;
-                    let r = net.train_step(
-                        Batch {
-                            x,
-                            shape: vec![bs, ds.h, ds.w, ds.c],
-                            labels: &y,
-                        },
-                        &OptSettings::new(cfg, lr),
-                        cfg.seed ^ ((epoch as u64) << 40) ^ step as u64,
-                    );
-                    let l = r.loss as f64;
-                    if let Some(log) = step_log.as_mut() {
-                        let _ = writeln!(log, "{},{},{l:.7}", epoch + 1, step + 1);
-                    }
-                    if !l.is_finite() {
-                        return Err(format!(
+        // Batches are decoded, assembled and augmented on a worker thread while the step runs.
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let aug = &cfg.augment;
+        prefetch(
+            batches.len(),
+            |k| {
+                ds.batch(
+                    &ds.train,
+                    &batches[k],
+                    Some((aug, cfg.seed ^ ((epoch as u64) << 32) ^ k as u64)),
+                )
+            },
+            |step, b| {
+                ds.warn_once(&ds.train, &b.failed);
+                if b.is_empty() {
+                    return Ok(());
+                }
+                let bs = b.len();
+                let r = net.train_step(
+                    Batch {
+                        x: b.x,
+                        shape: vec![bs, ds.h, ds.w, ds.c],
+                        labels: &b.labels,
+                    },
+                    &OptSettings::new(cfg, lr),
+                    cfg.seed ^ ((epoch as u64) << 40) ^ step as u64,
+                );
+                let l = r.loss as f64;
+                if let Some(log) = step_log.as_mut() {
+                    let _ = writeln!(log, "{},{},{l:.7}", epoch + 1, step + 1);
+                }
+                if !l.is_finite() {
+                    return Err(format!(
                         "loss became {l} at epoch {} step {}: stopping. {} Lower the learning rate (now {lr:e}).",
                         epoch + 1,
                         step + 1,
@@ -344,19 +349,19 @@ pub fn train(
                             "No epoch had finished, so there is no checkpoint (no last good checkpoint to keep).".to_string()
                         }
                     ));
-                    }
-                    loss_sum += l * bs as f64;
-                    seen += bs;
-                    correct += r
-                        .probs
-                        .iter()
-                        .zip(&y)
-                        .filter(|(p, t)| argmax(p) == **t)
-                        .count();
-                    if opts.progress {
-                        let el = t0.elapsed().as_secs_f64();
-                        let eta = el / (step + 1) as f64 * (steps - step - 1) as f64;
-                        eprint!(
+                }
+                loss_sum += l * bs as f64;
+                seen += bs;
+                correct += r
+                    .probs
+                    .iter()
+                    .zip(&b.labels)
+                    .filter(|(p, t)| argmax(p) == **t)
+                    .count();
+                if opts.progress {
+                    let el = t0.elapsed().as_secs_f64();
+                    let eta = el / (step + 1) as f64 * (steps - step - 1) as f64;
+                    eprint!(
                         "\r{:>5}/{} [{}] - loss: {:.4} - accuracy: {:.4} - {:.0} img/s - ETA: {:.0}s ",
                         step + 1,
                         steps,
@@ -366,10 +371,9 @@ pub fn train(
                         seen as f64 / el,
                         eta
                     );
-                        let _ = std::io::stderr().flush();
-                    }
+                    let _ = std::io::stderr().flush();
                 }
-                Ok((loss_sum, correct, seen))
+                Ok(())
             },
         )?;
         if opts.progress {
