@@ -144,7 +144,13 @@ mod tests {
             lr: 0.8,
             ..Default::default()
         };
-        let lrs: Vec<f64> = (0..6).map(|e| cfg.lr_at(e)).collect();
-        assert_eq!(lrs, vec![0.2, 0.4, 0.6, 0.8, 0.8, 0.8]);
+        let want = [0.2, 0.4, 0.6, 0.8, 0.8, 0.8];
+        for (e, w) in want.iter().enumerate() {
+            assert!(
+                (cfg.lr_at(e) - w).abs() < 1e-12,
+                "epoch {e}: {}",
+                cfg.lr_at(e)
+            );
+        }
     }
 }
