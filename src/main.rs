@@ -4,7 +4,6 @@ mod commands;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use commands::export::{ExportArgs, ExportFormat, LayoutArg, MapArg};
-use commands::recipe::RecipeFlags;
 use se_compile::diag::{render, Style};
 use se_compile::lower::device::{self, DeviceSpec};
 use se_compile::lower::layers::Net;
@@ -51,7 +50,6 @@ enum FormatArg {
 }
 
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once; boxing would only obscure the clap attributes
 enum Cmd {
     /// Validate specs: parse, expand and infer every shape.
     #[command(
@@ -90,73 +88,17 @@ enum Cmd {
     #[command(
         after_help = "Examples:\n  se-compile train models/se_resnet_mini.yaml            (bundled Fashion-MNIST subset)\n  se-compile train models/se_resnet_mini.yaml --data /data/fmnist --epochs 15 --out runs/full\n  se-compile train models/se_resnet_mini.yaml --resume runs/full --epochs 20\n\nRUN_DIR receives history.csv, history.json, accuracy.png, loss.png, last.safetensors,\nbest.safetensors, the spec and config.json. Every key of the spec's `train:` section can be\noverridden here."
     )]
-    Train {
-        spec: String,
-        /// DIR with train/<class>/ and test/<class>/ (default: the bundled data/fashion-mnist-mini).
-        #[arg(long)]
-        data: Option<String>,
-        #[command(flatten)]
-        recipe: RecipeFlags,
-        #[command(flatten)]
-        launch: commands::torchrun::LaunchFlags,
-        /// Run directory (default: runs/<model>, or runs/<model>-N if that exists).
-        #[arg(long)]
-        out: Option<String>,
-        /// Continue the run in RUN_DIR from its last epoch, optimizer state included.
-        #[arg(long, value_name = "RUN_DIR")]
-        resume: Option<String>,
-        /// cpu, or cuda[:N] in a build with `--features cuda` (cuda-kernelnet[:N]: the
-        /// project's own CUDA kernels, see README).
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Keep decoded images in memory when the whole decoded dataset fits this many MB
-        /// (0: always stream from disk). Default: a quarter of the available memory, at most 4096.
-        #[arg(long, value_name = "MB")]
-        cache_mb: Option<u64>,
-    },
+    Train(Box<commands::train::TrainArgs>),
     /// Loss, accuracy and confusion matrix of saved weights on DIR/test (or DIR/train).
     #[command(
         after_help = "Example:\n  se-compile eval models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors --data data/fashion-mnist-mini"
     )]
-    Eval {
-        spec: String,
-        #[arg(long)]
-        weights: String,
-        #[arg(long)]
-        data: Option<String>,
-        #[arg(long, default_value_t = 64)]
-        batch_size: usize,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Keep decoded images in memory when the whole decoded dataset fits this many MB
-        /// (0: always stream from disk). Default: a quarter of the available memory, at most 4096.
-        #[arg(long, value_name = "MB")]
-        cache_mb: Option<u64>,
-    },
+    Eval(commands::eval::EvalArgs),
     /// Top-k classes with probabilities for images.
     #[command(
         after_help = "Example:\n  se-compile predict models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors data/fashion-mnist-mini/test/7_sneaker/*.png"
     )]
-    Predict {
-        spec: String,
-        #[arg(long)]
-        weights: String,
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[arg(long, default_value_t = 3)]
-        top_k: usize,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// text (top-k lines), or json: every image's full output at full precision.
-        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-        format: String,
-        /// Override the input height and width (as `export --input`).
-        #[arg(long)]
-        input: Option<usize>,
-        /// Images decoded and run per batch.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-    },
+    Predict(commands::predict::PredictArgs),
     /// Train and inference speed (images/s) on random data.
     #[command(
         after_help = "Example:\n  se-compile bench models/se_resnet50.yaml --input 64 --batch-size 8 --steps 5"
@@ -278,7 +220,7 @@ impl Ctx {
 }
 
 /// `--device`: known, and possible in this build (CUDA needs the `cuda` feature).
-fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
+pub(crate) fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
     device::parse(flag)
         .and_then(|d| device::check(d, flag).map(|_| d))
         .map_err(|e| {
@@ -288,7 +230,7 @@ fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
 }
 
 /// The network on the device; a GPU that cannot be opened is an error, not a panic.
-fn on_device(net: Net, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
+pub(crate) fn on_device(net: Net, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
     let dev = open_device(d)?;
     dev.place(net).map_err(|e| {
         eprintln!("error: {e}");
@@ -307,7 +249,7 @@ fn open_device(d: DeviceSpec) -> Result<device::Opened, u8> {
 }
 
 /// The Fashion-MNIST subset shipped in the repository.
-fn bundled_data() -> std::path::PathBuf {
+pub(crate) fn bundled_data() -> std::path::PathBuf {
     let local = std::path::PathBuf::from("data/fashion-mnist-mini");
     if local.is_dir() {
         local
@@ -316,7 +258,7 @@ fn bundled_data() -> std::path::PathBuf {
     }
 }
 
-fn fresh_run_dir(model: &str) -> std::path::PathBuf {
+pub(crate) fn fresh_run_dir(model: &str) -> std::path::PathBuf {
     let base = std::path::PathBuf::from("runs").join(model);
     if !base.exists() {
         return base;
@@ -350,7 +292,7 @@ pub(crate) fn load_weights(
 }
 
 /// Class names from the run's config.json beside the weights, if there is one.
-fn class_names(weights: &str) -> Vec<String> {
+pub(crate) fn class_names(weights: &str) -> Vec<String> {
     let cfg = std::path::Path::new(weights).with_file_name("config.json");
     std::fs::read_to_string(cfg)
         .ok()
@@ -436,261 +378,9 @@ fn run(cli: Cli) -> Result<(), u8> {
             text.push('\n');
             write_out(&output, &text)?;
         }
-        Cmd::Train {
-            spec,
-            data,
-            recipe,
-            launch,
-            out,
-            resume,
-            device,
-            cache_mb,
-        } => {
-            let dev = device_of(&device)?;
-            let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
-            let mut cfg =
-                se_compile::train::config::TrainConfig::from_spec(&spec_ast).map_err(|d| {
-                    eprint!("{}", render(&d, &src, cx.style));
-                    EXIT_INVALID
-                })?;
-            recipe.apply(&mut cfg);
-            let out_dir = match (&resume, &out) {
-                (Some(r), _) => std::path::PathBuf::from(r),
-                (None, Some(o)) => {
-                    let p = std::path::PathBuf::from(o);
-                    if p.join("last.safetensors").exists() {
-                        eprintln!("error: {o} already holds a run; continue it with --resume {o}, or choose another --out");
-                        return Err(EXIT_USAGE);
-                    }
-                    p
-                }
-                (None, None) => fresh_run_dir(&vg.graph().model),
-            };
-            if launch.engine == commands::torchrun::Engine::Torchrun {
-                if device != "cpu" {
-                    eprintln!("error: --device is se-compile's engine; with --engine torchrun, train.py uses CUDA when torch sees a GPU");
-                    return Err(EXIT_USAGE);
-                }
-                return commands::torchrun::run(commands::torchrun::TorchRun {
-                    vg: &vg,
-                    src: &src,
-                    cfg: &cfg,
-                    data: data
-                        .map(std::path::PathBuf::from)
-                        .unwrap_or_else(bundled_data),
-                    out: out_dir,
-                    resume: resume.is_some(),
-                    flags: &launch,
-                });
-            }
-            // The device first: an unavailable GPU is reported before the data is read.
-            let mut net = on_device(Net::new(&vg, cfg.seed), dev)?;
-            if dev != DeviceSpec::Cpu {
-                println!("Training on {}", net.device_name());
-            }
-            let data_dir = data
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(bundled_data);
-            let shape = vg.graph().input_shape().clone();
-            let mut ds = se_compile::train::data::Dataset::load(
-                &data_dir,
-                shape[0],
-                shape[1],
-                shape[2],
-                cfg.val_split,
-                cfg.seed,
-            )
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                EXIT_INVALID
-            })?;
-            let model_classes = vg
-                .graph()
-                .node(vg.graph().output)
-                .shape
-                .last()
-                .copied()
-                .unwrap_or(0);
-            if ds.classes.len() != model_classes {
-                eprintln!(
-                    "error: {} has {} classes but the model's output has {} units; set `classes: {}` in the spec",
-                    data_dir.display(), ds.classes.len(), model_classes, ds.classes.len()
-                );
-                return Err(EXIT_INVALID);
-            }
-            for (p, why) in &ds.skipped {
-                eprintln!("warning: skipped unreadable image {}: {why}", p.display());
-            }
-            println!(
-                "Found {} training and {} validation images in {} classes ({}), skipped {} unreadable",
-                ds.train.len(), ds.val.len(), ds.classes.len(), data_dir.display(), ds.skipped.len()
-            );
-            println!(
-                "{}",
-                ds.cache(cache_mb.unwrap_or_else(se_compile::train::data::default_cache_mb))
-            );
-            let opts = se_compile::train::run::TrainOptions {
-                spec_path: src.name.clone(),
-                spec_text: src.text.clone(),
-                data: data_dir,
-                out: out_dir.clone(),
-                resume: resume.is_some(),
-                progress: se_compile::train::run::stderr_is_terminal(),
-            };
-            let hist =
-                se_compile::train::run::train(net.as_mut(), &ds, &cfg, &opts).map_err(|e| {
-                    eprintln!("error: {e}");
-                    EXIT_INVALID
-                })?;
-            if let Some(last) = hist.last() {
-                println!(
-                    "run saved in {} (val_accuracy {:.4} after epoch {})",
-                    out_dir.display(),
-                    last.val_accuracy,
-                    last.epoch
-                );
-            }
-        }
-        Cmd::Eval {
-            spec,
-            weights,
-            data,
-            batch_size,
-            device,
-            cache_mb,
-        } => {
-            let dev = device_of(&device)?;
-            let (_, _, vg) = cx.build_full(&spec, None)?;
-            let mut net = load_weights(&vg, &weights, dev)?;
-            let data_dir = data
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(bundled_data);
-            let shape = vg.graph().input_shape().clone();
-            let mut ds = se_compile::train::data::Dataset::load(
-                &data_dir, shape[0], shape[1], shape[2], 0.0, 0,
-            )
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                EXIT_INVALID
-            })?;
-            // On stderr: eval's standard output stays the result (its first line the score).
-            eprintln!(
-                "{}",
-                ds.cache(cache_mb.unwrap_or_else(se_compile::train::data::default_cache_mb))
-            );
-            let split = if ds.val.is_empty() {
-                &ds.train
-            } else {
-                &ds.val
-            };
-            let k = ds.classes.len();
-            let (loss, acc, conf) =
-                se_compile::train::run::evaluate(net.as_mut(), &ds, split, batch_size, k);
-            println!(
-                "{} images, {} classes: loss {:.4}, accuracy {:.4}",
-                split.len(),
-                k,
-                loss,
-                acc
-            );
-            println!("confusion matrix (rows: true class, columns: predicted):");
-            let w = ds.classes.iter().map(|c| c.len()).max().unwrap_or(4).max(5);
-            print!("{:>w$}", "");
-            for j in 0..k {
-                print!(" {:>5}", j);
-            }
-            println!();
-            for (i, row) in conf.iter().enumerate() {
-                print!("{:>w$}", ds.classes[i]);
-                for v in row {
-                    print!(" {:>5}", v);
-                }
-                println!();
-            }
-        }
-        Cmd::Predict {
-            spec,
-            weights,
-            images,
-            top_k,
-            device,
-            format,
-            input,
-            batch_size,
-        } => {
-            let dev = device_of(&device)?;
-            let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
-            let mut json_rows = vec![];
-            let mut net = load_weights(&vg, &weights, dev)?;
-            let classes = class_names(&weights);
-            let shape = vg.graph().input_shape().clone();
-            let mut worst = 0;
-            // Decoded and run in batches, on the training loader's worker thread.
-            let ds = se_compile::train::data::Dataset::of_files(
-                images.iter().map(std::path::PathBuf::from).collect(),
-                shape[0],
-                shape[1],
-                shape[2],
-            );
-            let idx: Vec<usize> = (0..images.len()).collect();
-            let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
-            let _ = se_compile::train::data::prefetch(
-                chunks.len(),
-                |k| ds.batch(&ds.train, chunks[k], None),
-                |_, b| {
-                    for (i, e) in &b.failed {
-                        eprintln!("error: {}: cannot decode: {e}", images[*i]);
-                        worst = EXIT_INVALID;
-                    }
-                    if b.is_empty() {
-                        return Ok(());
-                    }
-                    let r = net.infer(se_compile::lower::model::Batch {
-                        shape: vec![b.len(), shape[0], shape[1], shape[2]],
-                        x: b.x,
-                        labels: &b.labels,
-                    });
-                    for (&i, probs) in b.index.iter().zip(&r.probs) {
-                        let img = &images[i];
-                        let mut ranked: Vec<(usize, f32)> =
-                            probs.iter().copied().enumerate().collect();
-                        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                        let top: Vec<String> = ranked
-                            .iter()
-                            .take(top_k.max(1))
-                            .map(|(i, p)| {
-                                let name =
-                                    classes.get(*i).cloned().unwrap_or_else(|| i.to_string());
-                                format!("{name} {p:.4}")
-                            })
-                            .collect();
-                        if format == "json" {
-                            json_rows.push(serde_json::json!({
-                                "image": img,
-                                "top": ranked.iter().take(top_k.max(1)).map(|(i, p)| serde_json::json!({
-                                    "class": classes.get(*i).cloned().unwrap_or_else(|| i.to_string()),
-                                    "index": i,
-                                    "probability": p,
-                                })).collect::<Vec<_>>(),
-                                "probabilities": probs,
-                            }));
-                        } else {
-                            println!("{img}: {}", top.join(", "));
-                        }
-                    }
-                    Ok(())
-                },
-            );
-            if format == "json" {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json_rows).expect("plain JSON")
-                );
-            }
-            if worst != 0 {
-                return Err(worst);
-            }
-        }
+        Cmd::Train(a) => commands::train::run(&cx, *a)?,
+        Cmd::Eval(a) => commands::eval::run(&cx, a)?,
+        Cmd::Predict(a) => commands::predict::run(&cx, a)?,
         Cmd::Bench {
             spec,
             batch_size,

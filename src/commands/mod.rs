@@ -1,5 +1,9 @@
-//! One file per subcommand (the newer ones; the rest still live in `main.rs`'s `run`).
+//! One file per subcommand (train, eval, predict, export; the short ones still live in
+//! `main.rs`'s `run`).
 
+pub mod eval;
 pub mod export;
+pub mod predict;
 pub mod recipe;
 pub mod torchrun;
+pub mod train;

@@ -1,0 +1,79 @@
+//! `se-compile eval`: loss, accuracy and the confusion matrix of saved weights.
+
+use crate::{bundled_data, device_of, load_weights, Ctx, EXIT_INVALID};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    pub spec: String,
+    #[arg(long)]
+    pub weights: String,
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Keep decoded images in memory when the whole decoded dataset fits this many MB
+    /// (0: always stream from disk). Default: a quarter of the available memory, at most 4096.
+    #[arg(long, value_name = "MB")]
+    pub cache_mb: Option<u64>,
+}
+
+pub fn run(cx: &Ctx, a: EvalArgs) -> Result<(), u8> {
+    let EvalArgs {
+        spec,
+        weights,
+        data,
+        batch_size,
+        device,
+        cache_mb,
+    } = a;
+    let dev = device_of(&device)?;
+    let (_, _, vg) = cx.build_full(&spec, None)?;
+    let mut net = load_weights(&vg, &weights, dev)?;
+    let data_dir = data
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(bundled_data);
+    let shape = vg.graph().input_shape().clone();
+    let mut ds =
+        se_compile::train::data::Dataset::load(&data_dir, shape[0], shape[1], shape[2], 0.0, 0)
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                EXIT_INVALID
+            })?;
+    // On stderr: eval's standard output stays the result (its first line the score).
+    eprintln!(
+        "{}",
+        ds.cache(cache_mb.unwrap_or_else(se_compile::train::data::default_cache_mb))
+    );
+    let split = if ds.val.is_empty() {
+        &ds.train
+    } else {
+        &ds.val
+    };
+    let k = ds.classes.len();
+    let (loss, acc, conf) =
+        se_compile::train::run::evaluate(net.as_mut(), &ds, split, batch_size, k);
+    println!(
+        "{} images, {} classes: loss {:.4}, accuracy {:.4}",
+        split.len(),
+        k,
+        loss,
+        acc
+    );
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let w = ds.classes.iter().map(|c| c.len()).max().unwrap_or(4).max(5);
+    print!("{:>w$}", "");
+    for j in 0..k {
+        print!(" {:>5}", j);
+    }
+    println!();
+    for (i, row) in conf.iter().enumerate() {
+        print!("{:>w$}", ds.classes[i]);
+        for v in row {
+            print!(" {:>5}", v);
+        }
+        println!();
+    }
+    Ok(())
+}
