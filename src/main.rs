@@ -129,7 +129,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f32,
     },
-    /// Export the model: ONNX (one .onnx file) or PyTorch (model.py + weights.safetensors).
+    /// Export the model: ONNX (one .onnx file) or PyTorch (model.py + weights.safetensors, and train.py for torchrun).
     #[command(
         after_help = "Examples:\n  se-compile export se_resnet50 --format onnx -o se_resnet50.onnx\n  se-compile export models/se_resnet_mini.yaml --format onnx --weights runs/se_resnet_mini/best.safetensors -o mini.onnx --batch 1\n  se-compile export models/se_resnet_mini.yaml --format pytorch --weights runs/se_resnet_mini/best.safetensors -o mini_torch\n\nWithout --weights the network's seeded initial values (the recipe's seed) are exported.\nONNX input is NHWC float pixels / 255, as se-compile feeds them (--input-layout nchw for NCHW)."
     )]
