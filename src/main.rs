@@ -170,6 +170,15 @@ enum Cmd {
         #[arg(short, long)]
         output: String,
     },
+    /// Print a JSON Schema of the YAML spec (for editors: yaml-language-server).
+    #[command(
+        after_help = "Example:\n  se-compile schema > se-compile.schema.json\n  and put `# yaml-language-server: $schema=./se-compile.schema.json` at the top of a spec"
+    )]
+    Schema {
+        /// Output file (`-` for stdout).
+        #[arg(short, long, default_value = "-")]
+        output: String,
+    },
     /// Write a Graphviz DOT graph with the output shape on every edge.
     #[command(
         after_help = "Example:\n  se-compile graph models/se_block.yaml -o se_block.dot && dot -Tpng se_block.dot -o se_block.png"
@@ -468,6 +477,12 @@ fn run(cli: Cli) -> Result<(), u8> {
             map,
             output,
         } => commands::export::run_import(&cx, &spec, &from, map, &output)?,
+        Cmd::Schema { output } => {
+            let mut text = serde_json::to_string_pretty(&se_compile::spec::schema::schema())
+                .expect("plain JSON");
+            text.push('\n');
+            write_out(&output, &text)?;
+        }
         Cmd::Graph { spec, output } => {
             let (_, vg) = cx.build(&spec)?;
             write_out(&output, &report::dot::dot(&vg))?;

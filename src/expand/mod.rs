@@ -3,7 +3,7 @@
 //! infers every node's shape as it is created, so SE can read its channel count.
 
 pub mod eval;
-mod se;
+pub mod se;
 
 use crate::diag::{suggest, Diagnostic, Result};
 use crate::ir::args::{ArgVal, Args, Value, MAX_DIM};

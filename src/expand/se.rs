@@ -35,6 +35,11 @@ pub struct SeConfig {
 
 impl SeConfig {
     pub fn parse(mut a: Args) -> Result<SeConfig> {
+        SeConfig::read(&mut a)
+    }
+
+    /// Reads the settings (also run in schema mode by `se-compile schema`).
+    pub fn read(a: &mut Args) -> Result<SeConfig> {
         let (r, r_span) = match a.get("r") {
             Some((_, span)) => (a.int("r", 1)?.unwrap_or(16) as usize, span),
             None => (16, a.span),
@@ -61,8 +66,8 @@ impl SeConfig {
                 None => None,
             })
         };
-        let squeeze_name = name(&mut a, "squeeze_name")?;
-        let excite_name = name(&mut a, "excite_name")?;
+        let squeeze_name = name(a, "squeeze_name")?;
+        let excite_name = name(a, "excite_name")?;
         let use_bias = a.bool("use_bias")?;
         let gate = match a.word("gate", &["sigmoid", "hard_sigmoid"])? {
             Some((g, _)) if g == "hard_sigmoid" => ActFn::HardSigmoid,

@@ -64,6 +64,50 @@ pub struct Args {
     defaults: Vec<ArgVal>,
     known: Vec<&'static str>,
     positional: Vec<&'static str>,
+    /// Schema mode (`Args::recorder`): every typed read is noted with its type and range, for
+    /// `se-compile schema`, which so describes exactly what the readers accept.
+    record: Option<Vec<(&'static str, KeyType)>>,
+}
+
+/// What a parser read in schema mode: every key with its type, the keys positional values
+/// fill, and the keys it cannot do without.
+pub struct RecordedKeys {
+    pub keys: Vec<(&'static str, KeyType)>,
+    pub positional: Vec<&'static str>,
+    pub required: Vec<&'static str>,
+}
+
+/// What a typed reader accepts, as noted in schema mode.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyType {
+    Int {
+        min: i64,
+    },
+    Float {
+        lo: f64,
+        hi: f64,
+    },
+    Bool,
+    Word(Vec<String>),
+    /// An integer or `[a, b]`.
+    Pair {
+        min: i64,
+    },
+    /// Several forms (padding, shapes, lists): read raw.
+    Any,
+}
+
+impl KeyType {
+    /// A value of this type, for a schema-mode read of a required key.
+    fn sample(&self) -> Value {
+        match self {
+            KeyType::Int { min } | KeyType::Pair { min } => Value::Int((*min).max(1)),
+            KeyType::Float { lo, .. } => Value::Float(*lo),
+            KeyType::Bool => Value::Bool(false),
+            KeyType::Word(w) => Value::Sym(w.first().cloned().unwrap_or_default()),
+            KeyType::Any => Value::List(vec![Value::Int(1)]),
+        }
+    }
 }
 
 /// Largest size of any one dimension, filter count or kernel: far beyond any real CNN, small
@@ -81,6 +125,57 @@ impl Args {
             defaults: vec![],
             known: vec![],
             positional: vec![],
+            record: None,
+        }
+    }
+
+    /// Schema mode: runs `read` (an op's parser) on arguments that start empty, giving each
+    /// required key a sample value of its type until the parse succeeds, and returns every key
+    /// it read with its type, plus the positional keys. Keys read only under conditions that
+    /// the samples do not meet are not seen; none of the parsers has such keys.
+    pub fn record_keys<T>(op: &str, read: impl Fn(&mut Args) -> Result<T>) -> RecordedKeys {
+        let mut given: Vec<ArgVal> = vec![];
+        loop {
+            let mut a = Args::new(op, Span::new(0, 0), given.clone());
+            a.record = Some(vec![]);
+            let ok = read(&mut a).is_ok();
+            let rec = a.record.take().unwrap_or_default();
+            let missing = rec.iter().find(|(k, _)| {
+                !given
+                    .iter()
+                    .any(|g| g.key.as_ref().is_some_and(|(gk, _)| gk == k))
+            });
+            match missing {
+                Some((k, t)) if !ok && given.len() < 16 => given.push(ArgVal {
+                    key: Some((k.to_string(), Span::new(0, 0))),
+                    value: t.sample(),
+                    span: Span::new(0, 0),
+                    scope_names: vec![],
+                }),
+                _ => {
+                    let required = given
+                        .iter()
+                        .filter_map(|g| g.key.as_ref())
+                        .filter_map(|(k, _)| rec.iter().find(|(r, _)| r == k).map(|(r, _)| *r))
+                        .collect();
+                    return RecordedKeys {
+                        keys: rec,
+                        positional: a.positional.clone(),
+                        required,
+                    };
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, key: &'static str, t: KeyType) {
+        if let Some(r) = &mut self.record {
+            match r.iter_mut().find(|(k, _)| *k == key) {
+                // `get` then a typed read of the same key: keep the type.
+                Some(e) if e.1 == KeyType::Any => e.1 = t,
+                Some(_) => {}
+                None => r.push((key, t)),
+            }
         }
     }
 
@@ -176,6 +271,7 @@ impl Args {
 
     /// A value with its span, if given.
     pub fn get(&mut self, key: &'static str) -> Option<(Value, Span)> {
+        self.note(key, KeyType::Any);
         self.find(key)
             .map(|i| (self.vals[i].value.clone(), self.vals[i].span))
     }
@@ -218,6 +314,7 @@ impl Args {
     }
 
     pub fn int(&mut self, key: &'static str, min: i64) -> Result<Option<i64>> {
+        self.note(key, KeyType::Int { min });
         let Some(i) = self.find(key) else {
             return Ok(None);
         };
@@ -255,6 +352,7 @@ impl Args {
     }
 
     pub fn float(&mut self, key: &'static str, lo: f64, hi: f64) -> Result<Option<f64>> {
+        self.note(key, KeyType::Float { lo, hi });
         let Some(i) = self.find(key) else {
             return Ok(None);
         };
@@ -276,6 +374,7 @@ impl Args {
     }
 
     pub fn bool(&mut self, key: &'static str) -> Result<Option<bool>> {
+        self.note(key, KeyType::Bool);
         let Some(i) = self.find(key) else {
             return Ok(None);
         };
@@ -288,6 +387,10 @@ impl Args {
 
     /// One of a fixed set of words.
     pub fn word(&mut self, key: &'static str, allowed: &[&str]) -> Result<Option<(String, Span)>> {
+        self.note(
+            key,
+            KeyType::Word(allowed.iter().map(|w| w.to_string()).collect()),
+        );
         let Some(i) = self.find(key) else {
             return Ok(None);
         };
@@ -312,6 +415,7 @@ impl Args {
 
     /// An integer or a pair `[a, b]`, e.g. a kernel size.
     pub fn pair(&mut self, key: &'static str, min: i64) -> Result<Option<[usize; 2]>> {
+        self.note(key, KeyType::Pair { min });
         let Some(i) = self.find(key) else {
             return Ok(None);
         };
@@ -338,6 +442,7 @@ impl Args {
 
     /// Raw access, for attributes with several forms (padding).
     pub fn raw(&mut self, key: &'static str) -> Option<(Value, Span, usize)> {
+        self.note(key, KeyType::Any);
         self.find(key)
             .map(|i| (self.vals[i].value.clone(), self.vals[i].span, i))
     }

@@ -2,6 +2,7 @@
 
 pub mod ast;
 pub mod dsl;
+pub mod schema;
 pub mod yaml;
 
 use crate::diag::Result;

@@ -347,7 +347,7 @@ fn check_dups(cx: &Ctx, m: &[(Spanned<String>, Spanned<YNode>)]) -> Result<()> {
     Ok(())
 }
 
-const TOP_KEYS: &[&str] = &[
+pub const TOP_KEYS: &[&str] = &[
     "model", "input", "classes", "se", "defaults", "blocks", "layers", "train",
 ];
 

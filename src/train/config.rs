@@ -195,7 +195,6 @@ impl TrainConfig {
 
     /// Reads the spec's `train:` section.
     pub fn from_spec(spec: &Spec) -> Result<TrainConfig> {
-        let mut c = TrainConfig::default();
         let vars = Vars::default();
         let vals: Vec<ArgVal> = spec
             .train
@@ -210,7 +209,12 @@ impl TrainConfig {
             })
             .collect::<Result<_>>()?;
         let span = spec.train_span.unwrap_or(spec.span);
-        let mut a = Args::new("train", span, vals);
+        TrainConfig::from_args(&mut Args::new("train", span, vals))
+    }
+
+    /// Reads the `train:` arguments (also run in schema mode by `se-compile schema`).
+    pub fn from_args(a: &mut Args) -> Result<TrainConfig> {
+        let mut c = TrainConfig::default();
         a.positional(&[])?;
         if let Some((o, _)) = a.word("optimizer", &["adam", "sgd"])? {
             c.optimizer = if o == "sgd" {
