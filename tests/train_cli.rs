@@ -249,6 +249,50 @@ fn resume_gives_the_same_metrics_as_an_uninterrupted_run() {
     assert_eq!(wa.meta, wb.meta);
 }
 
+/// Pixels of exactly `rgb` in `img`.
+fn pixels_of(img: &image::RgbImage, rgb: [u8; 3]) -> usize {
+    img.pixels().filter(|p| p.0 == rgb).count()
+}
+
+#[test]
+fn plots_are_800x500_with_both_curves_and_real_text() {
+    let data = tiny_data("plots", 2);
+    let out = tmp("plots-run").join("run");
+    let (code, stdout, stderr) = train(
+        "models/se_resnet_mini.yaml",
+        &data,
+        &out,
+        &["--epochs", "2", "--batch-size", "10"],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (train_rgb, val_rgb) = (
+        se_compile::train::plot::colour(0),
+        se_compile::train::plot::colour(1),
+    );
+    for name in ["accuracy.png", "loss.png"] {
+        let img = image::open(out.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (800, 500), "{name}");
+        // Both lines run across the plot (2 px wide, markers at both epochs, the legend).
+        let (t, v) = (pixels_of(&img, train_rgb), pixels_of(&img, val_rgb));
+        assert!(
+            t > 500 && v > 500,
+            "{name}: train {t}, validation {v} pixels"
+        );
+        // Anti-aliased text and grid lines: many distinct colours, where a blank image or
+        // hand-drawn glyphs have a handful.
+        let colours: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        assert!(colours.len() > 100, "{name}: {} colours", colours.len());
+        // Mostly background, but not blank.
+        let white = pixels_of(&img, [255, 255, 255]);
+        assert!(
+            white > 200_000 && white < 390_000,
+            "{name}: {white} white pixels"
+        );
+    }
+}
+
 /// One epoch of `spec` on `data`, writing the run into `data/r`.
 fn train_one_epoch(spec: &str, data: &Path) -> (i32, String, String) {
     train(spec, data, &data.join("r"), &["--epochs", "1"])

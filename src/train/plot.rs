@@ -1,166 +1,392 @@
-//! Train-vs-validation curves as PNG, like the seed's matplotlib plot, drawn without a plotting
-//! library: axes, ticks with numbers, two coloured lines and a legend.
+//! Line plots as PNG, drawn with `plotters` into an RGB buffer and written atomically with the
+//! `image` encoder. Text uses DejaVu Sans, bundled in `assets/fonts/` and compiled into the binary
+//! (no system font lookup).
+//!
+//! [`curves`] draws the train-vs-validation curves of a run (`accuracy.png`, `loss.png`);
+//! [`lines`] draws any number of panels, each with named series, on one image.
 
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use std::path::Path;
 
-/// 3x5 glyphs for the characters the plots need.
-fn glyph(c: char) -> [u8; 5] {
-    match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        '_' => [0, 0, 0, 0, 7],
-        'a' => [0, 7, 1, 7, 7],
-        'c' => [0, 7, 4, 4, 7],
-        'e' => [7, 5, 7, 4, 7],
-        'h' => [4, 4, 7, 5, 5],
-        'i' => [2, 0, 2, 2, 2],
-        'l' => [6, 2, 2, 2, 7],
-        'n' => [0, 6, 5, 5, 5],
-        'o' => [0, 7, 5, 5, 7],
-        'p' => [7, 5, 7, 4, 4],
-        'r' => [0, 7, 4, 4, 4],
-        's' => [7, 4, 7, 1, 7],
-        't' => [2, 7, 2, 2, 3],
-        'u' => [0, 5, 5, 5, 7],
-        'v' => [0, 5, 5, 5, 2],
-        'y' => [5, 5, 7, 1, 7],
-        _ => [0; 5],
+/// DejaVu Sans (Bitstream Vera licence, see `assets/fonts/LICENSE`).
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const FAMILY: &str = "sans-serif";
+
+/// Size of one panel in pixels.
+pub const PANEL_SIZE: (u32, u32) = (800, 500);
+
+/// Matplotlib's default colour cycle (tab10), so the plots read like the seed's.
+const COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The colour of the `i`-th series of a panel, as RGB.
+pub fn colour(i: usize) -> [u8; 3] {
+    let RGBColor(r, g, b) = COLOURS[i % COLOURS.len()];
+    [r, g, b]
+}
+
+/// One named line. Points whose x or y is not finite (NaN: no validation data) are left out and
+/// break the line there.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One chart: a title, axis labels and its series (coloured in order, with a legend).
+#[derive(Clone, Debug)]
+pub struct Panel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// A marker on every point (epochs); isolated points always get one.
+    pub markers: bool,
+    /// Integer x ticks only (epochs, channel indices).
+    pub integer_x: bool,
+}
+
+fn register_font() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err("the bundled font does not load".into())
     }
 }
 
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>,
-}
-
-impl Canvas {
-    fn set(&mut self, x: i64, y: i64, rgb: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            let i = (y as usize * self.w + x as usize) * 3;
-            self.px[i..i + 3].copy_from_slice(&rgb);
-        }
-    }
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), rgb: [u8; 3], thick: i64) {
-        let steps = ((x1 - x0).abs().max((y1 - y0).abs()) as usize).max(1);
-        for s in 0..=steps {
-            let t = s as f64 / steps as f64;
-            let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-            for dx in 0..thick {
-                for dy in 0..thick {
-                    self.set(x as i64 + dx - thick / 2, y as i64 + dy - thick / 2, rgb);
-                }
-            }
-        }
-    }
-    fn text(&mut self, x: i64, y: i64, s: &str, scale: i64) {
-        for (k, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (4 >> col) != 0 {
-                        for a in 0..scale {
-                            for b in 0..scale {
-                                self.set(
-                                    x + (k as i64 * 4 + col) * scale + a,
-                                    y + row as i64 * scale + b,
-                                    [0, 0, 0],
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Draws `train` (blue) and `val` (orange) against the epoch number.
+/// Draws `train` and `val` (one value per epoch, NaN where missing) against the epoch number,
+/// as one 800×500 panel titled `title` with `title` on the y axis.
 pub fn curves(path: &Path, title: &str, train: &[f64], val: &[f64]) -> Result<(), String> {
-    let (w, h) = (640usize, 420usize);
-    let mut c = Canvas {
-        w,
-        h,
-        px: vec![255; w * h * 3],
+    let by_epoch = |name: &str, v: &[f64]| Series {
+        name: name.into(),
+        points: v
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| ((i + 1) as f64, y))
+            .collect(),
     };
-    let (l, r, t, b) = (70.0, 620.0, 40.0, 370.0);
-    let all: Vec<f64> = train
-        .iter()
-        .chain(val)
-        .copied()
-        .filter(|v| v.is_finite())
-        .collect();
-    let (mut lo, mut hi) = (
-        all.iter().cloned().fold(f64::INFINITY, f64::min),
-        all.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-    );
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
+    lines(
+        path,
+        &[Panel {
+            title: title.into(),
+            x_label: "epoch".into(),
+            y_label: title.into(),
+            series: vec![by_epoch("train", train), by_epoch("validation", val)],
+            markers: true,
+            integer_x: true,
+        }],
+    )
+}
+
+/// Draws `panels` on one PNG: one panel is [`PANEL_SIZE`]; more are laid out two per row, each
+/// panel that size. Writes atomically (temporary file + rename).
+pub fn lines(path: &Path, panels: &[Panel]) -> Result<(), String> {
+    let png = render(panels)?;
+    super::checkpoint::write_atomic(path, &png)
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+}
+
+/// The PNG bytes of [`lines`].
+pub fn render(panels: &[Panel]) -> Result<Vec<u8>, String> {
+    if panels.is_empty() {
+        return Err("nothing to plot: no panels".into());
     }
-    if hi - lo < 1e-9 {
-        hi = lo + 1.0;
-    }
-    let n = train.len().max(val.len()).max(2);
-    let px = |i: usize| l + (r - l) * i as f64 / (n - 1) as f64;
-    let py = |v: f64| b - (b - t) * (v - lo) / (hi - lo);
-    c.line((l, b), (r, b), [0, 0, 0], 1);
-    c.line((l, t), (l, b), [0, 0, 0], 1);
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * k as f64 / 4.0;
-        c.line((l - 5.0, py(v)), (l, py(v)), [0, 0, 0], 1);
-        c.text(8, py(v) as i64 - 5, &format!("{v:.3}"), 2);
-    }
-    let ticks = (n - 1).min(10);
-    for k in 0..=ticks {
-        let i = k * (n - 1) / ticks.max(1);
-        c.line((px(i), b), (px(i), b + 5.0), [0, 0, 0], 1);
-        c.text(px(i) as i64 - 4, b as i64 + 10, &format!("{}", i + 1), 2);
-    }
-    c.text((l + r) as i64 / 2 - 20, b as i64 + 32, "epoch", 2);
-    c.text(l as i64, 12, title, 3);
-    for (series, rgb) in [(train, [31u8, 119, 180]), (val, [255u8, 127, 14])] {
-        for i in 1..series.len() {
-            if series[i - 1].is_finite() && series[i].is_finite() {
-                c.line(
-                    (px(i - 1), py(series[i - 1])),
-                    (px(i), py(series[i])),
-                    rgb,
-                    2,
-                );
-            }
-        }
-        if series.len() == 1 && series[0].is_finite() {
-            c.line(
-                (px(0) - 2.0, py(series[0])),
-                (px(0) + 2.0, py(series[0])),
-                rgb,
-                4,
-            );
-        }
-    }
-    // Legend.
-    for (k, (name, rgb)) in [("train", [31u8, 119, 180]), ("val", [255u8, 127, 14])]
-        .iter()
-        .enumerate()
+    register_font()?;
+    let cols = panels.len().min(2);
+    let rows = panels.len().div_ceil(cols);
+    let (w, h) = (PANEL_SIZE.0 * cols as u32, PANEL_SIZE.1 * rows as u32);
+    let mut buf = vec![255u8; w as usize * h as usize * 3];
     {
-        let y = 14.0 + 14.0 * k as f64;
-        c.line((470.0, y + 4.0), (495.0, y + 4.0), *rgb, 3);
-        c.text(502, y as i64, name, 2);
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        for (area, panel) in root.split_evenly((rows, cols)).iter().zip(panels) {
+            draw_panel(area, panel).map_err(|e| format!("plot `{}`: {e}", panel.title))?;
+        }
+        root.present().map_err(|e| e.to_string())?;
     }
-    let img = image::RgbImage::from_raw(w as u32, h as u32, c.px).ok_or("plot buffer size")?;
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or("plot buffer size")?;
     let mut bytes = std::io::Cursor::new(vec![]);
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .map_err(|e| e.to_string())?;
-    super::checkpoint::write_atomic(path, &bytes.into_inner())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    Ok(bytes.into_inner())
+}
+
+/// `lo..hi` covering `v` with a margin; a single value or none still gives a proper range.
+fn range(v: impl Iterator<Item = f64>, margin: f64) -> (f64, f64) {
+    let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        let pad = (lo.abs() * 0.1).max(0.5);
+        return (lo - pad, hi + pad);
+    }
+    let pad = (hi - lo) * margin;
+    (lo - pad, hi + pad)
+}
+
+/// Runs of consecutive finite points.
+fn segments(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+    points
+        .split(|(x, y)| !x.is_finite() || !y.is_finite())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect()
+}
+
+/// `3`, not `3.0`; other numbers with up to 4 decimals and no trailing zeros.
+fn tick(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{:.0}", v.round() + 0.0)
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend, Shift>,
+    p: &Panel,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let finite: Vec<(f64, f64)> = p
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    // A little room on the x axis so the first and last markers are not cut in half; a single
+    // epoch gets its tick in the middle.
+    let (x0, x1) = range(finite.iter().map(|q| q.0), 0.03);
+    let (y0, y1) = range(finite.iter().map(|q| q.1), 0.05);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, (FAMILY, 26))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    let x_ticks = if p.integer_x {
+        ((x1 - x0).floor() as usize + 1).clamp(2, 11)
+    } else {
+        10
+    };
+    chart
+        .configure_mesh()
+        .x_desc(&p.x_label)
+        .y_desc(&p.y_label)
+        .x_labels(x_ticks)
+        .y_labels(8)
+        .x_label_formatter(&|v| {
+            if p.integer_x && (v - v.round()).abs() > 1e-9 {
+                String::new()
+            } else {
+                tick(*v)
+            }
+        })
+        .y_label_formatter(&|v| tick(*v))
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .bold_line_style(RGBColor(200, 200, 200))
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()?;
+    let mut late_high = 0.0;
+    let mut drawn = 0usize;
+    for (i, s) in p.series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let segs = segments(&s.points);
+        if segs.is_empty() {
+            continue;
+        }
+        for seg in &segs {
+            chart.draw_series(LineSeries::new(seg.iter().copied(), colour.stroke_width(2)))?;
+        }
+        let marked: Vec<(f64, f64)> = segs
+            .iter()
+            .filter(|seg| p.markers || seg.len() == 1)
+            .flatten()
+            .copied()
+            .collect();
+        let r = if p.markers { 4 } else { 0 };
+        chart
+            .draw_series(marked.iter().map(|&q| Circle::new(q, 4, colour.filled())))?
+            .label(&s.name)
+            .legend(move |(x, y)| {
+                EmptyElement::at((x + 12, y))
+                    + PathElement::new(vec![(-12, 0), (12, 0)], colour.stroke_width(2))
+                    + Circle::new((0, 0), r, colour.filled())
+            });
+        // Where the series ends up (the last third of its points), to keep the legend off it.
+        let last = segs.last().expect("not empty");
+        let tail = &last[last.len() * 2 / 3..];
+        late_high += tail.iter().map(|q| (q.1 - y0) / (y1 - y0)).sum::<f64>() / tail.len() as f64;
+        drawn += 1;
+    }
+    if drawn > 0 {
+        let position = if late_high / drawn as f64 > 0.5 {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        };
+        chart
+            .configure_series_labels()
+            .position(position)
+            .margin(10)
+            .label_font((FAMILY, 16))
+            .background_style(WHITE.mix(0.9))
+            .border_style(RGBColor(160, 160, 160))
+            .draw()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn decode(png: &[u8]) -> image::RgbImage {
+        image::load_from_memory_with_format(png, image::ImageFormat::Png)
+            .expect("a PNG")
+            .to_rgb8()
+    }
+
+    /// Pixels of exactly the `i`-th series colour.
+    fn count(img: &image::RgbImage, i: usize) -> usize {
+        img.pixels().filter(|p| p.0 == colour(i)).count()
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("se-compile-plot-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn curves_draws_both_series_text_and_grid() {
+        let dir = tmp("curves");
+        let path = dir.join("accuracy.png");
+        curves(&path, "accuracy", &[0.2, 0.5, 0.7], &[0.25, 0.45, 0.6]).unwrap();
+        let img = decode(&std::fs::read(&path).unwrap());
+        assert_eq!(img.dimensions(), PANEL_SIZE);
+        // Both lines are drawn (2 px wide over ~700 px each).
+        assert!(count(&img, 0) > 500, "train pixels: {}", count(&img, 0));
+        assert!(
+            count(&img, 1) > 500,
+            "validation pixels: {}",
+            count(&img, 1)
+        );
+        // Anti-aliased text gives many grey levels; the old 3x5 glyphs had none.
+        let colours: HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        assert!(colours.len() > 100, "{} distinct colours", colours.len());
+        // Grid lines.
+        assert!(img.pixels().filter(|p| p.0 == [200, 200, 200]).count() > 1000);
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() == 1,
+            "temporary file left"
+        );
+    }
+
+    #[test]
+    fn nan_values_are_skipped_and_one_epoch_plots() {
+        let dir = tmp("nan");
+        let path = dir.join("loss.png");
+        curves(&path, "loss", &[1.5], &[f64::NAN]).unwrap();
+        let img = decode(&std::fs::read(&path).unwrap());
+        assert_eq!(img.dimensions(), PANEL_SIZE);
+        // The single train value gets a marker (and a legend entry); no validation is drawn.
+        assert!(count(&img, 0) > 20, "train pixels: {}", count(&img, 0));
+        assert_eq!(count(&img, 1), 0);
+        // A gap in the middle of a series does not stop the rest of it.
+        let png = render(&[Panel {
+            title: "gap".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![Series {
+                name: "s".into(),
+                points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0), (3.0, 2.0)],
+            }],
+            markers: false,
+            integer_x: false,
+        }])
+        .unwrap();
+        assert!(count(&decode(&png), 0) > 200);
+    }
+
+    #[test]
+    fn lines_lays_out_panels_two_per_row() {
+        // The shape an analysis would draw: one panel per SE block, channel on x, one line per
+        // class.
+        let panels: Vec<Panel> = (0..3)
+            .map(|b| Panel {
+                title: format!("se block {b}"),
+                x_label: "channel".into(),
+                y_label: "mean excitation".into(),
+                series: (0..4)
+                    .map(|c| Series {
+                        name: format!("class {c}"),
+                        points: (0..32)
+                            .map(|k| (k as f64, ((k * (c + 1) + b) as f64 * 0.3).sin()))
+                            .collect(),
+                    })
+                    .collect(),
+                markers: false,
+                integer_x: true,
+            })
+            .collect();
+        let dir = tmp("lines");
+        let path = dir.join("panels.png");
+        lines(&path, &panels).unwrap();
+        let img = decode(&std::fs::read(&path).unwrap());
+        assert_eq!(
+            img.dimensions(),
+            (2 * PANEL_SIZE.0, 2 * PANEL_SIZE.1),
+            "3 panels: 2 rows of 2"
+        );
+        for c in 0..4 {
+            assert!(count(&img, c) > 300, "class {c}: {} pixels", count(&img, c));
+        }
+        // The fourth cell stays empty (white).
+        let (w, h) = PANEL_SIZE;
+        assert!((w + 10..2 * w - 10).all(|x| (h + 10..2 * h - 10)
+            .step_by(7)
+            .all(|y| img.get_pixel(x, y).0 == [255; 3])));
+        // The third panel (bottom left) is drawn.
+        let bottom_left: HashSet<[u8; 3]> = (0..w)
+            .flat_map(|x| (h..2 * h).map(move |y| (x, y)))
+            .map(|(x, y)| img.get_pixel(x, y).0)
+            .collect();
+        assert!(bottom_left.len() > 20);
+    }
+
+    #[test]
+    fn errors_are_messages() {
+        let dir = tmp("errors");
+        let e = curves(
+            &dir.join("missing/accuracy.png"),
+            "accuracy",
+            &[0.1],
+            &[0.2],
+        )
+        .unwrap_err();
+        assert!(e.contains("missing/accuracy.png: cannot write"), "{e}");
+        assert!(lines(&dir.join("x.png"), &[])
+            .unwrap_err()
+            .contains("no panels"));
+    }
 }

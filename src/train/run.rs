@@ -90,17 +90,50 @@ pub struct TrainOptions {
     pub data: PathBuf,
     pub out: PathBuf,
     pub resume: bool,
-    /// Print a live progress line (stderr is a terminal).
+    /// Draw a live progress bar on stderr (stderr is a terminal).
     pub progress: bool,
 }
 
-fn bar(done: usize, total: usize) -> String {
-    let width = 30;
-    let filled = (done * width) / total.max(1);
-    if done >= total {
-        "=".repeat(width)
-    } else {
-        format!("{}>{}", "=".repeat(filled), ".".repeat(width - filled - 1))
+/// The Keras-like bar of the end-of-epoch line on stdout.
+const FULL_BAR: &str = "==============================";
+
+/// The live progress bar of one epoch on stderr (a hidden one when stderr is not a terminal):
+/// steps, running loss and accuracy, images/s, ETA. Dropping it clears its line, so an error
+/// return or a panic mid-epoch leaves no half-drawn line behind.
+struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new(steps: usize, visible: bool) -> Progress {
+        if !visible {
+            return Progress(indicatif::ProgressBar::hidden());
+        }
+        let pb = indicatif::ProgressBar::new(steps as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{pos:>5}/{len} [{bar:30}] - {msg} - ETA: {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=>."),
+        );
+        Progress(pb)
+    }
+
+    fn step(&self, loss: f64, accuracy: f64, images_per_s: f64) {
+        self.0.set_message(format!(
+            "loss: {loss:.4} - accuracy: {accuracy:.4} - {images_per_s:.0} img/s"
+        ));
+        self.0.inc(1);
+    }
+
+    /// Runs `f` (which prints to stderr) with the bar out of the way.
+    fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.0.suspend(f)
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
     }
 }
 
@@ -310,7 +343,8 @@ pub fn train(
         // Batches are decoded, assembled and augmented on a worker thread while the step runs.
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let aug = &cfg.augment;
-        prefetch(
+        let progress = Progress::new(batches.len(), opts.progress);
+        let fitted = prefetch(
             batches.len(),
             |k| {
                 ds.batch(
@@ -320,7 +354,9 @@ pub fn train(
                 )
             },
             |step, b| {
-                ds.warn_once(&ds.train, &b.failed);
+                if !b.failed.is_empty() {
+                    progress.suspend(|| ds.warn_once(&ds.train, &b.failed));
+                }
                 if b.is_empty() {
                     return Ok(());
                 }
@@ -358,27 +394,17 @@ pub fn train(
                     .zip(&b.labels)
                     .filter(|(p, t)| argmax(p) == **t)
                     .count();
-                if opts.progress {
-                    let el = t0.elapsed().as_secs_f64();
-                    let eta = el / (step + 1) as f64 * (steps - step - 1) as f64;
-                    eprint!(
-                        "\r{:>5}/{} [{}] - loss: {:.4} - accuracy: {:.4} - {:.0} img/s - ETA: {:.0}s ",
-                        step + 1,
-                        steps,
-                        bar(step + 1, steps),
-                        loss_sum / seen as f64,
-                        correct as f64 / seen as f64,
-                        seen as f64 / el,
-                        eta
-                    );
-                    let _ = std::io::stderr().flush();
-                }
+                progress.step(
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64,
+                    seen as f64 / t0.elapsed().as_secs_f64(),
+                );
                 Ok(())
             },
-        )?;
-        if opts.progress {
-            eprint!("\r{}\r", " ".repeat(110));
-        }
+        );
+        // The bar's line is cleared before the epoch's line (or the error) prints.
+        drop(progress);
+        fitted?;
         let (val_loss, val_acc, _) = if ds.val.is_empty() {
             (f64::NAN, f64::NAN, vec![])
         } else {
@@ -396,7 +422,7 @@ pub fn train(
         };
         println!(
             "{steps}/{steps} [{}] - {:.0}s {:.0}ms/step - loss: {:.4} - accuracy: {:.4} - val_loss: {:.4} - val_accuracy: {:.4} - lr: {:.3e}",
-            bar(steps, steps),
+            FULL_BAR,
             secs,
             secs * 1e3 / steps as f64,
             rec.loss,
