@@ -187,7 +187,14 @@ fn overhead(s: &Side) -> SeOverhead {
 }
 
 pub fn diff(a: &Side, b: &Side, depth: Depth) -> Diff {
-    let (ra, rb) = (summary::rows(a.vg, depth), summary::rows(b.vg, depth));
+    // In spec order, where SE layers keep their place in the block (the summary's Keras order
+    // sorts by depth, which SE changes).
+    let in_spec_order = |vg: &ValidGraph| {
+        let mut r = summary::rows(vg, depth);
+        r.sort_by_key(|r| r.first);
+        r
+    };
+    let (ra, rb) = (in_spec_order(a.vg), in_spec_order(b.vg));
     let rows = align(&ra, &rb)
         .into_iter()
         .map(|(i, j)| {
@@ -239,11 +246,13 @@ fn pct(a: u64, b: u64) -> Option<f64> {
     (a > 0).then(|| delta(a, b) as f64 * 100.0 / a as f64)
 }
 
-/// A percentage with `decimals` places, two where that would print a small change as 0.
+/// A percentage with `decimals` places, two where that would print a small change as 0
+/// (and `+<0.01%` below that).
 fn pct_text(p: Option<f64>, decimals: usize) -> String {
     match p {
         None => String::new(),
         Some(p) if p == 0.0 => "0%".into(),
+        Some(p) if p.abs() < 0.005 => format!("{}<0.01%", if p > 0.0 { '+' } else { '-' }),
         Some(p) if p.abs() < 0.95 => format!("{p:+.2}%"),
         Some(p) => format!("{p:+.decimals$}%"),
     }

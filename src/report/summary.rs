@@ -50,6 +50,8 @@ pub struct Row {
     /// Where the row lies: its group (`stage2`, `stage2.block1`), or for a layer the block
     /// (else stage) it belongs to, empty at the top level. `diff` aligns rows by it.
     pub path: String,
+    /// The row's first layer in creation (spec) order.
+    pub first: NodeId,
 }
 
 pub const MACS_CONVENTION: &str =
@@ -94,6 +96,7 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                 span: node.span,
                 layers: 1,
                 elements: st.elements,
+                first: id,
                 path: node
                     .scope
                     .block
@@ -120,6 +123,7 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                         row.params.non_trainable += st.params.non_trainable;
                         row.macs += st.macs;
                         row.elements += st.elements;
+                        row.first = row.first.min(id);
                         row.layers += 1;
                         row.span = row.span.join(node.span);
                         for e in external {
@@ -143,6 +147,7 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                             span: node.span,
                             layers: 1,
                             elements: st.elements,
+                            first: id,
                         });
                     }
                 }
