@@ -251,7 +251,7 @@ fn pct(a: u64, b: u64) -> Option<f64> {
 fn pct_text(p: Option<f64>, decimals: usize) -> String {
     match p {
         None => String::new(),
-        Some(p) if p == 0.0 => "0%".into(),
+        Some(0.0) => "0%".into(),
         Some(p) if p.abs() < 0.005 => format!("{}<0.01%", if p > 0.0 { '+' } else { '-' }),
         Some(p) if p.abs() < 0.95 => format!("{p:+.2}%"),
         Some(p) => format!("{p:+.decimals$}%"),
@@ -287,10 +287,9 @@ const KINDS: [&str; 3] = ["params", "MACs", "activation memory"];
 /// The twelve number cells of a row: A, B, delta and percentage of each measure.
 fn cells(a: Option<Measures>, b: Option<Measures>) -> Vec<String> {
     let mut out = vec![];
-    for k in 0..3 {
+    for (k, f) in FORMATS.into_iter().enumerate() {
         let x = a.map(|m| m.values()[k]);
         let y = b.map(|m| m.values()[k]);
-        let f = FORMATS[k];
         out.push(x.map(f).unwrap_or_default());
         out.push(y.map(f).unwrap_or_default());
         let (x0, y0) = (x.unwrap_or(0), y.unwrap_or(0));
@@ -433,10 +432,8 @@ pub fn text(d: &Diff) -> String {
     out.push(counts_line(d));
     out.push(overhead_line("A", &d.se.0));
     out.push(overhead_line("B", &d.se.1));
-    out.push(
-        "Activation memory: the outputs of all layers, float32, per image. ".to_string()
-            + summary::MACS_CONVENTION,
-    );
+    out.push("Activation memory: the outputs of all layers, float32, per image.".to_string());
+    out.push(summary::MACS_CONVENTION.to_string());
     let mut s = out.join("\n");
     s.push('\n');
     s
