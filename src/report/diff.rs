@@ -323,12 +323,11 @@ fn overhead_line(which: &str, o: &SeOverhead) -> String {
             let parts: Vec<String> = (0..3)
                 .map(|k| {
                     let (x, y) = (w.values()[k], o.with_se.values()[k]);
-                    format!(
-                        "{} {} ({})",
-                        signed(delta(x, y), FORMATS[k]),
-                        KINDS[k],
-                        pct_text(pct(x, y), 2)
-                    )
+                    let d = format!("{} {}", signed(delta(x, y), FORMATS[k]), KINDS[k]);
+                    match pct(x, y) {
+                        Some(_) => format!("{d} ({})", pct_text(pct(x, y), 2)),
+                        None => d,
+                    }
                 })
                 .collect();
             format!(
