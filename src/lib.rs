@@ -37,6 +37,13 @@ pub fn compile_full(
     Ok((spec, validate::validate(graph)?))
 }
 
+/// The spec compiled a second time with every SE layer left out (as `se: off` everywhere):
+/// the baseline of `diff`'s SE overhead.
+pub fn compile_without_se(src: &SourceFile) -> Result<ValidGraph, Diagnostic> {
+    let spec = spec::parse(src)?;
+    validate::validate(expand::expand_with(&spec, true)?)
+}
+
 /// Why a spec file could not be read; each renders as one line.
 #[derive(Debug)]
 pub enum FileError {

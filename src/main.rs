@@ -18,7 +18,7 @@ use std::process::ExitCode;
     name = "se-compile",
     version,
     about = "Compile declarative Squeeze-and-Excitation CNN specs (YAML or DSL) into a validated layer graph",
-    after_help = "Examples:\n  se-compile check models/*.yaml\n  se-compile summary se_resnet50\n  se-compile summary models/se_resnet50.se --depth stage --format json\n  se-compile compile models/se_resnet50.yaml -o graph.json\n  se-compile graph models/se_block.yaml -o se_block.dot\n\nExit codes: 0 ok, 1 invalid spec, 2 bad usage (unknown option, missing file)."
+    after_help = "Examples:\n  se-compile check models/*.yaml\n  se-compile summary se_resnet50\n  se-compile summary models/se_resnet50.se --depth stage --format json\n  se-compile diff models/se_resnet50.yaml models/se_resnet50_timm.yaml\n  se-compile compile models/se_resnet50.yaml -o graph.json\n  se-compile graph models/se_block.yaml -o se_block.dot\n\nExit codes: 0 ok, 1 invalid spec, 2 bad usage (unknown option, missing file)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,17 +36,37 @@ enum ColorChoice {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DepthArg {
+pub(crate) enum DepthArg {
     Stage,
     Block,
     Layer,
 }
 
+impl From<DepthArg> for Depth {
+    fn from(d: DepthArg) -> Depth {
+        match d {
+            DepthArg::Stage => Depth::Stage,
+            DepthArg::Block => Depth::Block,
+            DepthArg::Layer => Depth::Layer,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
+pub(crate) enum FormatArg {
     Text,
     Json,
     Markdown,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+            FormatArg::Markdown => Format::Markdown,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -76,6 +96,12 @@ enum Cmd {
         #[arg(long)]
         show_source: bool,
     },
+    /// Compare two specs per stage, block or layer: params, MACs and activation memory of both,
+    /// the delta and percentage, and each one's SE overhead.
+    #[command(
+        after_help = "Examples:\n  se-compile diff models/se_resnet50.yaml models/se_resnet50_timm.yaml\n  se-compile diff se_resnet50 tests/diff/se_resnet50_r8.yaml --depth block --format markdown\n\nRows are aligned by stage/block/layer path; rows in one spec only are shown as added (+, only in B)\nor removed (-, only in A). The SE overhead compares each spec with itself without SE layers."
+    )]
+    Diff(commands::diff::DiffArgs),
     /// Write the validated IR graph as JSON.
     #[command(after_help = "Example:\n  se-compile compile models/se_resnet50.yaml -o graph.json")]
     Compile {
@@ -366,16 +392,8 @@ fn run(cli: Cli) -> Result<(), u8> {
         } => {
             let (src, vg) = cx.build(&spec)?;
             let opts = Options {
-                depth: match depth {
-                    DepthArg::Stage => Depth::Stage,
-                    DepthArg::Block => Depth::Block,
-                    DepthArg::Layer => Depth::Layer,
-                },
-                format: match format {
-                    FormatArg::Text => Format::Text,
-                    FormatArg::Json => Format::Json,
-                    FormatArg::Markdown => Format::Markdown,
-                },
+                depth: depth.into(),
+                format: format.into(),
                 show_source,
             };
             print!("{}", summary::render(&vg, &src, &opts));
@@ -389,6 +407,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         }
         Cmd::Train(a) => commands::train::run(&cx, *a)?,
         Cmd::Eval(a) => commands::eval::run(&cx, a)?,
+        Cmd::Diff(a) => commands::diff::run(&cx, a)?,
         Cmd::Predict(a) => commands::predict::run(&cx, a)?,
         Cmd::Bench {
             spec,

@@ -47,9 +47,17 @@ pub struct Expander<'a> {
     stack: Vec<String>,
     stages: usize,
     blocks: usize,
+    /// Every `se` item expands to nothing (`diff`'s SE overhead: the spec without SE).
+    se_off: bool,
 }
 
 pub fn expand(spec: &Spec) -> Result<Graph> {
+    expand_with(spec, false)
+}
+
+/// `expand`, with every `se` item skipped when `se_off` (whatever the model, stage or item
+/// says): the same network without its SE layers.
+pub fn expand_with(spec: &Spec, se_off: bool) -> Result<Graph> {
     Expander {
         spec,
         graph: Graph::default(),
@@ -58,6 +66,7 @@ pub fn expand(spec: &Spec) -> Result<Graph> {
         stack: vec![],
         stages: 0,
         blocks: 0,
+        se_off,
     }
     .run()
 }
@@ -649,6 +658,9 @@ impl<'a> Expander<'a> {
         let SeCtx::On(base) = &env.se else {
             return Ok(x);
         };
+        if self.se_off {
+            return Ok(x);
+        }
         let mut vals = eval_vals(args, &env.vars)?;
         // Item arguments override the stage's and the model's.
         let mut merged: Vec<ArgVal> = base.clone();

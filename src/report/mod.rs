@@ -1,6 +1,7 @@
 //! Back ends that read only a `ValidGraph`: the Keras-style summary (text, JSON, markdown),
 //! Graphviz DOT, and the IR as JSON.
 
+pub mod diff;
 pub mod dot;
 pub mod ir_json;
 pub mod summary;

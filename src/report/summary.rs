@@ -45,6 +45,13 @@ pub struct Row {
     pub span: Span,
     /// Layers in the row (1 at layer depth).
     pub layers: usize,
+    /// Output elements of the row's layers at batch 1 (activation memory / 4 bytes).
+    pub elements: u64,
+    /// Where the row lies: its group (`stage2`, `stage2.block1`), or for a layer the block
+    /// (else stage) it belongs to, empty at the top level. `diff` aligns rows by it.
+    pub path: String,
+    /// The row's first layer in creation (spec) order.
+    pub first: NodeId,
 }
 
 pub const MACS_CONVENTION: &str =
@@ -88,6 +95,15 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                 config: node.op.config(),
                 span: node.span,
                 layers: 1,
+                elements: st.elements,
+                first: id,
+                path: node
+                    .scope
+                    .block
+                    .as_ref()
+                    .or(node.scope.stage.as_ref())
+                    .map(|x| x.0.clone())
+                    .unwrap_or_default(),
             }),
             Some((gname, template)) => {
                 let external: Vec<String> = node
@@ -106,6 +122,8 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                         row.params.trainable += st.params.trainable;
                         row.params.non_trainable += st.params.non_trainable;
                         row.macs += st.macs;
+                        row.elements += st.elements;
+                        row.first = row.first.min(id);
                         row.layers += 1;
                         row.span = row.span.join(node.span);
                         for e in external {
@@ -117,6 +135,7 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                     None => {
                         group_row.insert(gname.clone(), rows.len());
                         rows.push(Row {
+                            path: gname.clone(),
                             name: gname,
                             class: template,
                             shape: vec![],
@@ -127,6 +146,8 @@ pub fn rows(vg: &ValidGraph, depth: Depth) -> Vec<Row> {
                             config: String::new(),
                             span: node.span,
                             layers: 1,
+                            elements: st.elements,
+                            first: id,
                         });
                     }
                 }
@@ -191,7 +212,7 @@ pub fn human(n: u64) -> String {
     }
 }
 
-fn mb(bytes: u64) -> String {
+pub fn mb(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / 1e6)
 }
 
