@@ -31,7 +31,7 @@ fn validator() -> jsonschema::Validator {
 #[test]
 fn every_good_spec_validates() {
     let v = validator();
-    let files: Vec<PathBuf> = ["models", "tests/ok", "tests/scale_out"]
+    let files: Vec<PathBuf> = ["models", "tests/ok", "tests/scale_out", "tests/diff"]
         .iter()
         .flat_map(|d| yaml_files(d))
         .collect();
