@@ -685,6 +685,10 @@ def main():
         print(f"run saved in {out} (val_accuracy {history[-1]['val_accuracy']:.4f} after "
               f"epoch {history[-1]['epoch']})", flush=True)
     if distributed:
+        # Every rank finishes its collectives before the group goes: without the barrier a rank
+        # that is done first can tear gloo down under work still in flight (SIGABRT at exit).
+        del ddp
+        dist.barrier()
         dist.destroy_process_group()
 
 
