@@ -3,7 +3,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use commands::export::{ExportArgs, ExportFormat, LayoutArg, MapArg};
+use commands::export::{ExportArgs, MapArg};
 use se_compile::diag::{render, Style};
 use se_compile::lower::device::{self, DeviceSpec};
 use se_compile::lower::layers::Net;
@@ -159,26 +159,7 @@ enum Cmd {
     #[command(
         after_help = "Examples:\n  se-compile export se_resnet50 --format onnx -o se_resnet50.onnx\n  se-compile export models/se_resnet_mini.yaml --format onnx --weights runs/se_resnet_mini/best.safetensors -o mini.onnx --batch 1\n  se-compile export models/se_resnet_mini.yaml --format pytorch --weights runs/se_resnet_mini/best.safetensors -o mini_torch\n\nWithout --weights the network's seeded initial values (the recipe's seed) are exported.\nONNX input is NHWC float pixels / 255, as se-compile feeds them (--input-layout nchw for NCHW)."
     )]
-    Export {
-        spec: String,
-        #[arg(long, value_enum)]
-        format: ExportFormat,
-        /// The .onnx file, or the directory for --format pytorch.
-        #[arg(short, long)]
-        output: String,
-        /// A se-compile checkpoint (`best.safetensors` of a run).
-        #[arg(long)]
-        weights: Option<String>,
-        /// ONNX batch size: N, or `dynamic` (a symbolic `batch` axis).
-        #[arg(long, default_value = "dynamic")]
-        batch: String,
-        /// ONNX input (and image output) layout.
-        #[arg(long, value_enum, default_value = "nhwc")]
-        input_layout: LayoutArg,
-        /// Override the input height and width (e.g. 64 for a 64x64 SE-ResNet-50).
-        #[arg(long)]
-        input: Option<usize>,
-    },
+    Export(ExportArgs),
     /// Read a PyTorch state dict (safetensors) into a se-compile checkpoint for SPEC.
     #[command(
         name = "import-weights",
@@ -470,26 +451,7 @@ fn run(cli: Cli) -> Result<(), u8> {
                 return Err(EXIT_INVALID);
             }
         }
-        Cmd::Export {
-            spec,
-            format,
-            output,
-            weights,
-            batch,
-            input_layout,
-            input,
-        } => commands::export::run_export(
-            &cx,
-            ExportArgs {
-                spec,
-                format,
-                output,
-                weights,
-                batch,
-                input_layout,
-                input,
-            },
-        )?,
+        Cmd::Export(a) => commands::export::run_export(&cx, a)?,
         Cmd::ImportWeights {
             spec,
             from,

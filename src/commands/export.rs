@@ -6,6 +6,8 @@ use se_compile::lower::device::DeviceSpec;
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::Model;
 use se_compile::train::checkpoint::write_atomic;
+use se_compile::train::config::TrainConfig;
+use se_compile::{SourceFile, ValidGraph};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -27,13 +29,25 @@ pub enum MapArg {
     Keras,
 }
 
+#[derive(clap::Args)]
 pub struct ExportArgs {
     pub spec: String,
+    #[arg(long, value_enum)]
     pub format: ExportFormat,
+    /// The .onnx file, or the directory for --format pytorch.
+    #[arg(short, long)]
     pub output: String,
+    /// A se-compile checkpoint (`best.safetensors` of a run).
+    #[arg(long)]
     pub weights: Option<String>,
+    /// ONNX batch size: N, or `dynamic` (a symbolic `batch` axis).
+    #[arg(long, default_value = "dynamic")]
     pub batch: String,
+    /// ONNX input (and image output) layout.
+    #[arg(long, value_enum, default_value = "nhwc")]
     pub input_layout: LayoutArg,
+    /// Override the input height and width (e.g. 64 for a 64x64 SE-ResNet-50).
+    #[arg(long)]
     pub input: Option<usize>,
 }
 
@@ -81,9 +95,7 @@ pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
         Some(w) => load_weights(&vg, w, DeviceSpec::Cpu)?,
         None => {
             // The values `train` starts from: the recipe's seed.
-            let seed = se_compile::train::config::TrainConfig::from_spec(&spec)
-                .map(|c| c.seed)
-                .unwrap_or(0);
+            let seed = TrainConfig::from_spec(&spec).map(|c| c.seed).unwrap_or(0);
             Box::new(Net::new(&vg, seed))
         }
     };
@@ -109,23 +121,11 @@ pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
             );
         }
         ExportFormat::Pytorch => {
-            let cfg = se_compile::train::config::TrainConfig::from_spec(&spec).map_err(|d| {
+            let cfg = TrainConfig::from_spec(&spec).map_err(|d| {
                 eprint!("{}", se_compile::diag::render(&d, &src, cx.style));
                 EXIT_INVALID
             })?;
-            let mut files = pytorch::export(&vg, &src, &w).map_err(fail)?;
-            files.extend(pytorch::training_files(&vg, &src, &cfg));
-            if out.exists() && !out.is_dir() {
-                return Err(fail(format!(
-                    "{}: exists and is not a directory; --format pytorch writes a directory",
-                    out.display()
-                )));
-            }
-            std::fs::create_dir_all(&out)
-                .map_err(|e| fail(format!("{}: cannot create: {e}", out.display())))?;
-            for (name, bytes) in &files {
-                write(&out.join(name), bytes)?;
-            }
+            let files = write_pytorch_dir(&vg, &src, &w, &cfg, &out)?;
             let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
             eprintln!(
                 "wrote {} ({}; {:.2} s)",
@@ -136,6 +136,31 @@ pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
         }
     }
     Ok(())
+}
+
+/// Writes the PyTorch export (`model.py`, the weights, names.json, train.py, recipe.json, the
+/// spec) into `dir`, which may exist; returns the files. Also what `train --engine torchrun` runs.
+pub fn write_pytorch_dir(
+    vg: &ValidGraph,
+    src: &SourceFile,
+    w: &Weights,
+    cfg: &TrainConfig,
+    dir: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, u8> {
+    let mut files = pytorch::export(vg, src, w).map_err(fail)?;
+    files.extend(pytorch::training_files(vg, src, cfg));
+    if dir.exists() && !dir.is_dir() {
+        return Err(fail(format!(
+            "{}: exists and is not a directory; --format pytorch writes a directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| fail(format!("{}: cannot create: {e}", dir.display())))?;
+    for (name, bytes) in &files {
+        write(&dir.join(name), bytes)?;
+    }
+    Ok(files)
 }
 
 pub fn run_import(cx: &Ctx, spec: &str, from: &str, map: MapArg, output: &str) -> Result<(), u8> {

@@ -4,7 +4,7 @@
 //! runs train.py there. se-compile writes no all-reduce of its own.
 
 use crate::EXIT_USAGE;
-use se_compile::export::{pytorch, Weights};
+use se_compile::export::Weights;
 use se_compile::lower::layers::Net;
 use se_compile::train::config::TrainConfig;
 use se_compile::{SourceFile, ValidGraph};
@@ -128,19 +128,8 @@ pub fn run(t: TorchRun) -> Result<(), u8> {
     // The export: the seeded initial weights `se-compile train` would start from.
     let net = Net::new(t.vg, t.cfg.seed);
     let w = Weights::from_model(&net);
-    let mut files = pytorch::export(t.vg, t.src, &w).map_err(|e| {
-        eprintln!("error: {e}");
-        crate::EXIT_INVALID
-    })?;
-    files.extend(pytorch::training_files(t.vg, t.src, t.cfg));
     let dir = t.out.join("torch");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| usage(format!("{}: cannot create: {e}", dir.display())))?;
-    for (name, bytes) in &files {
-        let p = dir.join(name);
-        se_compile::train::checkpoint::write_atomic(&p, bytes)
-            .map_err(|e| usage(format!("{}: cannot write: {e}", p.display())))?;
-    }
+    super::export::write_pytorch_dir(t.vg, t.src, &w, t.cfg, &dir)?;
     let mut args = vec![
         "--data".to_string(),
         t.data.display().to_string(),

@@ -357,7 +357,6 @@ class Checkpoints:
         from safetensors.torch import save_file
         tensors = {se: to_se(self.state[k]) for k, se in self.names.items()}
         if opt is not None:
-            step = 0
             for k, se in self.names.items():
                 p = self.state[k]
                 if not isinstance(p, nn.Parameter) or not p.requires_grad:
@@ -367,15 +366,13 @@ class Checkpoints:
                     if "exp_avg" not in st:
                         continue
                     m, v = st["exp_avg"], st["exp_avg_sq"]
-                    step = int(st["step"])
                 else:
                     if st.get("momentum_buffer") is None:
                         continue
                     m, v = st["momentum_buffer"], torch.zeros_like(p)
                 tensors["optimizer/m/" + se] = to_se(m)
                 tensors["optimizer/v/" + se] = to_se(v)
-            meta = dict(meta, optimizer_step=str(step if kind == "adam" else meta["_steps"]))
-        meta = {k: str(v) for k, v in meta.items() if not k.startswith("_")}
+        meta = {k: str(v) for k, v in meta.items()}
         tmp = f"{path}.tmp-{os.getpid()}"
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
@@ -666,7 +663,9 @@ def main():
                   f"{rec['loss']:.4f} - accuracy: {rec['accuracy']:.4f} - val_loss: "
                   f"{val_loss:.4f} - val_accuracy: {val_acc:.4f} - lr: {lr:.3e}", flush=True)
             meta = {"format": "se-compile-weights", "model": recipe["model"],
-                    "epoch": epoch + 1, "engine": "torchrun", "_steps": steps_done}
+                    "epoch": epoch + 1, "engine": "torchrun",
+                    # as se-compile's: every batch is one optimizer step (Adam's `step` too)
+                    "optimizer_step": steps_done}
             ck.save(os.path.join(out, "last.safetensors"), meta, opt, kind)
             score = val_acc if val[0] else -rec["loss"]
             if score > best:
