@@ -1129,15 +1129,6 @@ fn safetensors_bytes(state: &[Tensor], g: &Graph, version: &str) -> Result<Vec<u
             ),
         })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("sizes match"),
-            )
-        })
-        .collect();
     let meta: HashMap<String, String> = [
         ("format".to_string(), "pt".to_string()),
         ("model".to_string(), g.model.clone()),
@@ -1145,5 +1136,5 @@ fn safetensors_bytes(state: &[Tensor], g: &Graph, version: &str) -> Result<Vec<u
     ]
     .into_iter()
     .collect();
-    safetensors::serialize(views, &Some(meta)).map_err(|e| ExportError::Read(format!("{e:?}")))
+    crate::train::checkpoint::serialize(&owned, meta).map_err(ExportError::Read)
 }

@@ -29,30 +29,37 @@ pub fn save(
     extra: &[(String, Vec<f32>)],
     meta: HashMap<String, String>,
 ) -> Result<(), String> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = net
+    let f32 = safetensors::Dtype::F32;
+    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = net
         .param_info()
         .into_iter()
         .zip(net.param_values())
-        .map(|(p, v)| (p.name, vec![p.len], to_bytes(&v)))
+        .map(|(p, v)| (p.name, f32, vec![p.len], to_bytes(&v)))
+        .chain(
+            extra
+                .iter()
+                .map(|(n, v)| (n.clone(), f32, vec![v.len()], to_bytes(v))),
+        )
         .collect();
-    owned.extend(
-        extra
-            .iter()
-            .map(|(n, v)| (n.clone(), vec![v.len()], to_bytes(v))),
-    );
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+    let bytes = serialize(&owned, meta).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_atomic(path, &bytes).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+}
+
+/// safetensors bytes of (name, dtype, shape, little-endian data) tensors with metadata.
+pub fn serialize(
+    tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| {
+        .map(|(n, d, s, b)| {
             (
                 n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .expect("sizes match"),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("sizes match"),
             )
         })
         .collect();
-    let bytes = safetensors::serialize(views, &Some(meta))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    write_atomic(path, &bytes).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    safetensors::serialize(views, &Some(meta)).map_err(|e| format!("{e:?}"))
 }
 
 /// A loaded checkpoint: tensors by name and the metadata.
