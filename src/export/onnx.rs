@@ -377,8 +377,13 @@ pub fn export(
                     w.get(&name, "moving_variance"),
                 );
                 let attrs = || vec![attr_float("epsilon", bn.epsilon as f32)];
-                if x.rank == 4 {
-                    let x = b.to(x, Layout::Nchw);
+                if x.rank == 4 || x.rank == 2 {
+                    // Channels on axis 1: an image made NCHW, or a (N, C) vector as it is.
+                    let (x, out) = if x.rank == 4 {
+                        (b.to(x, Layout::Nchw), Val::nchw(&name))
+                    } else {
+                        (x.clone(), Val::spec(&name, 2))
+                    };
                     b.node(
                         "BatchNormalization",
                         &name,
@@ -386,16 +391,7 @@ pub fn export(
                         &name,
                         attrs(),
                     );
-                    Val::nchw(&name)
-                } else if x.rank == 2 {
-                    b.node(
-                        "BatchNormalization",
-                        &name,
-                        &[&x.name, &sc, &sh, &mm, &mv],
-                        &name,
-                        attrs(),
-                    );
-                    Val::spec(&name, 2)
+                    out
                 } else {
                     // (N, d1.., C): channels to axis 1 for BatchNormalization, and back.
                     let r = x.rank as i64;
