@@ -18,7 +18,7 @@ use std::process::ExitCode;
     name = "se-compile",
     version,
     about = "Compile declarative Squeeze-and-Excitation CNN specs (YAML or DSL) into a validated layer graph",
-    after_help = "Examples:\n  se-compile check models/*.yaml\n  se-compile summary se_resnet50\n  se-compile summary models/se_resnet50.se --depth stage --format json\n  se-compile diff models/se_resnet50.yaml models/se_resnet50_timm.yaml\n  se-compile compile models/se_resnet50.yaml -o graph.json\n  se-compile graph models/se_block.yaml -o se_block.dot\n\nExit codes: 0 ok, 1 invalid spec, 2 bad usage (unknown option, missing file)."
+    after_help = "Examples:\n  se-compile check models/*.yaml\n  se-compile summary se_resnet50\n  se-compile summary models/se_resnet50.se --depth stage --format json\n  se-compile diff models/se_resnet50.yaml models/se_resnet50_timm.yaml\n  se-compile compile models/se_resnet50.yaml -o graph.json\n  se-compile graph models/se_block.yaml -o se_block.dot\n\nExit codes: 0 ok, 1 invalid spec, 2 bad usage (unknown option, missing file), 141 standard output\nclosed by its reader (`| head`), quietly, as SIGPIPE ends Unix tools."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -472,9 +472,16 @@ fn run(cli: Cli) -> Result<(), u8> {
     Ok(())
 }
 
-/// A closed or full standard output (`se-compile summary ... | head -1`, a full disk behind a
-/// redirect) ends the process with a one-line error and exit code 1, not a panic: `println!`
-/// panics on a write error, and this hook turns that panic into the error.
+/// Exit status for a closed standard output: what a shell reports for a process that SIGPIPE
+/// ended (128 + 13), as for `cat`, `grep` or ripgrep behind `| head`.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// `println!` panics on a write error; this hook turns that panic into an orderly exit.
+/// - A closed standard output (`se-compile summary ... | head -3`): the reader has all it
+///   wanted, so the process exits quietly with status 141, as Unix tools do (a `set -o
+///   pipefail` script still sees a non-zero status).
+/// - Any other write error (a full disk behind a redirect): output was lost, so it is a one-line
+///   error naming the cause, and exit code 1.
 fn stdout_errors_are_errors() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -485,7 +492,14 @@ fn stdout_errors_are_errors() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
         if let Some(why) = msg.strip_prefix("failed printing to stdout: ") {
+            if why.starts_with("Broken pipe") {
+                std::process::exit(EXIT_BROKEN_PIPE);
+            }
             eprintln!("error: cannot write to standard output ({why}); the output is incomplete");
+            std::process::exit(EXIT_INVALID as i32);
+        }
+        if msg.starts_with("failed printing to stderr: ") {
+            // Nowhere left to report to; the exit code says it.
             std::process::exit(EXIT_INVALID as i32);
         }
         default(info);

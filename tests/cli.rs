@@ -38,10 +38,14 @@ fn summary_of_a_zoo_model_by_name() {
 #[test]
 fn check_accepts_the_whole_zoo() {
     let mut args = vec!["check"];
-    let files: Vec<String> = std::fs::read_dir("models")
-        .unwrap()
-        .map(|e| format!("models/{}", e.unwrap().file_name().to_string_lossy()))
+    // models/ and models/ablations/: every spec file.
+    let files: Vec<String> = ["models", "models/ablations"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(move |e| (d, e.unwrap())))
+        .filter(|(_, e)| e.file_type().unwrap().is_file())
+        .map(|(d, e)| format!("{d}/{}", e.file_name().to_string_lossy()))
         .collect();
+    assert!(files.len() >= 40, "{files:?}");
     args.extend(files.iter().map(|s| s.as_str()));
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
@@ -172,25 +176,44 @@ fn json_and_markdown_formats() {
     insta::assert_snapshot!(out);
 }
 
-/// A closed standard output is a one-line error and exit code 1, not a panic; so is a full disk.
+/// A closed standard output (`| head -3`) ends every printing subcommand quietly with status
+/// 141, as SIGPIPE does for Unix tools, never with a panic; a full disk is a one-line error and
+/// exit code 1, because output was lost.
 #[test]
-fn closed_or_full_stdout_is_an_error_not_a_panic() {
+fn closed_stdout_exits_quietly_and_a_full_disk_is_an_error() {
     use std::process::Stdio;
-    // A pipe whose reader is gone before the program starts, as with `| head -1`.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = bin()
-        .args(["summary", "se_resnet50"])
-        .stdout(Stdio::from(writer))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.starts_with("error: cannot write to standard output"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
+    let cases: &[&[&str]] = &[
+        &["summary", "se_resnet50"],
+        &["summary", "se_resnet50", "--format", "json"],
+        &["check", "models/se_resnet50.yaml", "models/se_block.yaml"],
+        &[
+            "diff",
+            "models/se_resnet50.yaml",
+            "models/se_resnet50_timm.yaml",
+        ],
+        &["compile", "models/se_resnet50.yaml"],
+        &["graph", "models/se_block.yaml"],
+        &["schema"],
+        &["--help"],
+    ];
+    for args in cases {
+        // A pipe whose reader is gone before the program starts, as with `| head -1`.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = bin()
+            .args(*args)
+            .stdout(Stdio::from(writer))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if args[0] == "--help" {
+            // clap's own printing: no panic, whatever it exits with.
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} is not quiet: {err}");
+    }
     if std::path::Path::new("/dev/full").exists() {
         let full = std::fs::OpenOptions::new()
             .write(true)

@@ -540,6 +540,58 @@ fn se_blocks_in_both_forms() {
 }
 
 #[test]
+fn se_ablations_squeeze_and_gates_match_direct_loops() {
+    // The paper's Tables 6 and 7: average or max squeeze, sigmoid, hard sigmoid, tanh or ReLU
+    // gate. Dense form (no bias): gate = f(W2 relu(W1 pool(x))), y = x * gate per channel.
+    let (h, w, c, red, n) = (4, 3, 6, 3, 2);
+    for squeeze in ["avg", "max"] {
+        for &gate in se_compile::expand::se::GATES {
+            let spec = format!("model: t\ninput: [{h}, {w}, {c}]\nse: {{r: 2, form: dense, squeeze: {squeeze}, gate: {gate}}}\nlayers:\n  - se\n");
+            let mut net = build(&spec);
+            let x: Vec<f32> = randn(n * h * w * c, 21).iter().map(|v| v * 2.0).collect();
+            let (y, _) = forward(&mut net, &x, n, false);
+            let (w1, w2) = (param(&net, "dense/kernel"), param(&net, "dense_1/kernel"));
+            let f = se_compile::ir::ops::ActFn::from_name(gate).unwrap();
+            for b in 0..n {
+                let at = |p: usize, ch: usize| x[(b * h * w + p) * c + ch];
+                let z: Vec<f32> = (0..c)
+                    .map(|ch| match squeeze {
+                        "avg" => (0..h * w).map(|p| at(p, ch)).sum::<f32>() / (h * w) as f32,
+                        _ => (0..h * w).map(|p| at(p, ch)).fold(f32::MIN, f32::max),
+                    })
+                    .collect();
+                let s: Vec<f32> = (0..red)
+                    .map(|j| (0..c).map(|i| z[i] * w1[i * red + j]).sum::<f32>().max(0.0))
+                    .collect();
+                for ch in 0..c {
+                    let e: f32 = (0..red).map(|j| s[j] * w2[j * c + ch]).sum();
+                    let g = match gate {
+                        "sigmoid" => 1.0 / (1.0 + (-e).exp()),
+                        "hard_sigmoid" => (0.2 * e + 0.5).clamp(0.0, 1.0),
+                        "tanh" => e.tanh(),
+                        "relu" => e.max(0.0),
+                        other => panic!("untested gate {other}"),
+                    };
+                    assert_eq!(f.name(), gate);
+                    for p in 0..h * w {
+                        let i = (b * h * w + p) * c + ch;
+                        assert!(
+                            (y[i] - at(p, ch) * g).abs() < 1e-5,
+                            "{squeeze}/{gate}: y[{i}] = {} not {}",
+                            y[i],
+                            at(p, ch) * g
+                        );
+                    }
+                }
+            }
+            // Gradients through the pool, both FC layers and the gate, in both forms.
+            check_grads(&spec, n, true);
+            check_grads(&spec.replace("form: dense", "form: conv1x1"), n, true);
+        }
+    }
+}
+
+#[test]
 fn dropout_masks_in_training_only() {
     let spec = "model: t\ninput: [4, 4, 8]\nlayers:\n  - dropout: 0.5\n";
     let mut net = build(spec);

@@ -31,10 +31,16 @@ fn validator() -> jsonschema::Validator {
 #[test]
 fn every_good_spec_validates() {
     let v = validator();
-    let files: Vec<PathBuf> = ["models", "tests/ok", "tests/scale_out", "tests/diff"]
-        .iter()
-        .flat_map(|d| yaml_files(d))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "models",
+        "models/ablations",
+        "tests/ok",
+        "tests/scale_out",
+        "tests/diff",
+    ]
+    .iter()
+    .flat_map(|d| yaml_files(d))
+    .collect();
     assert!(files.len() >= 10, "{files:?}");
     for f in &files {
         let doc = yaml_as_json(f);
@@ -56,6 +62,7 @@ fn bad_specs_a_schema_can_judge_are_rejected() {
         "wrong_type_filters",       // filters: true
         "wrong_type_float_filters", // filters: 2.5
         "missing_kernel",           // conv2d without its required `kernel`
+        "se_unknown_gate",          // se gate: softmax, not one of the gates
     ] {
         let f = root().join("tests/bad").join(format!("{name}.yaml"));
         let doc = yaml_as_json(&f);

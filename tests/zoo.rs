@@ -54,6 +54,14 @@ fn timm_seresnet50_params() {
 }
 
 #[test]
+fn timm_seresnet18_and_34_params_with_the_se_divisor() {
+    // sum(p.numel() for p in timm.create_model(name).parameters()), timm 1.0: its SEModule
+    // rounds the width with make_divisible(C / 16, 8), which `se: {divisor: 8}` reproduces.
+    assert_eq!(totals("se_resnet18_timm.yaml").1, 11_779_624);
+    assert_eq!(totals("se_resnet34_timm.yaml").1, 21_960_416);
+}
+
+#[test]
 fn macs_match_the_papers_gflops() {
     // The SE paper: SE-ResNet-50 3.87 GFLOPs (stride on the 1x1, Caffe/seed layout) at 1000 classes;
     // timm's layout (stride on the 3x3) is 4.09 G. Our seed model has 17 classes, which changes

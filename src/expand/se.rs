@@ -3,6 +3,9 @@
 //! `form: conv1x1` is the seed's ChannelSE (1x1 Conv2D with bias); `form: dense` is the seed's
 //! `se_block` (Dense without bias). Reduced width: C // r (`rounding: floor`, the seed's `//`),
 //! or `rounding: exact`, which requires r to divide C. Either way C/r must be at least 1.
+//! `channels: N` sets the width outright; `divisor: N` rounds it as timm's `SEModule` does.
+//! The paper's ablations: `squeeze: max` (Table 6) pools with GlobalMaxPooling2D, and `gate:
+//! tanh | relu` (Table 7) replaces the sigmoid.
 
 use super::{Env, Expander};
 use crate::diag::{Diagnostic, Result};
@@ -10,6 +13,9 @@ use crate::ir::args::Args;
 use crate::ir::ops::{
     ActFn, Activation, Conv2d, Dense, GlobalPool, Merge, MergeKind, Padding, PoolKind, Reshape,
 };
+
+/// The gates `se` accepts, in the order the README lists them.
+pub const GATES: &[&str] = &["sigmoid", "hard_sigmoid", "tanh", "relu"];
 use crate::ir::{shape_str, NodeId, Op};
 use crate::source::Span;
 
@@ -29,6 +35,12 @@ pub struct SeConfig {
     pub squeeze_name: Option<String>,
     pub excite_name: Option<String>,
     pub gate: ActFn,
+    /// `squeeze: avg` (the paper's global average pooling) or `max` (Table 6).
+    pub squeeze: PoolKind,
+    /// `divisor: N`: the width is timm's `make_divisible(C / r, N)` (min N, round_limit 0).
+    pub divisor: Option<usize>,
+    /// `channels: N`: the width outright, whatever C and r are.
+    pub channels: Option<usize>,
     /// `expand: slice` records the (C) → (1, 1, C) step as the seed's `x[:, None, None, :]`.
     pub as_slice: bool,
 }
@@ -40,10 +52,8 @@ impl SeConfig {
 
     /// Reads the settings (also run in schema mode by `se-compile schema`).
     pub fn read(a: &mut Args) -> Result<SeConfig> {
-        let (r, r_span) = match a.get("r") {
-            Some((_, span)) => (a.int("r", 1)?.unwrap_or(16) as usize, span),
-            None => (16, a.span),
-        };
+        let r_span = a.get("r").map_or(a.span, |(_, span)| span);
+        let r = a.int("r", 1)?.unwrap_or(16) as usize;
         let form = match a.word("form", &["conv1x1", "dense"])? {
             Some((f, _)) if f == "dense" => Form::Dense,
             _ => Form::Conv1x1,
@@ -69,10 +79,16 @@ impl SeConfig {
         let squeeze_name = name(a, "squeeze_name")?;
         let excite_name = name(a, "excite_name")?;
         let use_bias = a.bool("use_bias")?;
-        let gate = match a.word("gate", &["sigmoid", "hard_sigmoid"])? {
-            Some((g, _)) if g == "hard_sigmoid" => ActFn::HardSigmoid,
-            _ => ActFn::Sigmoid,
+        let gate = match a.word("gate", GATES)? {
+            Some((g, _)) => ActFn::from_name(&g).expect("GATES are activation names"),
+            None => ActFn::Sigmoid,
         };
+        let squeeze = match a.word("squeeze", &["avg", "max"])? {
+            Some((s, _)) if s == "max" => PoolKind::Max,
+            _ => PoolKind::Avg,
+        };
+        let divisor = a.int("divisor", 1)?.map(|d| d as usize);
+        let channels = a.int("channels", 1)?.map(|c| c as usize);
         let as_slice =
             matches!(a.word("expand", &["reshape", "slice"])?, Some((e, _)) if e == "slice");
         a.finish()?;
@@ -85,9 +101,30 @@ impl SeConfig {
             squeeze_name,
             excite_name,
             gate,
+            squeeze,
+            divisor,
+            channels,
             as_slice,
         })
     }
+
+    /// The squeeze width for C input channels: `channels`, else timm's rounding with `divisor`,
+    /// else C // r.
+    pub fn width(&self, c: usize) -> usize {
+        match (self.channels, self.divisor) {
+            (Some(n), _) => n,
+            (None, Some(d)) => make_divisible(c as f64 * (1.0 / self.r as f64), d),
+            (None, None) => c / self.r,
+        }
+    }
+}
+
+/// timm's `make_divisible(v, divisor, min_value=None, round_limit=0.)`, as its `SEModule` calls
+/// it: `max(divisor, int(v + divisor / 2) // divisor * divisor)`.
+pub fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let rounded = ((v + d / 2.0).trunc() as usize) / divisor * divisor;
+    rounded.max(divisor)
 }
 
 pub(super) fn expand(
@@ -110,7 +147,7 @@ pub(super) fn expand(
         .help("apply SE to a convolutional feature map"));
     };
     let c = *c;
-    let reduced = c / cfg.r;
+    let reduced = cfg.width(c);
     if reduced < 1 {
         return Err(Diagnostic::new(
             "shape::se-ratio",
@@ -122,7 +159,7 @@ pub(super) fn expand(
             "use r <= {c} for this layer, or turn SE off here (e.g. `se: off` on the stage)"
         )));
     }
-    if cfg.exact && c % cfg.r != 0 {
+    if cfg.exact && cfg.channels.is_none() && cfg.divisor.is_none() && c % cfg.r != 0 {
         return Err(Diagnostic::new(
             "shape::se-ratio",
             format!(
@@ -139,7 +176,7 @@ pub(super) fn expand(
     }
     let gap = ex.push_auto(
         Op::GlobalPool(GlobalPool {
-            kind: PoolKind::Avg,
+            kind: cfg.squeeze,
             keepdims: false,
         }),
         vec![x],

@@ -43,6 +43,9 @@ pub const CASES: &[(&str, &str)] = &[
     ("concatenate", "- conv2d: {filters: 3, kernel: 1}\n    id: b\n  - concatenate: {}\n    from: [pre, b, pre]"),
     ("SE block, 1x1 convs", "- se: {r: 2, form: conv1x1}"),
     ("SE block, dense", "- se: {r: 2, form: dense}"),
+    ("SE block, max squeeze, tanh gate", "- se: {r: 2, squeeze: max, gate: tanh}"),
+    ("SE block, relu gate, timm divisor", "- se: {r: 2, gate: relu, divisor: 3}"),
+    ("SE block, hard_sigmoid gate, 3 channels", "- se: {form: dense, gate: hard_sigmoid, channels: 3}"),
 ];
 
 /// The spec text of one case: input 6×5×4, batch 3 in the check.
