@@ -193,6 +193,12 @@ const CASES: &[Case] = &[
         batch: 3,
         images: true,
     },
+    Case {
+        spec: "tests/ok/se_ablation_settings.yaml",
+        input: None,
+        batch: 3,
+        images: true,
+    },
 ];
 
 struct Prepared {
