@@ -285,11 +285,8 @@ pub(crate) fn fresh_run_dir(model: &str) -> std::path::PathBuf {
         .expect("a free name")
 }
 
-pub(crate) fn load_weights(
-    vg: &ValidGraph,
-    weights: &str,
-    d: DeviceSpec,
-) -> Result<Box<dyn Model>, u8> {
+/// The CPU network with the checkpoint's weights.
+fn read_weights(vg: &ValidGraph, weights: &str) -> Result<Net, u8> {
     let p = std::path::Path::new(weights);
     let ck = se_compile::train::checkpoint::read(p).map_err(|e| {
         eprintln!("error: {e}");
@@ -299,12 +296,31 @@ pub(crate) fn load_weights(
             EXIT_USAGE
         }
     })?;
-    let mut net = on_device(Net::new(vg, 0), d)?;
-    se_compile::train::checkpoint::load_into(net.as_mut(), &ck, p).map_err(|e| {
+    let mut net = Net::new(vg, 0);
+    se_compile::train::checkpoint::load_into(&mut net, &ck, p).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INVALID
     })?;
     Ok(net)
+}
+
+/// The checkpoint's network on the device, as saved (what export writes out).
+pub(crate) fn load_weights(
+    vg: &ValidGraph,
+    weights: &str,
+    d: DeviceSpec,
+) -> Result<Box<dyn Model>, u8> {
+    on_device(read_weights(vg, weights)?, d)
+}
+
+/// The checkpoint's network on the device for inference (eval, predict): BatchNorms folded
+/// into their convolutions (`lower::fold`).
+pub(crate) fn load_for_inference(
+    vg: &ValidGraph,
+    weights: &str,
+    d: DeviceSpec,
+) -> Result<Box<dyn Model>, u8> {
+    on_device(read_weights(vg, weights)?.folded_for_inference().0, d)
 }
 
 /// Class names from the run's config.json beside the weights, if there is one.
@@ -399,7 +415,10 @@ fn run(cli: Cli) -> Result<(), u8> {
         } => {
             let dev = device_of(&device)?;
             let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
-            let mut net = on_device(Net::new(&vg, 1), dev)?;
+            let net = Net::new(&vg, 1);
+            // Inference runs as eval and predict do: BatchNorms folded into the convolutions.
+            let mut infer = on_device(net.folded_for_inference().0, dev)?;
+            let mut net = on_device(net, dev)?;
             let s = vg.graph().input_shape();
             let on = match dev {
                 DeviceSpec::Cpu => format!("cpu, {} threads", rayon::current_num_threads()),
@@ -414,8 +433,13 @@ fn run(cli: Cli) -> Result<(), u8> {
                 batch_size,
                 steps,
             );
-            let r =
-                se_compile::train::run::bench(net.as_mut(), batch_size.max(1), steps.max(1), 1e-4);
+            let r = se_compile::train::run::bench(
+                net.as_mut(),
+                infer.as_mut(),
+                batch_size.max(1),
+                steps.max(1),
+                1e-4,
+            );
             println!(
                 "train:     {:.1} images/s ({:.1} ms/step)",
                 r.train_img_s, r.train_ms
@@ -425,7 +449,10 @@ fn run(cli: Cli) -> Result<(), u8> {
                 r.infer_img_s, r.infer_ms
             );
             if let Some(p) = net.profile_report() {
-                println!("time per phase and layer kind, over all bench steps (SE_COMPILE_PROFILE=1):\n{p}");
+                println!("training, time per phase and layer kind, over all bench steps (SE_COMPILE_PROFILE=1):\n{p}");
+            }
+            if let Some(p) = infer.profile_report() {
+                println!("inference (BatchNorms folded), time per phase and layer kind:\n{p}");
             }
         }
         Cmd::Parity { device, tolerance } => {

@@ -677,3 +677,89 @@ fn lowered_parameter_counts_equal_the_summary() {
         );
     }
 }
+
+/// Inference with every BatchNorm folded into its convolution (`Net::folded_for_inference`,
+/// what eval, predict and bench's inference run) against the unfolded network, with BN
+/// statistics and affine parameters far from their initial values: within 1e-5 relative.
+#[test]
+fn folded_batch_norms_match_the_unfolded_network() {
+    let cases: &[(&str, Option<usize>, usize)] = &[
+        // (spec, input side, BatchNorms the fold must take)
+        ("models/se_resnet_mini.yaml", None, 0),
+        ("models/se_resnet50.yaml", Some(32), 53), // convs with bias (the seed's Keras code)
+        ("models/se_resnet50_timm.yaml", Some(32), 53), // convs without bias (timm)
+        ("tests/ok/se_ablation_settings.yaml", None, 0),
+        // A conv read by its BatchNorm and by an Add keeps its BatchNorm; a BatchNorm after a
+        // Dense or after the input is not folded.
+        (
+            "model: t\ninput: [6, 6, 3]\nlayers:\n  - batch_norm\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n    id: conv_a\n  - batch_norm: {}\n    id: bn_a\n  - add: {}\n    from: [conv_a, bn_a]\n  - conv2d: {filters: 4, kernel: 1, use_bias: false}\n  - batch_norm\n  - flatten\n  - dense: {units: 3}\n  - batch_norm\n",
+            None,
+            1,
+        ),
+    ];
+    for &(path, side, want_folded) in cases {
+        let src = if path.starts_with("model:") {
+            se_compile::SourceFile::new("t.yaml", path)
+        } else {
+            se_compile::load(path).expect("spec")
+        };
+        let vg = se_compile::compile_full(&src, side.map(|s| (s, s)))
+            .map(|(_, vg)| vg)
+            .unwrap_or_else(|d| panic!("{path}: {d:?}"));
+        let mut net = Net::new(&vg, 5);
+        let mut rng = Rng::new(17);
+        for k in 0..net.params.len() {
+            let p = &net.params[k];
+            let (n, name) = (p.len(), p.name.clone());
+            // Statistics a trained network could have; wider ranges make the 50-BN networks'
+            // activations grow until float rounding alone exceeds the tolerance.
+            let v: Vec<f32> = if name.ends_with("/moving_variance") {
+                (0..n).map(|_| 0.5 + rng.uniform()).collect()
+            } else if name.ends_with("/moving_mean") || name.ends_with("/beta") {
+                (0..n).map(|_| 0.4 * (rng.uniform() - 0.5)).collect()
+            } else if name.ends_with("/gamma") {
+                (0..n).map(|_| 0.7 + 0.6 * rng.uniform()).collect()
+            } else if name.ends_with("/bias") {
+                (0..n).map(|_| 0.2 * (rng.uniform() - 0.5)).collect()
+            } else {
+                continue;
+            };
+            net.params[k].set(v);
+        }
+        let (mut folded, count) = net.folded_for_inference();
+        let bns = vg
+            .graph()
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, se_compile::ir::Op::BatchNorm(_)))
+            .count();
+        let want = if want_folded == 0 { bns } else { want_folded };
+        assert_eq!(count, want, "{path}: {count} of {bns} BatchNorms folded");
+        let mut shape = vec![2];
+        shape.extend(vg.graph().input_shape());
+        let x: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.uniform())
+            .collect();
+        let a = net.outputs(x.clone(), shape.clone());
+        let b = folded.outputs(x.clone(), shape.clone());
+        // Compare the logits before any softmax too: the final softmax can hide differences.
+        let logits = |n: &mut Net| {
+            let inp =
+                se_compile::lower::layers::input_act::<NoneTape>(&n.dev, x.clone(), shape.clone());
+            n.forward(inp, false).t.as_vec()
+        };
+        let (la, lb) = (logits(&mut net), logits(&mut folded));
+        for (what, a, b) in [("logits", &la, &lb), ("outputs", &a, &b)] {
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let err = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                err <= 1e-5 * scale,
+                "{path} {what}: folded differs by {err} (scale {scale})"
+            );
+            eprintln!(
+                "{path} {what}: max difference {err:.2e}, {:.2e} relative",
+                err / scale
+            );
+        }
+    }
+}

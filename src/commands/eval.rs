@@ -1,6 +1,6 @@
 //! `se-compile eval`: loss, accuracy and the confusion matrix of saved weights.
 
-use crate::{bundled_data, device_of, load_weights, Ctx, EXIT_INVALID};
+use crate::{bundled_data, device_of, load_for_inference, Ctx, EXIT_INVALID};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -30,7 +30,7 @@ pub fn run(cx: &Ctx, a: EvalArgs) -> Result<(), u8> {
     } = a;
     let dev = device_of(&device)?;
     let (_, _, vg) = cx.build_full(&spec, None)?;
-    let mut net = load_weights(&vg, &weights, dev)?;
+    let mut net = load_for_inference(&vg, &weights, dev)?;
     let data_dir = data
         .map(std::path::PathBuf::from)
         .unwrap_or_else(bundled_data);

@@ -1,6 +1,6 @@
 //! `se-compile predict`: the top-k classes of images, decoded in batches.
 
-use crate::{class_names, device_of, load_weights, Ctx, EXIT_INVALID};
+use crate::{class_names, device_of, load_for_inference, Ctx, EXIT_INVALID};
 
 #[derive(clap::Args)]
 pub struct PredictArgs {
@@ -38,7 +38,7 @@ pub fn run(cx: &Ctx, a: PredictArgs) -> Result<(), u8> {
     let dev = device_of(&device)?;
     let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
     let mut json_rows = vec![];
-    let mut net = load_weights(&vg, &weights, dev)?;
+    let mut net = load_for_inference(&vg, &weights, dev)?;
     let classes = class_names(&weights);
     let shape = vg.graph().input_shape().clone();
     let mut worst = 0;

@@ -4,6 +4,7 @@
 pub mod autodiff;
 pub mod composite;
 pub mod device;
+pub mod fold;
 pub mod kernelnet;
 pub mod kernels;
 pub mod layers;

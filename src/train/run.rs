@@ -479,7 +479,15 @@ pub struct BenchResult {
     pub infer_ms: f64,
 }
 
-pub fn bench(net: &mut dyn Model, batch: usize, steps: usize, lr: f64) -> BenchResult {
+/// Images/s of `net`'s training steps and of `infer`'s inference (the same spec, lowered for
+/// inference: BatchNorms folded), on the same random batch.
+pub fn bench(
+    net: &mut dyn Model,
+    infer: &mut dyn Model,
+    batch: usize,
+    steps: usize,
+    lr: f64,
+) -> BenchResult {
     let s = net.input_shape();
     let per: usize = s.iter().product();
     let mut rng = Rng::new(1);
@@ -498,9 +506,11 @@ pub fn bench(net: &mut dyn Model, batch: usize, steps: usize, lr: f64) -> BenchR
         labels: &y,
     };
     net.train_step(batch_of(), &opt, 0);
-    net.infer(batch_of());
+    infer.infer(batch_of());
     net.synchronize();
+    infer.synchronize();
     net.profile_reset();
+    infer.profile_reset();
     let t = Instant::now();
     for k in 0..steps {
         net.train_step(batch_of(), &opt, k as u64);
@@ -509,9 +519,9 @@ pub fn bench(net: &mut dyn Model, batch: usize, steps: usize, lr: f64) -> BenchR
     let train_s = t.elapsed().as_secs_f64() / steps as f64;
     let t = Instant::now();
     for _ in 0..steps {
-        net.infer(batch_of());
+        infer.infer(batch_of());
     }
-    net.synchronize();
+    infer.synchronize();
     let infer_s = t.elapsed().as_secs_f64() / steps as f64;
     BenchResult {
         train_img_s: batch as f64 / train_s,
