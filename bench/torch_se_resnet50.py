@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mode", choices=["train", "infer", "both"], default="both")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -65,21 +66,23 @@ def main():
         loss_fn(m(x), y).backward()
         opt.step()
 
-    m.train(); step()
-    t = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    tr = (time.perf_counter() - t) / a.steps
-    m.eval()
-    with torch.no_grad():
-        m(x)
+    print(f"torch {torch.__version__}, {a.threads} threads, se_resnet50 at {a.input}x{a.input}, batch {a.batch_size}")
+    if a.mode in ("train", "both"):
+        m.train(); step()
         t = time.perf_counter()
         for _ in range(a.steps):
+            step()
+        tr = (time.perf_counter() - t) / a.steps
+        print(f"train:     {a.batch_size / tr:.1f} images/s ({tr * 1e3:.1f} ms/step)")
+    if a.mode in ("infer", "both"):
+        m.eval()
+        with torch.no_grad():
             m(x)
-        inf = (time.perf_counter() - t) / a.steps
-    print(f"torch {torch.__version__}, {a.threads} threads, se_resnet50 at {a.input}x{a.input}, batch {a.batch_size}")
-    print(f"train:     {a.batch_size / tr:.1f} images/s ({tr * 1e3:.1f} ms/step)")
-    print(f"inference: {a.batch_size / inf:.1f} images/s ({inf * 1e3:.1f} ms/batch)")
+            t = time.perf_counter()
+            for _ in range(a.steps):
+                m(x)
+            inf = (time.perf_counter() - t) / a.steps
+        print(f"inference: {a.batch_size / inf:.1f} images/s ({inf * 1e3:.1f} ms/batch)")
 
 
 if __name__ == "__main__":

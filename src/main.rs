@@ -129,18 +129,7 @@ enum Cmd {
     #[command(
         after_help = "Example:\n  se-compile bench models/se_resnet50.yaml --input 64 --batch-size 8 --steps 5"
     )]
-    Bench {
-        spec: String,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        /// Override the input height and width (e.g. 64 for a 64x64 SE-ResNet-50).
-        #[arg(long)]
-        input: Option<usize>,
-        #[arg(long, default_value = "cpu")]
-        device: String,
-    },
+    Bench(commands::bench::BenchArgs),
     /// Compare a device with the CPU kernels, layer kind by layer kind: loss, probabilities
     /// and every gradient on random inputs, in training and inference mode.
     #[command(
@@ -313,14 +302,23 @@ pub(crate) fn load_weights(
     on_device(read_weights(vg, weights)?, d)
 }
 
-/// The checkpoint's network on the device for inference (eval, predict): BatchNorms folded
-/// into their convolutions (`lower::fold`).
+/// The checkpoint's network on the device for inference (eval, predict).
 pub(crate) fn load_for_inference(
     vg: &ValidGraph,
     weights: &str,
     d: DeviceSpec,
 ) -> Result<Box<dyn Model>, u8> {
-    on_device(read_weights(vg, weights)?.folded_for_inference().0, d)
+    on_device(lowered_for_inference(&read_weights(vg, weights)?, d), d)
+}
+
+/// `net` lowered for inference (`lower::fold`): BatchNorms folded into their convolutions on
+/// every device and, on the CPU, activations fused into the convolutions before them.
+pub(crate) fn lowered_for_inference(net: &Net, d: DeviceSpec) -> Net {
+    let folded = net.folded_for_inference().0;
+    match d {
+        DeviceSpec::Cpu => folded.with_fused_activations().0,
+        _ => folded,
+    }
 }
 
 /// Class names from the run's config.json beside the weights, if there is one.
@@ -406,55 +404,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Eval(a) => commands::eval::run(&cx, a)?,
         Cmd::Diff(a) => commands::diff::run(&cx, a)?,
         Cmd::Predict(a) => commands::predict::run(&cx, a)?,
-        Cmd::Bench {
-            spec,
-            batch_size,
-            steps,
-            input,
-            device,
-        } => {
-            let dev = device_of(&device)?;
-            let (_, _, vg) = cx.build_full(&spec, input.map(|i| (i, i)))?;
-            let net = Net::new(&vg, 1);
-            // Inference runs as eval and predict do: BatchNorms folded into the convolutions.
-            let mut infer = on_device(net.folded_for_inference().0, dev)?;
-            let mut net = on_device(net, dev)?;
-            let s = vg.graph().input_shape();
-            let on = match dev {
-                DeviceSpec::Cpu => format!("cpu, {} threads", rayon::current_num_threads()),
-                _ => net.device_name(),
-            };
-            println!(
-                "{} at {}x{}x{}, batch {}, {} steps, {on}",
-                vg.graph().model,
-                s[0],
-                s[1],
-                s[2],
-                batch_size,
-                steps,
-            );
-            let r = se_compile::train::run::bench(
-                net.as_mut(),
-                infer.as_mut(),
-                batch_size.max(1),
-                steps.max(1),
-                1e-4,
-            );
-            println!(
-                "train:     {:.1} images/s ({:.1} ms/step)",
-                r.train_img_s, r.train_ms
-            );
-            println!(
-                "inference: {:.1} images/s ({:.1} ms/batch)",
-                r.infer_img_s, r.infer_ms
-            );
-            if let Some(p) = net.profile_report() {
-                println!("training, time per phase and layer kind, over all bench steps (SE_COMPILE_PROFILE=1):\n{p}");
-            }
-            if let Some(p) = infer.profile_report() {
-                println!("inference (BatchNorms folded), time per phase and layer kind:\n{p}");
-            }
-        }
+        Cmd::Bench(a) => commands::bench::run(&cx, a)?,
         Cmd::Parity { device, tolerance } => {
             let dev = device_of(&device)?;
             if dev == DeviceSpec::Cpu {

@@ -678,8 +678,9 @@ fn lowered_parameter_counts_equal_the_summary() {
     }
 }
 
-/// Inference with every BatchNorm folded into its convolution (`Net::folded_for_inference`,
-/// what eval, predict and bench's inference run) against the unfolded network, with BN
+/// Inference with every BatchNorm folded into its convolution (`Net::folded_for_inference`)
+/// and activations fused into the convolutions (`with_fused_activations`), what eval, predict
+/// and bench's inference run on the CPU, against the unfolded network, with BN
 /// statistics and affine parameters far from their initial values: within 1e-5 relative.
 #[test]
 fn folded_batch_norms_match_the_unfolded_network() {
@@ -726,7 +727,19 @@ fn folded_batch_norms_match_the_unfolded_network() {
             };
             net.params[k].set(v);
         }
-        let (mut folded, count) = net.folded_for_inference();
+        let (folded, count) = net.folded_for_inference();
+        // What the CPU runs for inference: folded, then activations fused into the convs.
+        let (mut folded, fused) = folded.with_fused_activations();
+        let relus_after_convs = vg
+            .graph()
+            .nodes
+            .iter()
+            .filter(|n| matches!(&n.op, se_compile::ir::Op::Activation(a) if a.function == se_compile::ir::ops::ActFn::Relu))
+            .count();
+        assert!(
+            fused <= relus_after_convs && (fused > 0 || relus_after_convs == 0),
+            "{path}: {fused} of {relus_after_convs} ReLUs fused"
+        );
         let bns = vg
             .graph()
             .nodes
@@ -760,6 +773,32 @@ fn folded_batch_norms_match_the_unfolded_network() {
                 "{path} {what}: max difference {err:.2e}, {:.2e} relative",
                 err / scale
             );
+        }
+    }
+}
+
+/// A convolution with a fused activation also trains: its gradients equal those of the
+/// convolution followed by the activation layer.
+#[test]
+fn fused_conv_activations_have_the_unfused_gradients() {
+    use se_compile::lower::model::{Batch, Model};
+    let spec = "model: t\ninput: [6, 5, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - relu\n  - conv2d: {filters: 5, kernel: 1}\n  - activation: tanh\n  - flatten\n  - dense: {units: 3}\n";
+    let mut net = build(spec);
+    let (mut fused, n) = net.with_fused_activations();
+    assert_eq!(n, 2);
+    let x = randn(2 * 90, 31);
+    let labels = [0usize, 2];
+    let batch = || Batch {
+        x: x.clone(),
+        shape: vec![2, 6, 5, 3],
+        labels: &labels,
+    };
+    let (ra, ga) = net.gradients(batch(), 0);
+    let (rb, gb) = fused.gradients(batch(), 0);
+    assert!((ra.loss - rb.loss).abs() < 1e-6);
+    for (a, b) in ga.iter().zip(&gb) {
+        for (p, q) in a.iter().zip(b) {
+            assert!((p - q).abs() < 1e-6, "{p} vs {q}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand (train, eval, predict, export; the short ones still live in
 //! `main.rs`'s `run`).
 
+pub mod bench;
 pub mod diff;
 pub mod eval;
 pub mod export;

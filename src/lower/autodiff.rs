@@ -110,6 +110,15 @@ pub fn apply<T: Tape<f32, Cpu>>(
         ghosts.push(t.ghost());
     }
     let (out, backward) = forward(data, T::OWNS_TAPE);
+    // SE_COMPILE_PROFILE=1: time the backward under the layer kind that recorded it.
+    let backward: Option<BackwardFn> = match (backward, super::profile::current_label()) {
+        (Some(b), Some(label)) => Some(Box::new(move |dy: &[f32], g: &mut Grads| {
+            let t = std::time::Instant::now();
+            b(dy, g);
+            super::profile::record_backward(&label, t.elapsed().as_secs_f64());
+        })),
+        (b, _) => b,
+    };
     debug_assert_eq!(out.len(), out_shape.iter().product::<usize>());
     let n = out.len();
     let out = dev.tensor_from_vec(out, (n,));

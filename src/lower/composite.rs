@@ -204,7 +204,7 @@ impl<D: DeviceBuffers> CompositeNet<D> {
         let (rows_out, cout) = rows_of(&out_shape);
         let t = match layer {
             Layer::Input => return ins.remove(0),
-            Layer::Conv { op, w, b } => {
+            Layer::Conv { op, w, b, act } => {
                 let s: ConvShape = conv_shape(&op, &in_shape, &out_shape);
                 let x = ins.remove(0).t;
                 let win = s.win;
@@ -237,11 +237,15 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                         .permute::<(usize, usize, usize), Axes3<1, 0, 2>>()
                         .reshape_like(&(rows_out, cout))
                 };
-                match b {
+                let y = match b {
                     Some(b) => {
                         let bias = self.param::<T>(b).reshape_like(&(1, cout));
                         y + self.rows_broadcast(bias, rows_out)
                     }
+                    None => y,
+                };
+                match act {
+                    Some(f) => activation(y, f),
                     None => y,
                 }
             }

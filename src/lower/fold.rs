@@ -8,6 +8,8 @@
 use super::autodiff::Param;
 use super::layers::{Layer, Net};
 use super::plan::Plan;
+use crate::ir::ops::{ActFn, Conv2d};
+use crate::ir::NodeId;
 use std::sync::Arc;
 
 impl Net {
@@ -35,13 +37,9 @@ impl Net {
                 continue;
             };
             let src = g.node(id).inputs[0];
-            let Layer::Conv { op, w, b } = layers[src.index()].clone() else {
+            let Some((op, w, b)) = lone_conv(&layers, &readers, src, g.output) else {
                 continue;
             };
-            // The conv's raw output must not be read anywhere else, nor be the graph output.
-            if readers[src.index()].len() != 1 || src == g.output {
-                continue;
-            }
             let cout = op.filters;
             let param = |i: usize| net.params[i].data();
             let (mean, var) = (param(mean), param(var));
@@ -79,12 +77,80 @@ impl Net {
             };
             let mut op = op;
             op.use_bias = true;
-            layers[src.index()] = Layer::Conv { op, w, b: Some(b) };
+            layers[src.index()] = Layer::Conv {
+                op,
+                w,
+                b: Some(b),
+                act: None,
+            };
             // Same shape in and out: the folded BatchNorm passes its input through.
             layers[id.index()] = Layer::Reshape;
             folded += 1;
         }
         net.plan = Arc::new(Plan::new(g.clone(), layers));
         (net, folded)
+    }
+}
+
+impl Net {
+    /// A copy whose elementwise activations that directly follow a convolution (through
+    /// folded BatchNorms or reshapes, each read once) run in the convolution's epilogue, on its
+    /// output while it is in cache, instead of as a pass of their own. Returns the copy and the
+    /// number fused. CPU only: the kernel network refuses fused convolutions.
+    pub fn with_fused_activations(&self) -> (Net, usize) {
+        let mut net = self.clone_for_device();
+        let g = &self.plan.graph;
+        let readers = g.consumers();
+        let mut layers = self.plan.layers.clone();
+        let (stop, _) = self.plan.logits();
+        let mut fused = 0;
+        for id in g.ids() {
+            let Layer::Activation(f) = layers[id.index()] else {
+                continue;
+            };
+            if f == ActFn::Softmax || f == ActFn::Linear || id == stop {
+                continue;
+            }
+            // Back through single-reader reshapes (folded BatchNorms are reshapes) to a conv.
+            let mut src = g.node(id).inputs[0];
+            while matches!(layers[src.index()], Layer::Reshape)
+                && readers[src.index()].len() == 1
+                && src.index() > 0
+            {
+                src = g.node(src).inputs[0];
+            }
+            let Some((op, w, b)) = lone_conv(&layers, &readers, src, stop) else {
+                continue;
+            };
+            layers[src.index()] = Layer::Conv {
+                op,
+                w,
+                b,
+                act: Some(f),
+            };
+            layers[id.index()] = Layer::Reshape;
+            fused += 1;
+        }
+        net.plan = Arc::new(Plan::new(g.clone(), layers));
+        (net, fused)
+    }
+}
+
+/// The convolution at `src` (kernel and bias indices), if it has no fused activation and its
+/// output is read by one layer only and is not `end` (the loss's input or the graph output).
+fn lone_conv(
+    layers: &[Layer],
+    readers: &[Vec<NodeId>],
+    src: NodeId,
+    end: NodeId,
+) -> Option<(Conv2d, usize, Option<usize>)> {
+    match &layers[src.index()] {
+        Layer::Conv {
+            op,
+            w,
+            b,
+            act: None,
+        } if readers[src.index()].len() == 1 && src != end => Some((op.clone(), *w, *b)),
+        _ => None,
     }
 }

@@ -535,6 +535,73 @@ pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
     (y, arg)
 }
 
+/// Global average or max pooling of (N, P, C) into (N, C), images in parallel, each image read
+/// once front to back (rows of C channels), so the inner loops run over contiguous channels.
+/// Max also returns the argmax position p per output (as `u32`), for the backward.
+pub fn global_pool_forward(x: &[f32], n: usize, c: usize, max: bool) -> (Vec<f32>, Vec<u32>) {
+    let p = x.len().checked_div(n * c).unwrap_or(0);
+    let mut y = vec![0.0f32; n * c];
+    let mut arg = if max { vec![0u32; n * c] } else { vec![] };
+    if p == 0 {
+        return (y, arg);
+    }
+    if max {
+        y.par_chunks_mut(c)
+            .zip(arg.par_chunks_mut(c))
+            .enumerate()
+            .for_each(|(b, (yo, ao))| {
+                let img = &x[b * p * c..(b + 1) * p * c];
+                yo.copy_from_slice(&img[..c]);
+                for (pos, row) in img.chunks_exact(c).enumerate().skip(1) {
+                    for ch in 0..c {
+                        if row[ch] > yo[ch] {
+                            yo[ch] = row[ch];
+                            ao[ch] = pos as u32;
+                        }
+                    }
+                }
+            });
+    } else {
+        let inv = 1.0 / p as f32;
+        y.par_chunks_mut(c).enumerate().for_each(|(b, yo)| {
+            let img = &x[b * p * c..(b + 1) * p * c];
+            for row in img.chunks_exact(c) {
+                for (s, v) in yo.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            yo.iter_mut().for_each(|s| *s *= inv);
+        });
+    }
+    (y, arg)
+}
+
+/// dx += the gradient of `global_pool_forward`: dy / P to every position (average), or dy to
+/// the argmax position (max). Images in parallel.
+pub fn global_pool_backward(dy: &[f32], c: usize, max: bool, arg: &[u32], dx: &mut [f32]) {
+    let n = dy.len().checked_div(c).unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    let p = dx.len() / (n * c);
+    let inv = 1.0 / p.max(1) as f32;
+    dx.par_chunks_mut(p * c).enumerate().for_each(|(b, img)| {
+        let g = &dy[b * c..(b + 1) * c];
+        if max {
+            let a = &arg[b * c..(b + 1) * c];
+            for ch in 0..c {
+                img[a[ch] as usize * c + ch] += g[ch];
+            }
+        } else {
+            for row in img.chunks_exact_mut(c) {
+                for (d, v) in row.iter_mut().zip(g) {
+                    *d += v * inv;
+                }
+            }
+        }
+    });
+}
+
 pub fn pool_backward(dy: &[f32], w: &Window, max: bool, arg: &[u32], dx: &mut [f32]) {
     let c = w.c;
     if max {

@@ -7,6 +7,7 @@ use super::model::{
     host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamInfo, StepResult,
 };
 use super::plan::Plan;
+use super::profile::{self, kind_label, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
 use crate::ir::Graph;
@@ -24,6 +25,9 @@ pub enum Layer {
         op: crate::ir::ops::Conv2d,
         w: usize,
         b: Option<usize>,
+        /// An elementwise activation fused into the convolution's epilogue: only the CPU
+        /// inference lowering sets it (`Net::with_fused_activations`).
+        act: Option<ActFn>,
     },
     BatchNorm {
         gamma: Option<usize>,
@@ -60,6 +64,8 @@ pub struct Net {
     pub dev: Cpu,
     dropout_rng: Rng,
     opt: Option<Optim<Cpu>>,
+    /// SE_COMPILE_PROFILE=1: time per phase and layer kind.
+    profile: Option<Profile>,
 }
 
 /// The convolution geometry of a conv layer between two batch shapes (N, H, W, C).
@@ -157,6 +163,7 @@ impl Net {
                         op: c.clone(),
                         w,
                         b,
+                        act: None,
                     }
                 }
                 Op::BatchNorm(b) => {
@@ -206,6 +213,7 @@ impl Net {
             dev: init.dev,
             dropout_rng: init.rng.fork(7),
             opt: None,
+            profile: Profile::from_env(),
         }
     }
 
@@ -217,6 +225,7 @@ impl Net {
             dev: self.dev.clone(),
             dropout_rng: self.dropout_rng.clone(),
             opt: None,
+            profile: Profile::from_env(),
         }
     }
 
@@ -250,16 +259,27 @@ impl Net {
     pub fn forward<T: Tape<f32, Cpu>>(&mut self, x: Act<T>, train: bool) -> Act<T> {
         let plan = self.plan.clone();
         let batch = x.shape[0];
-        plan.walk(
+        let y = plan.walk(
             batch,
             Act { key: 0, ..x },
             Act::branch,
             |idx, ins, out_shape, skip_act| {
+                let label = self
+                    .profile
+                    .is_some()
+                    .then(|| kind_label(&plan.layers[idx]));
+                profile::set_label(label.clone());
+                let t = std::time::Instant::now();
                 let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
+                if let (Some(p), Some(l)) = (self.profile.as_mut(), label) {
+                    p.add(&format!("  forward: {l}"), t.elapsed().as_secs_f64());
+                }
                 out.key = idx;
                 out
             },
-        )
+        );
+        profile::set_label(None);
+        y
     }
 
     fn layer_forward<T: Tape<f32, Cpu>>(
@@ -275,7 +295,7 @@ impl Net {
         let img = |s: &[usize]| -> [usize; 4] { [s[0], s[1], s[2], s[3]] };
         match layer {
             Layer::Input => ins.remove(0),
-            Layer::Conv { op, w, b } => {
+            Layer::Conv { op, w, b, act } => {
                 let s = conv_shape(&op, &in_shape, &out_shape);
                 let wt = self.params[w].data();
                 let bias = b.map(|b| self.params[b].data());
@@ -285,10 +305,31 @@ impl Net {
                 }
                 apply(ins, &ps, out_shape, move |data, need| {
                     let x = data.into_iter().next().expect("one input");
-                    let y =
+                    let mut y =
                         kernels::conv2d_forward(&x, &wt, bias.as_deref().map(|v| v.as_slice()), &s);
+                    // The fused activation's input, kept for its gradient.
+                    let pre = match act {
+                        Some(f) => {
+                            let z = need.then(|| y.clone());
+                            act_in_place(f, &mut y);
+                            z.map(|z| (f, z))
+                        }
+                        None => None,
+                    };
                     let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
+                            let dz: Vec<f32>;
+                            let dy = match &pre {
+                                Some((f, z)) => {
+                                    dz = dy
+                                        .par_iter()
+                                        .zip(z.par_iter())
+                                        .map(|(d, &z)| d * act_grad(*f, z, act_value(*f, z)))
+                                        .collect();
+                                    &dz[..]
+                                }
+                                None => dy,
+                            };
                             let (dw, rest) = g.params.split_first_mut().expect("kernel grad");
                             let db = rest.first_mut().map(|d| &mut **d);
                             kernels::conv2d_backward(
@@ -448,7 +489,7 @@ impl Net {
                 let win = pool_window(&op, &in_shape, &out_shape);
                 pool(ins, out_shape, win, max)
             }
-            Layer::GlobalPool { max } => pool(ins, out_shape, global_window(&in_shape), max),
+            Layer::GlobalPool { max } => global_pool(ins, out_shape, max),
             Layer::Dense { w, b, act } => {
                 let cin = *in_shape.last().expect("rank >= 1");
                 let units = *out_shape.last().expect("rank >= 1");
@@ -549,6 +590,21 @@ impl Net {
     }
 }
 
+fn global_pool<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, max: bool) -> Act<T> {
+    let (n, c) = (out_shape[0], *out_shape.last().expect("rank >= 2"));
+    apply(ins, &[], out_shape, move |data, need| {
+        let (y, arg) = kernels::global_pool_forward(&data[0], n, c, max);
+        let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+            Box::new(move |dy: &[f32], g: &mut Grads| {
+                if let Some(dx) = g.inputs[0].as_deref_mut() {
+                    kernels::global_pool_backward(dy, c, max, &arg, dx);
+                }
+            })
+        });
+        (y, back)
+    })
+}
+
 fn pool<T: Tape<f32, Cpu>>(
     ins: Vec<Act<T>>,
     out_shape: Vec<usize>,
@@ -577,9 +633,19 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
     let last = *out_shape.last().expect("rank >= 1");
     apply(ins, &[], out_shape, move |data, need| {
         let x = data.into_iter().next().expect("one input");
+        if !need && f != ActFn::Softmax {
+            // No backward: the input's own buffer becomes the output.
+            let mut y = x;
+            act_in_place(f, &mut y);
+            return (y, None);
+        }
         let y: Vec<f32> = match f {
             ActFn::Softmax => softmax_rows(&x, last),
-            _ => x.par_iter().map(|&v| act_value(f, v)).collect(),
+            _ => {
+                let mut y = x.clone();
+                act_in_place(f, &mut y);
+                y
+            }
         };
         // The backward recomputes the output from the input instead of keeping a copy of it.
         let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
@@ -627,6 +693,17 @@ pub fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
         yr.iter_mut().for_each(|o| *o /= z);
     }
     y
+}
+
+/// Applies an elementwise activation to `v` in place, chunks in parallel; the common ones
+/// get a loop of their own so that it vectorises.
+pub fn act_in_place(f: ActFn, v: &mut [f32]) {
+    v.par_chunks_mut(1 << 14).for_each(|c| match f {
+        ActFn::Linear => {}
+        ActFn::Relu => c.iter_mut().for_each(|x| *x = x.max(0.0)),
+        ActFn::Relu6 => c.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        _ => c.iter_mut().for_each(|x| *x = act_value(f, *x)),
+    });
 }
 
 pub fn act_value(f: ActFn, v: f32) -> f32 {
@@ -920,6 +997,15 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Adds a phase's time to the profile, when profiling.
+    fn phase(&mut self, what: &str, t: std::time::Instant) {
+        if let Some(p) = self.profile.as_mut() {
+            p.add(what, t.elapsed().as_secs_f64());
+        }
+    }
+}
+
 fn param_info(params: &[Param]) -> Vec<ParamInfo> {
     params
         .iter()
@@ -939,17 +1025,27 @@ impl Model for Net {
         "cpu".into()
     }
     fn infer(&mut self, b: Batch) -> StepResult {
+        let t = std::time::Instant::now();
         let inp = input_act::<NoneTape>(&self.dev, b.x, b.shape);
         let (loss, probs) = cross_entropy(self.forward(inp, false), b.labels, 0.0);
+        self.phase("inference", t);
         StepResult {
             loss: loss.array(),
             probs,
         }
     }
     fn train_step(&mut self, b: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
+        let t = std::time::Instant::now();
         let (loss, res) = self.loss_with_tape(b, dropout_seed, opt.label_smoothing);
+        self.phase("forward + loss", t);
         if res.loss.is_finite() {
+            let t = std::time::Instant::now();
             let mut grads = loss.backward();
+            self.phase("backward", t);
+            if let Some(p) = self.profile.as_mut() {
+                profile::drain_backward(p);
+            }
+            let t = std::time::Instant::now();
             let optim = self
                 .opt
                 .get_or_insert_with(|| Optim::new(&self.dev, &param_info(&self.params)));
@@ -959,8 +1055,15 @@ impl Model for Net {
                 opt,
             );
             self.params.iter_mut().for_each(Param::refresh);
+            self.phase("optimizer", t);
         }
         res
+    }
+    fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+    fn profile_mut(&mut self) -> Option<&mut Profile> {
+        self.profile.as_mut()
     }
     fn gradients(&mut self, b: Batch, dropout_seed: u64) -> (StepResult, Vec<Vec<f32>>) {
         let (loss, res) = self.loss_with_tape(b, dropout_seed, 0.0);

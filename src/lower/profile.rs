@@ -1,8 +1,41 @@
-//! `SE_COMPILE_PROFILE=1`: time per phase and per layer kind, for the GPU networks. Each
+//! `SE_COMPILE_PROFILE=1`: time per phase and per layer kind. On the GPU networks each
 //! measured span is closed by a device synchronization (which itself slows the run a little).
+//! On the CPU network, the forward of each layer is timed where it runs, and each backward op
+//! (run later, by dfdx's tape) under the label its layer had when it was recorded
+//! (`record_backward`), collected per thread and drained into the profile after the backward.
 
 use super::layers::Layer;
+use std::cell::RefCell;
 use std::time::Instant;
+
+thread_local! {
+    /// The layer kind whose forward is running, while profiling the CPU network.
+    static LABEL: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Backward time per layer kind since the last drain.
+    static BACKWARD: RefCell<Vec<(String, f64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sets (or clears) the layer kind that backward ops recorded from now on belong to.
+pub fn set_label(label: Option<String>) {
+    LABEL.with(|l| *l.borrow_mut() = label);
+}
+
+/// The current layer kind, if profiling: what a backward op records at forward time.
+pub fn current_label() -> Option<String> {
+    LABEL.with(|l| l.borrow().clone())
+}
+
+/// Adds one backward op's time under its layer kind.
+pub fn record_backward(label: &str, secs: f64) {
+    BACKWARD.with(|b| b.borrow_mut().push((label.to_string(), secs)));
+}
+
+/// Moves the backward times gathered on this thread into `p`, as `  backward: KIND`.
+pub fn drain_backward(p: &mut Profile) {
+    for (label, secs) in BACKWARD.with(|b| std::mem::take(&mut *b.borrow_mut())) {
+        p.add(&format!("  backward: {label}"), secs);
+    }
+}
 
 #[derive(Default)]
 pub struct Profile {

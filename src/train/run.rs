@@ -473,26 +473,32 @@ pub fn train(
 
 /// Train and inference speed over `steps` timed steps on random data, after one warm-up step.
 pub struct BenchResult {
-    pub train_img_s: f64,
-    pub infer_img_s: f64,
-    pub train_ms: f64,
-    pub infer_ms: f64,
+    /// (images/s, ms per step) of the training steps, when timed.
+    pub train: Option<(f64, f64)>,
+    /// (images/s, ms per batch) of the inference batches, when timed.
+    pub infer: Option<(f64, f64)>,
 }
 
-/// Images/s of `net`'s training steps and of `infer`'s inference (the same spec, lowered for
-/// inference: BatchNorms folded), on the same random batch.
+/// Images/s of `train`'s Adam steps and of `infer`'s inference batches (the same spec lowered
+/// for inference: BatchNorms folded), each on the same random batch after one untimed warm-up.
 pub fn bench(
-    net: &mut dyn Model,
-    infer: &mut dyn Model,
+    train: Option<&mut dyn Model>,
+    infer: Option<&mut dyn Model>,
     batch: usize,
     steps: usize,
     lr: f64,
 ) -> BenchResult {
-    let s = net.input_shape();
+    let Some(first) = train.as_deref().or(infer.as_deref()) else {
+        return BenchResult {
+            train: None,
+            infer: None,
+        };
+    };
+    let s = first.input_shape();
     let per: usize = s.iter().product();
     let mut rng = Rng::new(1);
     let x: Vec<f32> = (0..batch * per).map(|_| rng.uniform()).collect();
-    let classes = net.classes();
+    let classes = first.classes();
     let y: Vec<usize> = (0..batch).map(|i| i % classes).collect();
     let shape = vec![batch, s[0], s[1], s[2]];
     let cfg = TrainConfig {
@@ -505,30 +511,29 @@ pub fn bench(
         shape: shape.clone(),
         labels: &y,
     };
-    net.train_step(batch_of(), &opt, 0);
-    infer.infer(batch_of());
-    net.synchronize();
-    infer.synchronize();
-    net.profile_reset();
-    infer.profile_reset();
-    let t = Instant::now();
-    for k in 0..steps {
-        net.train_step(batch_of(), &opt, k as u64);
-    }
-    net.synchronize();
-    let train_s = t.elapsed().as_secs_f64() / steps as f64;
-    let t = Instant::now();
-    for _ in 0..steps {
-        infer.infer(batch_of());
-    }
-    infer.synchronize();
-    let infer_s = t.elapsed().as_secs_f64() / steps as f64;
-    BenchResult {
-        train_img_s: batch as f64 / train_s,
-        infer_img_s: batch as f64 / infer_s,
-        train_ms: train_s * 1e3,
-        infer_ms: infer_s * 1e3,
-    }
+    let time = |net: &mut dyn Model, step: &dyn Fn(&mut dyn Model, u64)| {
+        step(net, 0);
+        net.synchronize();
+        net.profile_reset();
+        let t = Instant::now();
+        for k in 0..steps {
+            step(net, k as u64);
+        }
+        net.synchronize();
+        let per_step = t.elapsed().as_secs_f64() / steps as f64;
+        (batch as f64 / per_step, per_step * 1e3)
+    };
+    let train = train.map(|net| {
+        time(net, &|n, k| {
+            n.train_step(batch_of(), &opt, k);
+        })
+    });
+    let infer = infer.map(|net| {
+        time(net, &|n, _| {
+            n.infer(batch_of());
+        })
+    });
+    BenchResult { train, infer }
 }
 
 pub fn stderr_is_terminal() -> bool {

@@ -120,6 +120,12 @@ impl<B: Backend> KernelNet<B> {
     pub fn from_net(net: &Net, be: B, device_name: String) -> Result<KernelNet<B>, String> {
         let g = &net.plan.graph;
         for (i, l) in net.plan.layers.iter().enumerate() {
+            if let Layer::Conv { act: Some(_), .. } = l {
+                return Err(format!(
+                    "layer `{}`: a convolution with a fused activation is lowered for the CPU only",
+                    g.node(NodeId(i as u32)).name
+                ));
+            }
             if let Layer::Merge(MergeKind::Multiply) = l {
                 let node = g.node(NodeId(i as u32));
                 // Node shapes leave out the batch axis; the gate test wants it.
@@ -236,7 +242,7 @@ impl<B: Backend> KernelNet<B> {
         let total = rows_out * cout;
         let (y, saved) = match layer {
             Layer::Input => return (x.clone(), Saved::None),
-            Layer::Conv { op, w, b } => {
+            Layer::Conv { op, w, b, .. } => {
                 let s = conv_shape(&op, &x.shape, &out_shape);
                 let cols = if s.direct() {
                     x.buf.clone()
@@ -509,7 +515,7 @@ impl<B: Backend> KernelNet<B> {
         let (rows_out, cout) = rows_of(&rec.out.shape);
         match layer {
             Layer::Input => {}
-            Layer::Conv { op, w, b } => {
+            Layer::Conv { op, w, b, .. } => {
                 let s = conv_shape(&op, &x.shape, &rec.out.shape);
                 let Saved::Cols(cols) = rec.saved else {
                     unreachable!("conv saves its columns")
