@@ -7,6 +7,27 @@ use rayon::prelude::*;
 /// Rows per parallel task in row-wise loops: big enough to amortise scheduling.
 const ROWS_PER_TASK: usize = 256;
 
+/// Which gemm runs `matmul`, decided once per process: gemm 0.19 (AVX-512 kernels) on CPUs
+/// with AVX-512F, gemm 0.15 elsewhere (README, CPU speed, has the measurements);
+/// `SE_COMPILE_GEMM=0.15` or `=0.19` overrides it.
+pub fn use_gemm019() -> bool {
+    static CHOICE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("SE_COMPILE_GEMM").as_deref() {
+        Ok("0.15") => false,
+        Ok("0.19") => true,
+        _ => {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::is_x86_feature_detected!("avx512f")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        }
+    })
+}
+
 /// `dst[m x n] (+)= a[m x k] * b[k x n]`, every operand with its own row and column stride.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -50,6 +71,33 @@ pub fn matmul(
                     dst[i * d_rs + j * d_cs] = 0.0;
                 }
             }
+        }
+        return;
+    }
+    if use_gemm019() {
+        // SAFETY: the asserts above keep every strided access inside the slices.
+        unsafe {
+            gemm019::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                d_cs as isize,
+                d_rs as isize,
+                accumulate,
+                a.as_ptr(),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr(),
+                b_cs as isize,
+                b_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm019::Parallelism::Rayon(rayon::current_num_threads()),
+            )
         }
         return;
     }
