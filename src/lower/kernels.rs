@@ -74,56 +74,39 @@ pub fn matmul(
         }
         return;
     }
-    if use_gemm019() {
-        // SAFETY: the asserts above keep every strided access inside the slices.
-        unsafe {
-            gemm019::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                d_cs as isize,
-                d_rs as isize,
-                accumulate,
-                a.as_ptr(),
-                a_cs as isize,
-                a_rs as isize,
-                b.as_ptr(),
-                b_cs as isize,
-                b_rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm019::Parallelism::Rayon(rayon::current_num_threads()),
-            )
-        }
-        return;
+    // The two gemm versions share one signature; only the crate differs.
+    macro_rules! run {
+        ($gemm:ident) => {
+            // SAFETY: the asserts above keep every strided access inside the slices.
+            unsafe {
+                $gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    d_cs as isize,
+                    d_rs as isize,
+                    accumulate,
+                    a.as_ptr(),
+                    a_cs as isize,
+                    a_rs as isize,
+                    b.as_ptr(),
+                    b_cs as isize,
+                    b_rs as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    $gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                )
+            }
+        };
     }
-    // SAFETY: the asserts above keep every strided access inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            d_cs as isize,
-            d_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
+    if use_gemm019() {
+        run!(gemm019)
+    } else {
+        run!(gemm)
     }
 }
 
