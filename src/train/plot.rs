@@ -42,6 +42,9 @@ pub fn colour(i: usize) -> [u8; 3] {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// A colour of its own (RGB); `None` takes the next colour of the cycle (series with a
+    /// colour of their own do not use one up).
+    pub colour: Option<[u8; 3]>,
 }
 
 /// One chart: a title, axis labels and its series (coloured in order, with a legend).
@@ -78,6 +81,7 @@ pub fn curves(path: &Path, title: &str, train: &[f64], val: &[f64]) -> Result<()
             .enumerate()
             .map(|(i, &y)| ((i + 1) as f64, y))
             .collect(),
+        colour: None,
     };
     lines(
         path,
@@ -206,8 +210,15 @@ fn draw_panel(
         .draw()?;
     let mut late_high = 0.0;
     let mut drawn = 0usize;
-    for (i, s) in p.series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+    let mut cycle = 0;
+    for s in &p.series {
+        let colour = match s.colour {
+            Some([r, g, b]) => RGBColor(r, g, b),
+            None => {
+                cycle += 1;
+                COLOURS[(cycle - 1) % COLOURS.len()]
+            }
+        };
         let segs = segments(&s.points);
         if segs.is_empty() {
             continue;
@@ -320,6 +331,7 @@ mod tests {
             series: vec![Series {
                 name: "s".into(),
                 points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0), (3.0, 2.0)],
+                colour: None,
             }],
             markers: false,
             integer_x: false,
@@ -343,6 +355,8 @@ mod tests {
                         points: (0..32)
                             .map(|k| (k as f64, ((k * (c + 1) + b) as f64 * 0.3).sin()))
                             .collect(),
+                        // The last line in a colour of its own: the cycle goes on without it.
+                        colour: (c == 3).then_some([10, 20, 30]),
                     })
                     .collect(),
                 markers: false,
@@ -358,9 +372,16 @@ mod tests {
             (2 * PANEL_SIZE.0, 2 * PANEL_SIZE.1),
             "3 panels: 2 rows of 2"
         );
-        for c in 0..4 {
+        for c in 0..3 {
             assert!(count(&img, c) > 300, "class {c}: {} pixels", count(&img, c));
         }
+        assert_eq!(
+            count(&img, 3),
+            0,
+            "the own-coloured line takes no colour of the cycle"
+        );
+        let own = img.pixels().filter(|p| p.0 == [10, 20, 30]).count();
+        assert!(own > 300, "own-coloured line: {own} pixels");
         // The fourth cell stays empty (white).
         let (w, h) = PANEL_SIZE;
         assert!((w + 10..2 * w - 10).all(|x| (h + 10..2 * h - 10)
