@@ -290,21 +290,35 @@ pub(crate) fn load_weights(
     weights: &str,
     d: DeviceSpec,
 ) -> Result<Box<dyn Model>, u8> {
+    let ck = read_checkpoint(weights)?;
+    let mut net = on_device(Net::new(vg, 0), d)?;
+    fill_from(net.as_mut(), &ck, weights)?;
+    Ok(net)
+}
+
+/// A missing checkpoint is a usage error; an unreadable one an invalid input.
+fn read_checkpoint(weights: &str) -> Result<se_compile::train::checkpoint::Loaded, u8> {
     let p = std::path::Path::new(weights);
-    let ck = se_compile::train::checkpoint::read(p).map_err(|e| {
+    se_compile::train::checkpoint::read(p).map_err(|e| {
         eprintln!("error: {e}");
         if p.exists() {
             EXIT_INVALID
         } else {
             EXIT_USAGE
         }
-    })?;
-    let mut net = on_device(Net::new(vg, 0), d)?;
-    se_compile::train::checkpoint::load_into(net.as_mut(), &ck, p).map_err(|e| {
+    })
+}
+
+/// Weights of another spec (a missing or mis-sized tensor) are an invalid input.
+fn fill_from(
+    net: &mut dyn Model,
+    ck: &se_compile::train::checkpoint::Loaded,
+    weights: &str,
+) -> Result<(), u8> {
+    se_compile::train::checkpoint::load_into(net, ck, std::path::Path::new(weights)).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INVALID
-    })?;
-    Ok(net)
+    })
 }
 
 /// Class names from the run's config.json beside the weights, if there is one.
