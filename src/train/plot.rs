@@ -223,8 +223,20 @@ fn draw_panel(
         if segs.is_empty() {
             continue;
         }
+        // Each piece between two points is a path of its own: plotters joins the pieces of
+        // one thick path with unlimited miters, which spike far out of the chart where a
+        // dense, jagged line (a thousand channels' excitations) turns sharply. A line with
+        // more points than half the panel's pixels across is drawn 1 pixel wide.
+        let width = if s.points.len() > PANEL_SIZE.0 as usize / 2 {
+            1
+        } else {
+            2
+        };
         for seg in &segs {
-            chart.draw_series(LineSeries::new(seg.iter().copied(), colour.stroke_width(2)))?;
+            chart.draw_series(
+                seg.windows(2)
+                    .map(|w| PathElement::new(w.to_vec(), colour.stroke_width(width))),
+            )?;
         }
         let marked: Vec<(f64, f64)> = segs
             .iter()
@@ -393,6 +405,43 @@ mod tests {
             .map(|(x, y)| img.get_pixel(x, y).0)
             .collect();
         assert!(bottom_left.len() > 20);
+    }
+
+    #[test]
+    fn jagged_lines_stay_inside_the_chart() {
+        // A line that turns back at every point (as excitations over channels do): no stroke
+        // may spike out of the plotting area into the title or past the axes.
+        for n in [60, 1000] {
+            let png = render(&[Panel {
+                title: "zig-zag".into(),
+                x_label: "channel".into(),
+                y_label: "excitation".into(),
+                series: vec![Series {
+                    name: "s".into(),
+                    points: (0..n).map(|k| (k as f64, (k % 2) as f64)).collect(),
+                    colour: None,
+                }],
+                markers: false,
+                integer_x: true,
+            }])
+            .unwrap();
+            let img = decode(&png);
+            let drawn: Vec<(u32, u32)> = img
+                .enumerate_pixels()
+                .filter(|(_, _, p)| p.0 == colour(0))
+                .map(|(x, y, _)| (x, y))
+                .collect();
+            assert!(drawn.len() > 2000, "{n} points: {} pixels", drawn.len());
+            // The caption takes the top ~45 rows, the y labels the left ~80 columns (the legend
+            // sample sits inside the chart).
+            let out: Vec<_> = drawn.iter().filter(|(x, y)| *y < 40 || *x < 75).collect();
+            assert!(
+                out.is_empty(),
+                "{n} points: {} pixels outside, e.g. {:?}",
+                out.len(),
+                out.first()
+            );
+        }
     }
 
     #[test]
