@@ -120,6 +120,10 @@ enum Cmd {
         after_help = "Example:\n  se-compile eval models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors --data data/fashion-mnist-mini"
     )]
     Eval(commands::eval::EvalArgs),
+    /// The SE paper's excitation analysis (Section 7, Fig. 6): the mean excitation of every SE
+    /// block per channel, over all images and per class, and each block's class specificity.
+    #[command(after_help = commands::analyze::HELP)]
+    Analyze(commands::analyze::AnalyzeArgs),
     /// Top-k classes with probabilities for images.
     #[command(
         after_help = "Example:\n  se-compile predict models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors data/fashion-mnist-mini/test/7_sneaker/*.png"
@@ -296,6 +300,14 @@ pub(crate) fn load_weights(
     Ok(net)
 }
 
+/// The CPU network itself (not behind `Model`) with the saved weights, for `Net::probe`.
+pub(crate) fn load_cpu_net(vg: &ValidGraph, weights: &str) -> Result<Net, u8> {
+    let ck = read_checkpoint(weights)?;
+    let mut net = Net::new(vg, 0);
+    fill_from(&mut net, &ck, weights)?;
+    Ok(net)
+}
+
 /// A missing checkpoint is a usage error; an unreadable one an invalid input.
 fn read_checkpoint(weights: &str) -> Result<se_compile::train::checkpoint::Loaded, u8> {
     let p = std::path::Path::new(weights);
@@ -404,6 +416,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Eval(a) => commands::eval::run(&cx, a)?,
         Cmd::Diff(a) => commands::diff::run(&cx, a)?,
         Cmd::Predict(a) => commands::predict::run(&cx, a)?,
+        Cmd::Analyze(a) => commands::analyze::run(&cx, a)?,
         Cmd::Bench {
             spec,
             batch_size,
