@@ -120,6 +120,10 @@ enum Cmd {
         after_help = "Example:\n  se-compile eval models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors --data data/fashion-mnist-mini"
     )]
     Eval(commands::eval::EvalArgs),
+    /// The SE paper's excitation analysis (Section 7, Fig. 6): the mean excitation of every SE
+    /// block per channel, over all images and per class, and each block's class specificity.
+    #[command(after_help = commands::analyze::HELP)]
+    Analyze(commands::analyze::AnalyzeArgs),
     /// Top-k classes with probabilities for images.
     #[command(
         after_help = "Example:\n  se-compile predict models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors data/fashion-mnist-mini/test/7_sneaker/*.png"
@@ -274,9 +278,11 @@ pub(crate) fn fresh_run_dir(model: &str) -> std::path::PathBuf {
         .expect("a free name")
 }
 
-/// The CPU network with the checkpoint's weights.
-fn read_weights(vg: &ValidGraph, weights: &str) -> Result<Net, u8> {
+/// The CPU network itself (not behind `Model`) with the checkpoint's weights: what export
+/// writes, what inference lowers, what `analyze` probes.
+pub(crate) fn load_cpu_net(vg: &ValidGraph, weights: &str) -> Result<Net, u8> {
     let p = std::path::Path::new(weights);
+    // A missing checkpoint is a usage error; an unreadable one an invalid input.
     let ck = se_compile::train::checkpoint::read(p).map_err(|e| {
         eprintln!("error: {e}");
         if p.exists() {
@@ -286,6 +292,7 @@ fn read_weights(vg: &ValidGraph, weights: &str) -> Result<Net, u8> {
         }
     })?;
     let mut net = Net::new(vg, 0);
+    // Weights of another spec (a missing or mis-sized tensor) are an invalid input.
     se_compile::train::checkpoint::load_into(&mut net, &ck, p).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INVALID
@@ -299,7 +306,7 @@ pub(crate) fn load_weights(
     weights: &str,
     d: DeviceSpec,
 ) -> Result<Box<dyn Model>, u8> {
-    on_device(read_weights(vg, weights)?, d)
+    on_device(load_cpu_net(vg, weights)?, d)
 }
 
 /// The checkpoint's network on the device for inference (eval, predict).
@@ -308,7 +315,7 @@ pub(crate) fn load_for_inference(
     weights: &str,
     d: DeviceSpec,
 ) -> Result<Box<dyn Model>, u8> {
-    on_device(lowered_for_inference(&read_weights(vg, weights)?, d), d)
+    on_device(lowered_for_inference(&load_cpu_net(vg, weights)?, d), d)
 }
 
 /// `net` lowered for inference (`lower::fold`): BatchNorms folded into their convolutions on
@@ -404,6 +411,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Eval(a) => commands::eval::run(&cx, a)?,
         Cmd::Diff(a) => commands::diff::run(&cx, a)?,
         Cmd::Predict(a) => commands::predict::run(&cx, a)?,
+        Cmd::Analyze(a) => commands::analyze::run(&cx, a)?,
         Cmd::Bench(a) => commands::bench::run(&cx, a)?,
         Cmd::Parity { device, tolerance } => {
             let dev = device_of(&device)?;

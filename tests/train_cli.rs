@@ -1,23 +1,10 @@
 //! Training through the real binary on a tiny subset of the bundled Fashion-MNIST data: the
 //! files a run writes, resume equivalence, eval/predict, and data errors.
 
+mod common;
+
+use common::run;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_se-compile"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let o = bin().args(args).output().expect("runs");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 /// `se-compile train SPEC --data DATA --out OUT EXTRA...`.
 fn train(spec: &str, data: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
@@ -51,26 +38,7 @@ fn tmp(name: &str) -> PathBuf {
 /// `per_class` train and 2 test images of each class, copied from the bundled subset.
 fn tiny_data(name: &str, per_class: usize) -> PathBuf {
     let root = tmp(name);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-mini");
-    for (split, n) in [("train", per_class), ("test", 2)] {
-        let mut classes: Vec<_> = std::fs::read_dir(src.join(split))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        classes.sort();
-        for c in classes {
-            let dst = root.join(split).join(c.file_name().unwrap());
-            std::fs::create_dir_all(&dst).unwrap();
-            let mut files: Vec<_> = std::fs::read_dir(&c)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            for f in files.iter().take(n) {
-                std::fs::copy(f, dst.join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    common::bundled_subset(&root, per_class, 2);
     root
 }
 

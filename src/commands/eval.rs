@@ -1,6 +1,9 @@
 //! `se-compile eval`: loss, accuracy and the confusion matrix of saved weights.
 
 use crate::{bundled_data, device_of, load_for_inference, Ctx, EXIT_INVALID};
+use se_compile::train::data::{Dataset, Split};
+use se_compile::ValidGraph;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -19,6 +22,27 @@ pub struct EvalArgs {
     pub cache_mb: Option<u64>,
 }
 
+/// The data `eval` (and `analyze`) read: `--data DIR`, or the bundled subset, listed at the
+/// spec's input size with no validation hold-out. An unreadable folder is an invalid input.
+pub(crate) fn eval_data(vg: &ValidGraph, data: Option<String>) -> Result<(PathBuf, Dataset), u8> {
+    let data_dir = data.map(PathBuf::from).unwrap_or_else(bundled_data);
+    let shape = vg.graph().input_shape();
+    let ds = Dataset::load(&data_dir, shape[0], shape[1], shape[2], 0.0, 0).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_INVALID
+    })?;
+    Ok((data_dir, ds))
+}
+
+/// The split `eval` scores, with its folder name: DIR/test, or DIR/train without one.
+pub(crate) fn eval_split(ds: &Dataset) -> (&'static str, &Split) {
+    if ds.val.is_empty() {
+        ("train", &ds.train)
+    } else {
+        ("test", &ds.val)
+    }
+}
+
 pub fn run(cx: &Ctx, a: EvalArgs) -> Result<(), u8> {
     let EvalArgs {
         spec,
@@ -31,26 +55,13 @@ pub fn run(cx: &Ctx, a: EvalArgs) -> Result<(), u8> {
     let dev = device_of(&device)?;
     let (_, _, vg) = cx.build_full(&spec, None)?;
     let mut net = load_for_inference(&vg, &weights, dev)?;
-    let data_dir = data
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(bundled_data);
-    let shape = vg.graph().input_shape().clone();
-    let mut ds =
-        se_compile::train::data::Dataset::load(&data_dir, shape[0], shape[1], shape[2], 0.0, 0)
-            .map_err(|e| {
-                eprintln!("error: {e}");
-                EXIT_INVALID
-            })?;
+    let (_, mut ds) = eval_data(&vg, data)?;
     // On stderr: eval's standard output stays the result (its first line the score).
     eprintln!(
         "{}",
         ds.cache(cache_mb.unwrap_or_else(se_compile::train::data::default_cache_mb))
     );
-    let split = if ds.val.is_empty() {
-        &ds.train
-    } else {
-        &ds.val
-    };
+    let (_, split) = eval_split(&ds);
     let k = ds.classes.len();
     let (loss, acc, conf) =
         se_compile::train::run::evaluate(net.as_mut(), &ds, split, batch_size, k);

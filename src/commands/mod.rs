@@ -1,6 +1,7 @@
-//! One file per subcommand (train, eval, predict, export; the short ones still live in
+//! One file per subcommand (train, eval, predict, analyze, export; the short ones still live in
 //! `main.rs`'s `run`).
 
+pub mod analyze;
 pub mod bench;
 pub mod diff;
 pub mod eval;

@@ -10,7 +10,7 @@ use super::plan::Plan;
 use super::profile::{self, kind_label, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
-use crate::ir::Graph;
+use crate::ir::{Graph, NodeId};
 use crate::validate::ValidGraph;
 use dfdx::prelude::*;
 use dfdx::tensor::Tape;
@@ -257,6 +257,16 @@ impl Net {
     /// Runs the network on a batch (N, H, W, C). `train` selects batch statistics and dropout.
     /// Returns logits: a final softmax is left out (see `Plan::logits`).
     pub fn forward<T: Tape<f32, Cpu>>(&mut self, x: Act<T>, train: bool) -> Act<T> {
+        self.forward_seen(x, train, |_, _| {})
+    }
+
+    /// `forward`, handing each layer's output to `seen` (node index, value) as it is made.
+    fn forward_seen<T: Tape<f32, Cpu>>(
+        &mut self,
+        x: Act<T>,
+        train: bool,
+        mut seen: impl FnMut(usize, &Act<T>),
+    ) -> Act<T> {
         let plan = self.plan.clone();
         let batch = x.shape[0];
         let y = plan.walk(
@@ -275,11 +285,35 @@ impl Net {
                     p.add(&format!("  forward: {l}"), t.elapsed().as_secs_f64());
                 }
                 out.key = idx;
+                seen(idx, &out);
                 out
             },
         );
         profile::set_label(None);
         y
+    }
+
+    /// Runs a batch (N, H, W, C) in inference mode (moving BN statistics, no dropout, no
+    /// tape) and returns a copy of the output of each of `nodes`, flat (N × the node's shape),
+    /// in the order asked. Only the layers up to the logits node run (see `Plan::walk`): a node
+    /// after it (a final softmax layer) gives an empty vector, and the logits node itself its
+    /// value before a fused softmax. `se-compile analyze` reads SE gates with it.
+    pub fn probe(&mut self, x: Vec<f32>, shape: Vec<usize>, nodes: &[NodeId]) -> Vec<Vec<f32>> {
+        let mut out = vec![vec![]; nodes.len()];
+        for (o, n) in out.iter_mut().zip(nodes) {
+            if n.index() == 0 {
+                o.clone_from(&x);
+            }
+        }
+        let inp = input_act::<NoneTape>(&self.dev, x, shape);
+        self.forward_seen(inp, false, |idx, a| {
+            for (o, n) in out.iter_mut().zip(nodes) {
+                if n.index() == idx {
+                    *o = a.t.as_vec();
+                }
+            }
+        });
+        out
     }
 
     fn layer_forward<T: Tape<f32, Cpu>>(

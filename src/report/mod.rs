@@ -1,8 +1,9 @@
 //! Back ends that read only a `ValidGraph`: the Keras-style summary (text, JSON, markdown),
-//! Graphviz DOT, and the IR as JSON.
+//! Graphviz DOT, and the IR as JSON; and the excitation statistics of `analyze`.
 
 pub mod diff;
 pub mod dot;
+pub mod excitation;
 pub mod ir_json;
 pub mod summary;
 

@@ -388,6 +388,28 @@ impl Dataset {
         out
     }
 
+    /// Every image of `split` in order, in batches of `batch`, decoded (not augmented) on the
+    /// [`prefetch`] worker: `each` gets the batches that hold at least one image, after the
+    /// images that did not decode are reported ([`Dataset::warn_once`]). `evaluate` and
+    /// `se-compile analyze` read a split this way.
+    pub fn each_batch(&self, split: &Split, batch: usize, mut each: impl FnMut(Loaded)) {
+        let idx: Vec<usize> = (0..split.len()).collect();
+        let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
+        // `consume` never fails; the worker only stops early by panicking, which the scope
+        // re-raises.
+        let _ = prefetch(
+            chunks.len(),
+            |k| self.batch(split, chunks[k], None),
+            |_, b| {
+                self.warn_once(split, &b.failed);
+                if !b.is_empty() {
+                    each(b);
+                }
+                Ok(())
+            },
+        );
+    }
+
     /// Reports, once per file, the images of `failed` (from [`Dataset::batch`] on `split`).
     pub fn warn_once(&self, split: &Split, failed: &[(usize, String)]) {
         if failed.is_empty() {

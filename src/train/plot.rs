@@ -42,6 +42,9 @@ pub fn colour(i: usize) -> [u8; 3] {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// A colour of its own (RGB); `None` takes the next colour of the cycle (series with a
+    /// colour of their own do not use one up).
+    pub colour: Option<[u8; 3]>,
 }
 
 /// One chart: a title, axis labels and its series (coloured in order, with a legend).
@@ -78,6 +81,7 @@ pub fn curves(path: &Path, title: &str, train: &[f64], val: &[f64]) -> Result<()
             .enumerate()
             .map(|(i, &y)| ((i + 1) as f64, y))
             .collect(),
+        colour: None,
     };
     lines(
         path,
@@ -206,14 +210,33 @@ fn draw_panel(
         .draw()?;
     let mut late_high = 0.0;
     let mut drawn = 0usize;
-    for (i, s) in p.series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+    let mut cycle = 0;
+    for s in &p.series {
+        let colour = match s.colour {
+            Some([r, g, b]) => RGBColor(r, g, b),
+            None => {
+                cycle += 1;
+                COLOURS[(cycle - 1) % COLOURS.len()]
+            }
+        };
         let segs = segments(&s.points);
         if segs.is_empty() {
             continue;
         }
+        // Each piece between two points is a path of its own: plotters joins the pieces of
+        // one thick path with unlimited miters, which spike far out of the chart where a
+        // dense, jagged line (a thousand channels' excitations) turns sharply. A line with
+        // more points than half the panel's pixels across is drawn 1 pixel wide.
+        let width = if s.points.len() > PANEL_SIZE.0 as usize / 2 {
+            1
+        } else {
+            2
+        };
         for seg in &segs {
-            chart.draw_series(LineSeries::new(seg.iter().copied(), colour.stroke_width(2)))?;
+            chart.draw_series(
+                seg.windows(2)
+                    .map(|w| PathElement::new(w.to_vec(), colour.stroke_width(width))),
+            )?;
         }
         let marked: Vec<(f64, f64)> = segs
             .iter()
@@ -320,6 +343,7 @@ mod tests {
             series: vec![Series {
                 name: "s".into(),
                 points: vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 3.0), (3.0, 2.0)],
+                colour: None,
             }],
             markers: false,
             integer_x: false,
@@ -343,6 +367,8 @@ mod tests {
                         points: (0..32)
                             .map(|k| (k as f64, ((k * (c + 1) + b) as f64 * 0.3).sin()))
                             .collect(),
+                        // The last line in a colour of its own: the cycle goes on without it.
+                        colour: (c == 3).then_some([10, 20, 30]),
                     })
                     .collect(),
                 markers: false,
@@ -358,9 +384,16 @@ mod tests {
             (2 * PANEL_SIZE.0, 2 * PANEL_SIZE.1),
             "3 panels: 2 rows of 2"
         );
-        for c in 0..4 {
+        for c in 0..3 {
             assert!(count(&img, c) > 300, "class {c}: {} pixels", count(&img, c));
         }
+        assert_eq!(
+            count(&img, 3),
+            0,
+            "the own-coloured line takes no colour of the cycle"
+        );
+        let own = img.pixels().filter(|p| p.0 == [10, 20, 30]).count();
+        assert!(own > 300, "own-coloured line: {own} pixels");
         // The fourth cell stays empty (white).
         let (w, h) = PANEL_SIZE;
         assert!((w + 10..2 * w - 10).all(|x| (h + 10..2 * h - 10)
@@ -372,6 +405,43 @@ mod tests {
             .map(|(x, y)| img.get_pixel(x, y).0)
             .collect();
         assert!(bottom_left.len() > 20);
+    }
+
+    #[test]
+    fn jagged_lines_stay_inside_the_chart() {
+        // A line that turns back at every point (as excitations over channels do): no stroke
+        // may spike out of the plotting area into the title or past the axes.
+        for n in [60, 1000] {
+            let png = render(&[Panel {
+                title: "zig-zag".into(),
+                x_label: "channel".into(),
+                y_label: "excitation".into(),
+                series: vec![Series {
+                    name: "s".into(),
+                    points: (0..n).map(|k| (k as f64, (k % 2) as f64)).collect(),
+                    colour: None,
+                }],
+                markers: false,
+                integer_x: true,
+            }])
+            .unwrap();
+            let img = decode(&png);
+            let drawn: Vec<(u32, u32)> = img
+                .enumerate_pixels()
+                .filter(|(_, _, p)| p.0 == colour(0))
+                .map(|(x, y, _)| (x, y))
+                .collect();
+            assert!(drawn.len() > 2000, "{n} points: {} pixels", drawn.len());
+            // The caption takes the top ~45 rows, the y labels the left ~80 columns (the legend
+            // sample sits inside the chart).
+            let out: Vec<_> = drawn.iter().filter(|(x, y)| *y < 40 || *x < 75).collect();
+            assert!(
+                out.is_empty(),
+                "{n} points: {} pixels outside, e.g. {:?}",
+                out.len(),
+                out.first()
+            );
+        }
     }
 
     #[test]

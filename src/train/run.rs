@@ -148,35 +148,23 @@ pub fn evaluate(
 ) -> (f64, f64, Vec<Vec<usize>>) {
     let mut conf = vec![vec![0usize; classes]; classes];
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    let idx: Vec<usize> = (0..split.len()).collect();
-    let chunks: Vec<&[usize]> = idx.chunks(batch.max(1)).collect();
-    // `consume` never fails; the worker only stops early by panicking, which the scope re-raises.
-    let _ = prefetch(
-        chunks.len(),
-        |k| ds.batch(split, chunks[k], None),
-        |_, b| {
-            ds.warn_once(split, &b.failed);
-            if b.is_empty() {
-                return Ok(());
+    ds.each_batch(split, batch, |b| {
+        let bs = b.len();
+        let r = net.infer(Batch {
+            x: b.x,
+            shape: vec![bs, ds.h, ds.w, ds.c],
+            labels: &b.labels,
+        });
+        loss += r.loss as f64 * bs as f64;
+        seen += bs;
+        for (p, &t) in r.probs.iter().zip(&b.labels) {
+            let pred = argmax(p);
+            correct += usize::from(pred == t);
+            if t < classes && pred < classes {
+                conf[t][pred] += 1;
             }
-            let bs = b.len();
-            let r = net.infer(Batch {
-                x: b.x,
-                shape: vec![bs, ds.h, ds.w, ds.c],
-                labels: &b.labels,
-            });
-            loss += r.loss as f64 * bs as f64;
-            seen += bs;
-            for (p, &t) in r.probs.iter().zip(&b.labels) {
-                let pred = argmax(p);
-                correct += usize::from(pred == t);
-                if t < classes && pred < classes {
-                    conf[t][pred] += 1;
-                }
-            }
-            Ok(())
-        },
-    );
+        }
+    });
     let n = seen.max(1) as f64;
     (loss / n, correct as f64 / n, conf)
 }

@@ -73,3 +73,42 @@ pub fn model(name: &str) -> (SourceFile, ValidGraph) {
     let vg = build(&src);
     (src, vg)
 }
+
+/// Fills `root` with the first `train` training and `test` test images of each class of the
+/// bundled Fashion-MNIST subset (sorted by name), in its `train/<class>/`, `test/<class>/` layout.
+pub fn bundled_subset(root: &Path, train: usize, test: usize) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-mini");
+    for (split, n) in [("train", train), ("test", test)] {
+        let mut classes: Vec<_> = std::fs::read_dir(src.join(split))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        classes.sort();
+        for c in classes {
+            let dst = root.join(split).join(c.file_name().unwrap());
+            std::fs::create_dir_all(&dst).unwrap();
+            let mut files: Vec<_> = std::fs::read_dir(&c)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for f in files.iter().take(n) {
+                std::fs::copy(f, dst.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+/// Runs the real `se-compile` binary in the crate root: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_se-compile"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
