@@ -39,9 +39,10 @@ fn forward(net: &mut Net, x: &[f32], n: usize, train: bool) -> (Vec<f32>, Vec<us
         shape: batch_shape(net, n),
         needs_grad: true,
         key: 0,
+        host: None,
     };
     let y = net.forward(a, train);
-    (y.t.as_vec(), y.shape)
+    (y.values(), y.shape)
 }
 
 /// loss = sum(y * r); returns d loss / d x and d loss / d each parameter.
@@ -53,10 +54,11 @@ fn grads(net: &mut Net, x: &[f32], n: usize, r: &[f32], train: bool) -> (Vec<f32
         shape: batch_shape(net, n),
         needs_grad: true,
         key: 0,
+        host: None,
     };
     let y = net.forward(a, train);
     let rt: Tensor<(usize,), f32, Cpu> = net.dev.tensor_from_vec(r.to_vec(), (r.len(),));
-    let loss = (y.t * rt).sum();
+    let loss = (y.into_tensor() * rt).sum();
     let mut g = loss.backward();
     let dx = g.get_or_alloc_mut(&t).unwrap().to_vec();
     let dp = net
@@ -628,6 +630,7 @@ fn cross_entropy_matches_its_definition() {
             shape: vec![3, 1, 1, 5],
             needs_grad: true,
             key: 0,
+            host: None,
         };
         let logits = net.forward(a, true);
         let (loss, probs) = se_compile::lower::autodiff::cross_entropy(logits, &labels, eps);
@@ -759,7 +762,7 @@ fn folded_batch_norms_match_the_unfolded_network() {
         let logits = |n: &mut Net| {
             let inp =
                 se_compile::lower::layers::input_act::<NoneTape>(&n.dev, x.clone(), shape.clone());
-            n.forward(inp, false).t.as_vec()
+            n.forward(inp, false).values()
         };
         let (la, lb) = (logits(&mut net), logits(&mut folded));
         for (what, a, b) in [("logits", &la, &lb), ("outputs", &a, &b)] {

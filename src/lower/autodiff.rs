@@ -16,6 +16,10 @@ pub struct Act<T> {
     pub needs_grad: bool,
     /// Which graph node produced it: the same tensor read twice by one op has the same key.
     pub key: usize,
+    /// Without a tape (inference) the values stay in this host buffer between layers and `t` is
+    /// an empty placeholder: no copy out of dfdx per layer, and a value read by one layer only
+    /// is handed over as is, so that layer may overwrite it.
+    pub host: Option<Arc<Vec<f32>>>,
 }
 
 impl<T: Tape<f32, Cpu>> Act<T> {
@@ -30,6 +34,28 @@ impl<T: Tape<f32, Cpu>> Act<T> {
             shape: self.shape.clone(),
             needs_grad: self.needs_grad,
             key: self.key,
+            host: self.host.clone(),
+        }
+    }
+
+    /// The values, copied.
+    pub fn values(&self) -> Vec<f32> {
+        match &self.host {
+            Some(h) => h.to_vec(),
+            None => self.t.as_vec(),
+        }
+    }
+
+    /// The values as a dfdx tensor with this activation's tape.
+    pub fn into_tensor(self) -> Flat<T> {
+        match self.host {
+            Some(h) => {
+                let (t, tape) = self.t.split_tape();
+                let v = Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone());
+                let n = v.len();
+                t.device().tensor_from_vec(v, (n,)).put_tape(tape)
+            }
+            None => self.t,
         }
     }
 }
@@ -103,13 +129,29 @@ pub fn apply<T: Tape<f32, Cpu>>(
     for a in ins {
         let (t, tp) = a.t.split_tape();
         tape = tape.merge(tp);
-        // `copy_into` is a memcpy; `as_vec` walks the tensor element by element.
-        let mut v = vec![0.0f32; t.shape().0];
-        t.copy_into(&mut v);
-        data.push(v);
+        match a.host {
+            // The last reader of a host value takes its buffer; earlier readers copy it.
+            Some(h) => data.push(Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone())),
+            None => {
+                // `copy_into` is a memcpy; `as_vec` walks the tensor element by element.
+                let mut v = vec![0.0f32; t.shape().0];
+                t.copy_into(&mut v);
+                data.push(v);
+            }
+        }
         ghosts.push(t.ghost());
     }
     let (out, backward) = forward(data, T::OWNS_TAPE);
+    if !T::OWNS_TAPE {
+        // Inference: the output stays on the host for the next layer.
+        return Act {
+            t: dev.tensor_from_vec(Vec::new(), (0,)).put_tape(tape),
+            shape: out_shape,
+            needs_grad: false,
+            key: usize::MAX,
+            host: Some(Arc::new(out)),
+        };
+    }
     // SE_COMPILE_PROFILE=1: time the backward under the layer kind that recorded it.
     let backward: Option<BackwardFn> = match (backward, super::profile::current_label()) {
         (Some(b), Some(label)) => Some(Box::new(move |dy: &[f32], g: &mut Grads| {
@@ -181,6 +223,7 @@ pub fn apply<T: Tape<f32, Cpu>>(
         shape: out_shape,
         needs_grad: true,
         key: usize::MAX,
+        host: None,
     }
 }
 
@@ -249,5 +292,5 @@ pub fn cross_entropy<T: Tape<f32, Cpu>>(
         });
         (vec![(loss / n as f64) as f32], back)
     });
-    (out.t.sum(), probs_out)
+    (out.into_tensor().sum(), probs_out)
 }

@@ -520,34 +520,48 @@ pub fn bn_backward(
 pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
     let c = w.c;
     let mut y = vec![0.0f32; w.out_rows() * c];
-    let mut arg = if max { vec![0u32; y.len()] } else { vec![] };
+    let mut arg = vec![u32::MAX; if max { y.len() } else { 0 }];
     let row_len = w.wo * c;
-    let fill = |(row, (yo, ao)): (usize, (&mut [f32], &mut [u32]))| {
+    // One output row (oy) per task; for each output position the taps are visited in order
+    // and each tap's C channels compared or summed as one contiguous run.
+    let fill = |row: usize, yo: &mut [f32], ao: &mut [u32]| {
         let (b, oy) = (row / w.ho, row % w.ho);
         for ox in 0..w.wo {
-            for ch in 0..c {
-                let (mut best, mut besti, mut sum, mut count) =
-                    (f32::NEG_INFINITY, u32::MAX, 0.0f32, 0usize);
-                for ky in 0..w.kh {
-                    for kx in 0..w.kw {
-                        if let Some((iy, ix)) = w.src(oy, ox, ky, kx) {
-                            let i = ((b * w.h + iy) * w.w + ix) * c + ch;
-                            let v = x[i];
-                            if v > best || besti == u32::MAX {
-                                best = v;
-                                besti = i as u32;
+            let yv = &mut yo[ox * c..(ox + 1) * c];
+            let mut count = 0usize;
+            for ky in 0..w.kh {
+                for kx in 0..w.kw {
+                    let Some((iy, ix)) = w.src(oy, ox, ky, kx) else {
+                        continue;
+                    };
+                    let base = ((b * w.h + iy) * w.w + ix) * c;
+                    let xv = &x[base..base + c];
+                    if max {
+                        let av = &mut ao[ox * c..(ox + 1) * c];
+                        if count == 0 {
+                            yv.copy_from_slice(xv);
+                            for (ch, a) in av.iter_mut().enumerate() {
+                                *a = (base + ch) as u32;
                             }
-                            sum += v;
-                            count += 1;
+                        } else {
+                            for ch in 0..c {
+                                if xv[ch] > yv[ch] {
+                                    yv[ch] = xv[ch];
+                                    av[ch] = (base + ch) as u32;
+                                }
+                            }
                         }
+                    } else {
+                        yv.iter_mut().zip(xv).for_each(|(s, v)| *s += v);
                     }
+                    count += 1;
                 }
-                if max {
-                    yo[ox * c + ch] = best;
-                    ao[ox * c + ch] = besti;
-                } else {
-                    yo[ox * c + ch] = sum / count.max(1) as f32;
-                }
+            }
+            if max && count == 0 {
+                yv.fill(f32::NEG_INFINITY);
+            } else if !max {
+                let inv = 1.0 / count.max(1) as f32;
+                yv.iter_mut().for_each(|s| *s *= inv);
             }
         }
     };
@@ -555,13 +569,11 @@ pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
         y.par_chunks_mut(row_len)
             .zip(arg.par_chunks_mut(row_len))
             .enumerate()
-            .for_each(fill);
+            .for_each(|(row, (yo, ao))| fill(row, yo, ao));
     } else {
-        let mut dummy = vec![0u32; y.len()];
         y.par_chunks_mut(row_len)
-            .zip(dummy.par_chunks_mut(row_len))
             .enumerate()
-            .for_each(fill);
+            .for_each(|(row, yo)| fill(row, yo, &mut []));
     }
     (y, arg)
 }

@@ -309,7 +309,7 @@ impl Net {
         self.forward_seen(inp, false, |idx, a| {
             for (o, n) in out.iter_mut().zip(nodes) {
                 if n.index() == idx {
-                    *o = a.t.as_vec();
+                    *o = a.values();
                 }
             }
         });
@@ -802,162 +802,175 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
     let shapes: Vec<Vec<usize>> = ins.iter().map(|a| a.shape.clone()).collect();
     let total: usize = out_shape.iter().product();
     let last = *out_shape.last().expect("rank >= 1");
-    apply(ins, &[], out_shape.clone(), move |data, need| match kind {
-        MergeKind::Add => {
-            let mut y = data[0].clone();
-            for d in &data[1..] {
-                y.iter_mut().zip(d).for_each(|(a, b)| *a += b);
-            }
-            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                Box::new(move |dy: &[f32], g: &mut Grads| {
-                    for dx in g.inputs.iter_mut().flatten() {
-                        dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
-                    }
-                })
-            });
-            (y, back)
-        }
-        MergeKind::Concatenate => {
-            let widths: Vec<usize> = shapes
-                .iter()
-                .map(|s| *s.last().expect("rank >= 1"))
-                .collect();
-            let rows = total / last;
-            let mut y = vec![0.0f32; total];
-            let mut off = 0;
-            for (d, &wdt) in data.iter().zip(&widths) {
-                for r in 0..rows {
-                    y[r * last + off..r * last + off + wdt]
-                        .copy_from_slice(&d[r * wdt..(r + 1) * wdt]);
+    apply(
+        ins,
+        &[],
+        out_shape.clone(),
+        move |mut data, need| match kind {
+            MergeKind::Add => {
+                // The backward needs no input values: the first input's buffer becomes the sum.
+                let mut y = std::mem::take(&mut data[0]);
+                for d in &data[1..] {
+                    y.par_chunks_mut(1 << 14)
+                        .zip(d.par_chunks(1 << 14))
+                        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
                 }
-                off += wdt;
-            }
-            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                Box::new(move |dy: &[f32], g: &mut Grads| {
-                    let mut off = 0;
-                    for (dx, &wdt) in g.inputs.iter_mut().zip(&widths) {
-                        if let Some(dx) = dx.as_deref_mut() {
-                            for r in 0..rows {
-                                dx[r * wdt..(r + 1) * wdt]
-                                    .iter_mut()
-                                    .zip(&dy[r * last + off..r * last + off + wdt])
-                                    .for_each(|(d, v)| *d += v);
-                            }
+                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                    Box::new(move |dy: &[f32], g: &mut Grads| {
+                        for dx in g.inputs.iter_mut().flatten() {
+                            dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
                         }
-                        off += wdt;
-                    }
-                })
-            });
-            (y, back)
-        }
-        MergeKind::Multiply
-            if data.len() == 2 && shapes[0] == out_shape && se_gate(&shapes[1], &out_shape) =>
-        {
-            // The SE case: x (N, H, W, C) times a gate (N, 1, 1, C), one row of C per image.
-            let (n, c) = (out_shape[0], last);
-            let per = total / n;
-            let (x, gate) = (&data[0], &data[1]);
-            let mut y = vec![0.0f32; total];
-            y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
-                let gr = &gate[b * c..(b + 1) * c];
-                for (yr, xr) in yo.chunks_mut(c).zip(x[b * per..(b + 1) * per].chunks(c)) {
-                    for j in 0..c {
-                        yr[j] = xr[j] * gr[j];
-                    }
-                }
-            });
-            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                let mut data = data;
-                let gate = data.pop().expect("two inputs");
-                let x = data.pop().expect("two inputs");
-                Box::new(move |dy: &[f32], g: &mut Grads| {
-                    let (first, rest) = g.inputs.split_at_mut(1);
-                    if let Some(dx) = first[0].as_deref_mut() {
-                        dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
-                            let gr = &gate[b * c..(b + 1) * c];
-                            for (dr, gy) in
-                                dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
-                            {
-                                for j in 0..c {
-                                    dr[j] += gy[j] * gr[j];
-                                }
-                            }
-                        });
-                    }
-                    if let Some(dg) = rest[0].as_deref_mut() {
-                        dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
-                            for (xr, gy) in x[b * per..(b + 1) * per]
-                                .chunks(c)
-                                .zip(dy[b * per..(b + 1) * per].chunks(c))
-                            {
-                                for j in 0..c {
-                                    dgr[j] += xr[j] * gy[j];
-                                }
-                            }
-                        });
-                    }
-                })
-            });
-            (y, back)
-        }
-        MergeKind::Multiply => {
-            // Element i of the output reads element idx[k][i] of input k (broadcast strides).
-            let index = |s: &[usize]| -> Vec<u32> {
-                let rank = out_shape.len();
-                let mut strides = vec![0usize; rank];
-                let mut acc = 1;
-                for ax in (0..rank).rev() {
-                    strides[ax] = if s[ax] == 1 && out_shape[ax] != 1 {
-                        0
-                    } else {
-                        acc
-                    };
-                    acc *= s[ax];
-                }
-                (0..total)
-                    .map(|mut i| {
-                        let mut src = 0;
-                        for ax in (0..rank).rev() {
-                            src += (i % out_shape[ax]) * strides[ax];
-                            i /= out_shape[ax];
-                        }
-                        src as u32
                     })
-                    .collect()
-            };
-            let idx: Vec<Option<Vec<u32>>> = shapes
-                .iter()
-                .map(|s| {
-                    if s.iter().product::<usize>() == total {
-                        None
-                    } else {
-                        Some(index(s))
+                });
+                (y, back)
+            }
+            MergeKind::Concatenate => {
+                let widths: Vec<usize> = shapes
+                    .iter()
+                    .map(|s| *s.last().expect("rank >= 1"))
+                    .collect();
+                let rows = total / last;
+                let mut y = vec![0.0f32; total];
+                let mut off = 0;
+                for (d, &wdt) in data.iter().zip(&widths) {
+                    for r in 0..rows {
+                        y[r * last + off..r * last + off + wdt]
+                            .copy_from_slice(&d[r * wdt..(r + 1) * wdt]);
                     }
-                })
-                .collect();
-            let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
-            let y: Vec<f32> = (0..total)
-                .map(|i| (0..data.len()).map(|k| data[k][at(k, i)]).product())
-                .collect();
-            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                Box::new(move |dy: &[f32], g: &mut Grads| {
-                    let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
-                    for k in 0..data.len() {
-                        if let Some(dx) = g.inputs[k].as_deref_mut() {
-                            for i in 0..total {
-                                let others: f32 = (0..data.len())
-                                    .filter(|&j| j != k)
-                                    .map(|j| data[j][at(j, i)])
-                                    .product();
-                                dx[at(k, i)] += dy[i] * others;
+                    off += wdt;
+                }
+                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                    Box::new(move |dy: &[f32], g: &mut Grads| {
+                        let mut off = 0;
+                        for (dx, &wdt) in g.inputs.iter_mut().zip(&widths) {
+                            if let Some(dx) = dx.as_deref_mut() {
+                                for r in 0..rows {
+                                    dx[r * wdt..(r + 1) * wdt]
+                                        .iter_mut()
+                                        .zip(&dy[r * last + off..r * last + off + wdt])
+                                        .for_each(|(d, v)| *d += v);
+                                }
                             }
+                            off += wdt;
+                        }
+                    })
+                });
+                (y, back)
+            }
+            MergeKind::Multiply
+                if data.len() == 2 && shapes[0] == out_shape && se_gate(&shapes[1], &out_shape) =>
+            {
+                // The SE case: x (N, H, W, C) times a gate (N, 1, 1, C), one row of C per image.
+                let (n, c) = (out_shape[0], last);
+                let per = total / n;
+                // Without a backward the product is formed in the feature map's own buffer.
+                let mut y = if need {
+                    data[0].clone()
+                } else {
+                    std::mem::take(&mut data[0])
+                };
+                let gate = &data[1];
+                y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
+                    let gr = &gate[b * c..(b + 1) * c];
+                    for yr in yo.chunks_mut(c) {
+                        for j in 0..c {
+                            yr[j] *= gr[j];
                         }
                     }
-                })
-            });
-            (y, back)
-        }
-    })
+                });
+                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                    let mut data = data;
+                    let gate = data.pop().expect("two inputs");
+                    let x = data.pop().expect("two inputs");
+                    Box::new(move |dy: &[f32], g: &mut Grads| {
+                        let (first, rest) = g.inputs.split_at_mut(1);
+                        if let Some(dx) = first[0].as_deref_mut() {
+                            dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
+                                let gr = &gate[b * c..(b + 1) * c];
+                                for (dr, gy) in
+                                    dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
+                                {
+                                    for j in 0..c {
+                                        dr[j] += gy[j] * gr[j];
+                                    }
+                                }
+                            });
+                        }
+                        if let Some(dg) = rest[0].as_deref_mut() {
+                            dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
+                                for (xr, gy) in x[b * per..(b + 1) * per]
+                                    .chunks(c)
+                                    .zip(dy[b * per..(b + 1) * per].chunks(c))
+                                {
+                                    for j in 0..c {
+                                        dgr[j] += xr[j] * gy[j];
+                                    }
+                                }
+                            });
+                        }
+                    })
+                });
+                (y, back)
+            }
+            MergeKind::Multiply => {
+                // Element i of the output reads element idx[k][i] of input k (broadcast strides).
+                let index = |s: &[usize]| -> Vec<u32> {
+                    let rank = out_shape.len();
+                    let mut strides = vec![0usize; rank];
+                    let mut acc = 1;
+                    for ax in (0..rank).rev() {
+                        strides[ax] = if s[ax] == 1 && out_shape[ax] != 1 {
+                            0
+                        } else {
+                            acc
+                        };
+                        acc *= s[ax];
+                    }
+                    (0..total)
+                        .map(|mut i| {
+                            let mut src = 0;
+                            for ax in (0..rank).rev() {
+                                src += (i % out_shape[ax]) * strides[ax];
+                                i /= out_shape[ax];
+                            }
+                            src as u32
+                        })
+                        .collect()
+                };
+                let idx: Vec<Option<Vec<u32>>> = shapes
+                    .iter()
+                    .map(|s| {
+                        if s.iter().product::<usize>() == total {
+                            None
+                        } else {
+                            Some(index(s))
+                        }
+                    })
+                    .collect();
+                let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
+                let y: Vec<f32> = (0..total)
+                    .map(|i| (0..data.len()).map(|k| data[k][at(k, i)]).product())
+                    .collect();
+                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                    Box::new(move |dy: &[f32], g: &mut Grads| {
+                        let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
+                        for k in 0..data.len() {
+                            if let Some(dx) = g.inputs[k].as_deref_mut() {
+                                for i in 0..total {
+                                    let others: f32 = (0..data.len())
+                                        .filter(|&j| j != k)
+                                        .map(|j| data[j][at(j, i)])
+                                        .product();
+                                    dx[at(k, i)] += dy[i] * others;
+                                }
+                            }
+                        }
+                    })
+                });
+                (y, back)
+            }
+        },
+    )
 }
 
 /// Inverted dropout's multipliers: 1/keep with probability `keep`, else 0. Every network
@@ -997,6 +1010,7 @@ pub fn input_act<T: Tape<f32, Cpu>>(dev: &Cpu, data: Vec<f32>, shape: Vec<usize>
         shape,
         needs_grad: false,
         key: 0,
+        host: None,
     }
 }
 
@@ -1007,7 +1021,7 @@ impl Net {
         let inp = input_act::<NoneTape>(&self.dev, x, shape);
         let y = self.forward(inp, false);
         let last = *y.shape.last().expect("rank >= 1");
-        let v = y.t.as_vec();
+        let v = y.values();
         let (stop, skipped) = self.plan.logits();
         let g = &self.plan.graph;
         if skipped || stop != g.output {
