@@ -7,7 +7,7 @@ use super::model::{
     host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamInfo, StepResult,
 };
 use super::plan::Plan;
-use super::profile::{self, kind_label, Profile};
+use super::profile::{self, kind_label, span_end, span_start, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
 use crate::ir::{Graph, NodeId};
@@ -274,16 +274,19 @@ impl Net {
             Act { key: 0, ..x },
             Act::branch,
             |idx, ins, out_shape, skip_act| {
-                let label = self
-                    .profile
-                    .is_some()
-                    .then(|| kind_label(&plan.layers[idx]));
-                profile::set_label(label.clone());
-                let t = std::time::Instant::now();
-                let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
-                if let (Some(p), Some(l)) = (self.profile.as_mut(), label) {
-                    p.add(&format!("  forward: {l}"), t.elapsed().as_secs_f64());
+                // Profiling: the label also names the backward ops this layer records.
+                let t = span_start(&self.profile, || {});
+                let label = t.map(|_| kind_label(&plan.layers[idx]));
+                if label.is_some() {
+                    profile::set_label(label.clone());
                 }
+                let mut out = self.layer_forward(idx, ins, out_shape, train, skip_act);
+                span_end(
+                    &mut self.profile,
+                    t,
+                    || {},
+                    || format!("  forward: {}", label.unwrap_or_default()),
+                );
                 out.key = idx;
                 seen(idx, &out);
                 out
@@ -802,175 +805,172 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
     let shapes: Vec<Vec<usize>> = ins.iter().map(|a| a.shape.clone()).collect();
     let total: usize = out_shape.iter().product();
     let last = *out_shape.last().expect("rank >= 1");
-    apply(
-        ins,
-        &[],
-        out_shape.clone(),
-        move |mut data, need| match kind {
-            MergeKind::Add => {
-                // The backward needs no input values: the first input's buffer becomes the sum.
-                let mut y = std::mem::take(&mut data[0]);
-                for d in &data[1..] {
-                    y.par_chunks_mut(1 << 14)
-                        .zip(d.par_chunks(1 << 14))
-                        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+    apply(ins, &[], out_shape.clone(), move |data, need| match kind {
+        MergeKind::Add => {
+            // The backward needs no input values: the first input's buffer becomes the sum.
+            let mut data = data;
+            let mut y = std::mem::take(&mut data[0]);
+            for d in &data[1..] {
+                y.par_chunks_mut(1 << 14)
+                    .zip(d.par_chunks(1 << 14))
+                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            }
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    for dx in g.inputs.iter_mut().flatten() {
+                        dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
+                    }
+                })
+            });
+            (y, back)
+        }
+        MergeKind::Concatenate => {
+            let widths: Vec<usize> = shapes
+                .iter()
+                .map(|s| *s.last().expect("rank >= 1"))
+                .collect();
+            let rows = total / last;
+            let mut y = vec![0.0f32; total];
+            let mut off = 0;
+            for (d, &wdt) in data.iter().zip(&widths) {
+                for r in 0..rows {
+                    y[r * last + off..r * last + off + wdt]
+                        .copy_from_slice(&d[r * wdt..(r + 1) * wdt]);
                 }
-                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                    Box::new(move |dy: &[f32], g: &mut Grads| {
-                        for dx in g.inputs.iter_mut().flatten() {
-                            dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
-                        }
-                    })
-                });
-                (y, back)
+                off += wdt;
             }
-            MergeKind::Concatenate => {
-                let widths: Vec<usize> = shapes
-                    .iter()
-                    .map(|s| *s.last().expect("rank >= 1"))
-                    .collect();
-                let rows = total / last;
-                let mut y = vec![0.0f32; total];
-                let mut off = 0;
-                for (d, &wdt) in data.iter().zip(&widths) {
-                    for r in 0..rows {
-                        y[r * last + off..r * last + off + wdt]
-                            .copy_from_slice(&d[r * wdt..(r + 1) * wdt]);
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    let mut off = 0;
+                    for (dx, &wdt) in g.inputs.iter_mut().zip(&widths) {
+                        if let Some(dx) = dx.as_deref_mut() {
+                            for r in 0..rows {
+                                dx[r * wdt..(r + 1) * wdt]
+                                    .iter_mut()
+                                    .zip(&dy[r * last + off..r * last + off + wdt])
+                                    .for_each(|(d, v)| *d += v);
+                            }
+                        }
+                        off += wdt;
                     }
-                    off += wdt;
+                })
+            });
+            (y, back)
+        }
+        MergeKind::Multiply
+            if data.len() == 2 && shapes[0] == out_shape && se_gate(&shapes[1], &out_shape) =>
+        {
+            // The SE case: x (N, H, W, C) times a gate (N, 1, 1, C), one row of C per image.
+            let (n, c) = (out_shape[0], last);
+            let per = total / n;
+            // Without a backward the product is formed in the feature map's own buffer.
+            let mut data = data;
+            let mut y = if need {
+                data[0].clone()
+            } else {
+                std::mem::take(&mut data[0])
+            };
+            let gate = &data[1];
+            y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
+                let gr = &gate[b * c..(b + 1) * c];
+                for yr in yo.chunks_mut(c) {
+                    for j in 0..c {
+                        yr[j] *= gr[j];
+                    }
                 }
-                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                    Box::new(move |dy: &[f32], g: &mut Grads| {
-                        let mut off = 0;
-                        for (dx, &wdt) in g.inputs.iter_mut().zip(&widths) {
-                            if let Some(dx) = dx.as_deref_mut() {
-                                for r in 0..rows {
-                                    dx[r * wdt..(r + 1) * wdt]
-                                        .iter_mut()
-                                        .zip(&dy[r * last + off..r * last + off + wdt])
-                                        .for_each(|(d, v)| *d += v);
+            });
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                let mut data = data;
+                let gate = data.pop().expect("two inputs");
+                let x = data.pop().expect("two inputs");
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    let (first, rest) = g.inputs.split_at_mut(1);
+                    if let Some(dx) = first[0].as_deref_mut() {
+                        dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
+                            let gr = &gate[b * c..(b + 1) * c];
+                            for (dr, gy) in
+                                dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
+                            {
+                                for j in 0..c {
+                                    dr[j] += gy[j] * gr[j];
                                 }
                             }
-                            off += wdt;
+                        });
+                    }
+                    if let Some(dg) = rest[0].as_deref_mut() {
+                        dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
+                            for (xr, gy) in x[b * per..(b + 1) * per]
+                                .chunks(c)
+                                .zip(dy[b * per..(b + 1) * per].chunks(c))
+                            {
+                                for j in 0..c {
+                                    dgr[j] += xr[j] * gy[j];
+                                }
+                            }
+                        });
+                    }
+                })
+            });
+            (y, back)
+        }
+        MergeKind::Multiply => {
+            // Element i of the output reads element idx[k][i] of input k (broadcast strides).
+            let index = |s: &[usize]| -> Vec<u32> {
+                let rank = out_shape.len();
+                let mut strides = vec![0usize; rank];
+                let mut acc = 1;
+                for ax in (0..rank).rev() {
+                    strides[ax] = if s[ax] == 1 && out_shape[ax] != 1 {
+                        0
+                    } else {
+                        acc
+                    };
+                    acc *= s[ax];
+                }
+                (0..total)
+                    .map(|mut i| {
+                        let mut src = 0;
+                        for ax in (0..rank).rev() {
+                            src += (i % out_shape[ax]) * strides[ax];
+                            i /= out_shape[ax];
                         }
+                        src as u32
                     })
-                });
-                (y, back)
-            }
-            MergeKind::Multiply
-                if data.len() == 2 && shapes[0] == out_shape && se_gate(&shapes[1], &out_shape) =>
-            {
-                // The SE case: x (N, H, W, C) times a gate (N, 1, 1, C), one row of C per image.
-                let (n, c) = (out_shape[0], last);
-                let per = total / n;
-                // Without a backward the product is formed in the feature map's own buffer.
-                let mut y = if need {
-                    data[0].clone()
-                } else {
-                    std::mem::take(&mut data[0])
-                };
-                let gate = &data[1];
-                y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
-                    let gr = &gate[b * c..(b + 1) * c];
-                    for yr in yo.chunks_mut(c) {
-                        for j in 0..c {
-                            yr[j] *= gr[j];
+                    .collect()
+            };
+            let idx: Vec<Option<Vec<u32>>> = shapes
+                .iter()
+                .map(|s| {
+                    if s.iter().product::<usize>() == total {
+                        None
+                    } else {
+                        Some(index(s))
+                    }
+                })
+                .collect();
+            let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
+            let y: Vec<f32> = (0..total)
+                .map(|i| (0..data.len()).map(|k| data[k][at(k, i)]).product())
+                .collect();
+            let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+                Box::new(move |dy: &[f32], g: &mut Grads| {
+                    let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
+                    for k in 0..data.len() {
+                        if let Some(dx) = g.inputs[k].as_deref_mut() {
+                            for i in 0..total {
+                                let others: f32 = (0..data.len())
+                                    .filter(|&j| j != k)
+                                    .map(|j| data[j][at(j, i)])
+                                    .product();
+                                dx[at(k, i)] += dy[i] * others;
+                            }
                         }
                     }
-                });
-                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                    let mut data = data;
-                    let gate = data.pop().expect("two inputs");
-                    let x = data.pop().expect("two inputs");
-                    Box::new(move |dy: &[f32], g: &mut Grads| {
-                        let (first, rest) = g.inputs.split_at_mut(1);
-                        if let Some(dx) = first[0].as_deref_mut() {
-                            dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
-                                let gr = &gate[b * c..(b + 1) * c];
-                                for (dr, gy) in
-                                    dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
-                                {
-                                    for j in 0..c {
-                                        dr[j] += gy[j] * gr[j];
-                                    }
-                                }
-                            });
-                        }
-                        if let Some(dg) = rest[0].as_deref_mut() {
-                            dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
-                                for (xr, gy) in x[b * per..(b + 1) * per]
-                                    .chunks(c)
-                                    .zip(dy[b * per..(b + 1) * per].chunks(c))
-                                {
-                                    for j in 0..c {
-                                        dgr[j] += xr[j] * gy[j];
-                                    }
-                                }
-                            });
-                        }
-                    })
-                });
-                (y, back)
-            }
-            MergeKind::Multiply => {
-                // Element i of the output reads element idx[k][i] of input k (broadcast strides).
-                let index = |s: &[usize]| -> Vec<u32> {
-                    let rank = out_shape.len();
-                    let mut strides = vec![0usize; rank];
-                    let mut acc = 1;
-                    for ax in (0..rank).rev() {
-                        strides[ax] = if s[ax] == 1 && out_shape[ax] != 1 {
-                            0
-                        } else {
-                            acc
-                        };
-                        acc *= s[ax];
-                    }
-                    (0..total)
-                        .map(|mut i| {
-                            let mut src = 0;
-                            for ax in (0..rank).rev() {
-                                src += (i % out_shape[ax]) * strides[ax];
-                                i /= out_shape[ax];
-                            }
-                            src as u32
-                        })
-                        .collect()
-                };
-                let idx: Vec<Option<Vec<u32>>> = shapes
-                    .iter()
-                    .map(|s| {
-                        if s.iter().product::<usize>() == total {
-                            None
-                        } else {
-                            Some(index(s))
-                        }
-                    })
-                    .collect();
-                let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
-                let y: Vec<f32> = (0..total)
-                    .map(|i| (0..data.len()).map(|k| data[k][at(k, i)]).product())
-                    .collect();
-                let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
-                    Box::new(move |dy: &[f32], g: &mut Grads| {
-                        let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
-                        for k in 0..data.len() {
-                            if let Some(dx) = g.inputs[k].as_deref_mut() {
-                                for i in 0..total {
-                                    let others: f32 = (0..data.len())
-                                        .filter(|&j| j != k)
-                                        .map(|j| data[j][at(j, i)])
-                                        .product();
-                                    dx[at(k, i)] += dy[i] * others;
-                                }
-                            }
-                        }
-                    })
-                });
-                (y, back)
-            }
-        },
-    )
+                })
+            });
+            (y, back)
+        }
+    })
 }
 
 /// Inverted dropout's multipliers: 1/keep with probability `keep`, else 0. Every network
@@ -1046,11 +1046,13 @@ impl Net {
 }
 
 impl Net {
-    /// Adds a phase's time to the profile, when profiling.
-    fn phase(&mut self, what: &str, t: std::time::Instant) {
-        if let Some(p) = self.profile.as_mut() {
-            p.add(what, t.elapsed().as_secs_f64());
-        }
+    /// Starts timing a phase when profiling (`SE_COMPILE_PROFILE=1`).
+    fn phase_start(&self) -> Option<std::time::Instant> {
+        span_start(&self.profile, || {})
+    }
+
+    fn phase_end(&mut self, what: &str, t: Option<std::time::Instant>) {
+        span_end(&mut self.profile, t, || {}, || what.into());
     }
 }
 
@@ -1073,27 +1075,27 @@ impl Model for Net {
         "cpu".into()
     }
     fn infer(&mut self, b: Batch) -> StepResult {
-        let t = std::time::Instant::now();
+        let t = self.phase_start();
         let inp = input_act::<NoneTape>(&self.dev, b.x, b.shape);
         let (loss, probs) = cross_entropy(self.forward(inp, false), b.labels, 0.0);
-        self.phase("inference", t);
+        self.phase_end("inference", t);
         StepResult {
             loss: loss.array(),
             probs,
         }
     }
     fn train_step(&mut self, b: Batch, opt: &OptSettings, dropout_seed: u64) -> StepResult {
-        let t = std::time::Instant::now();
+        let t = self.phase_start();
         let (loss, res) = self.loss_with_tape(b, dropout_seed, opt.label_smoothing);
-        self.phase("forward + loss", t);
+        self.phase_end("forward + loss", t);
         if res.loss.is_finite() {
-            let t = std::time::Instant::now();
+            let t = self.phase_start();
             let mut grads = loss.backward();
-            self.phase("backward", t);
+            self.phase_end("backward", t);
             if let Some(p) = self.profile.as_mut() {
                 profile::drain_backward(p);
             }
-            let t = std::time::Instant::now();
+            let t = self.phase_start();
             let optim = self
                 .opt
                 .get_or_insert_with(|| Optim::new(&self.dev, &param_info(&self.params)));
@@ -1103,7 +1105,7 @@ impl Model for Net {
                 opt,
             );
             self.params.iter_mut().for_each(Param::refresh);
-            self.phase("optimizer", t);
+            self.phase_end("optimizer", t);
         }
         res
     }
