@@ -4,6 +4,7 @@
 use crate::{device_of, lowered_for_inference, on_device, Ctx};
 use se_compile::lower::device::DeviceSpec;
 use se_compile::lower::layers::Net;
+use se_compile::lower::model::Model;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
@@ -33,13 +34,25 @@ pub fn run(cx: &Ctx, a: BenchArgs) -> Result<(), u8> {
     let dev = device_of(&a.device)?;
     let (_, _, vg) = cx.build_full(&a.spec, a.input.map(|i| (i, i)))?;
     let net = Net::new(&vg, 1);
-    // Inference runs as eval and predict do (BatchNorms folded, activations fused on the CPU).
-    let mut infer = on_device(lowered_for_inference(&net, dev), dev)?;
-    let mut net = on_device(net, dev)?;
+    // Only the networks the phase times are placed on the device. Inference runs as eval and
+    // predict do (BatchNorms folded, activations fused on the CPU).
+    let mut infer = match a.phase {
+        Phase::Train => None,
+        _ => Some(on_device(lowered_for_inference(&net, dev), dev)?),
+    };
+    let mut train = match a.phase {
+        Phase::Infer => None,
+        _ => Some(on_device(net, dev)?),
+    };
     let s = vg.graph().input_shape();
     let on = match dev {
         DeviceSpec::Cpu => format!("cpu, {} threads", rayon::current_num_threads()),
-        _ => net.device_name(),
+        // Both networks are on the same device; every phase places at least one.
+        _ => train
+            .as_ref()
+            .or(infer.as_ref())
+            .map(|m| m.device_name())
+            .unwrap_or_default(),
     };
     println!(
         "{} at {}x{}x{}, batch {}, {} steps, {on}",
@@ -50,10 +63,9 @@ pub fn run(cx: &Ctx, a: BenchArgs) -> Result<(), u8> {
         a.batch_size,
         a.steps,
     );
-    let (train, inference) = (a.phase != Phase::Infer, a.phase != Phase::Train);
     let r = se_compile::train::run::bench(
-        train.then_some(net.as_mut()),
-        inference.then_some(infer.as_mut()),
+        train.as_mut().map(|m| &mut **m as &mut dyn Model),
+        infer.as_mut().map(|m| &mut **m as &mut dyn Model),
         a.batch_size.max(1),
         a.steps.max(1),
         1e-4,
@@ -64,12 +76,12 @@ pub fn run(cx: &Ctx, a: BenchArgs) -> Result<(), u8> {
     if let Some((img_s, ms)) = r.infer {
         println!("inference: {img_s:.1} images/s ({ms:.1} ms/batch)");
     }
-    if let (true, Some(p)) = (train, net.profile_report()) {
+    if let Some(p) = train.as_ref().and_then(|m| m.profile_report()) {
         println!(
             "training, time per phase and layer kind, over all bench steps (SE_COMPILE_PROFILE=1):\n{p}"
         );
     }
-    if let (true, Some(p)) = (inference, infer.profile_report()) {
+    if let Some(p) = infer.as_ref().and_then(|m| m.profile_report()) {
         println!("inference (lowered for inference), time per phase and layer kind:\n{p}");
     }
     Ok(())
