@@ -250,7 +250,12 @@ fn cuda_kernels_emulated_agree_on_the_benchmarked_se_resnet50_as_well_as_the_com
     println!("{table}");
     let (c, e) = (&rows[0], &rows[1]);
     assert!(e.params > 100 && e.params == c.params, "{table}");
-    let within = |mine: f32, theirs: f32| mine <= (3.0 * theirs).max(1e-4);
+    // The floor: rounding alone puts the inference probabilities of this untrained network
+    // (running statistics at their initial values, so nothing rescales the activations) 1e-4
+    // to 2e-4 apart between correct implementations: the kernel network was 1.2e-4 from the
+    // CPU network with im2col convolutions and 2.0e-4 from it with Winograd 3x3s, and the
+    // composite 9.9e-5 and 2.3e-5.
+    let within = |mine: f32, theirs: f32| mine <= (3.0 * theirs).max(3e-4);
     assert!(
         within(e.infer_err, c.infer_err)
             && within(e.train_err, c.train_err)

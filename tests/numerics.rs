@@ -226,11 +226,52 @@ const CONVS: &[ConvCase] = &[
     ("{filters: 4, kernel: 1, stride: 2}", [5, 5, 6], [1, 1], [2, 2], [1, 1], [0, 0], 4, 1, true),
     ("{filters: 3, kernel: [2, 3], padding: valid, groups: 3}", [6, 5, 3], [2, 3], [1, 1], [1, 1], [0, 0], 3, 3, true),
     ("{filters: 8, kernel: 7, stride: 2, padding: 3}", [11, 11, 3], [7, 7], [2, 2], [1, 1], [3, 3], 8, 1, true),
+    // Winograd F(2x2, 3x3): 3x3 stride 1 with 8 or more channels, odd and even sides.
+    ("{filters: 8, kernel: 3, padding: same}", [7, 6, 8], [3, 3], [1, 1], [1, 1], [1, 1], 8, 1, true),
+    ("{filters: 9, kernel: 3, padding: valid, use_bias: false}", [6, 7, 10], [3, 3], [1, 1], [1, 1], [0, 0], 9, 1, false),
+];
+
+/// Convolutions with outputs large enough (rows x filters >= 2^20 at batch 2) to run in row
+/// blocks (`kernels::conv_blocked`): direct 1x1, im2col, and Winograd with many tiles.
+const BIG_CONVS: &[ConvCase] = &[
+    (
+        "{filters: 128, kernel: 1}",
+        [64, 64, 8],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        [0, 0],
+        128,
+        1,
+        true,
+    ),
+    (
+        "{filters: 128, kernel: 3, stride: 2, padding: same, use_bias: false}",
+        [127, 128, 3],
+        [3, 3],
+        [2, 2],
+        [1, 1],
+        [1, 0],
+        128,
+        1,
+        false,
+    ),
+    (
+        "{filters: 8, kernel: 3, padding: same}",
+        [45, 47, 8],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        8,
+        1,
+        true,
+    ),
 ];
 
 #[test]
 fn conv2d_forward_matches_direct_loops() {
-    for &(args, [h, w, c], k, s, d, p, f, g, bias) in CONVS {
+    for &(args, [h, w, c], k, s, d, p, f, g, bias) in CONVS.iter().chain(BIG_CONVS) {
         let spec = format!("model: t\ninput: [{h}, {w}, {c}]\nlayers:\n  - conv2d: {args}\n");
         let mut net = build(&spec);
         let n = 2;
@@ -778,6 +819,25 @@ fn folded_batch_norms_match_the_unfolded_network() {
             );
         }
     }
+}
+
+/// A convolution's fused activation, run as the kernel's epilogue in inference (im2col, row
+/// blocks and Winograd), gives the outputs of the convolution followed by the activation.
+#[test]
+fn fused_conv_epilogues_match_the_unfused_network() {
+    let spec = "model: t\ninput: [64, 64, 8]\nlayers:\n  - conv2d: {filters: 16, kernel: 3, padding: same}\n  - relu\n  - conv2d: {filters: 128, kernel: 1}\n  - activation: tanh\n  - conv2d: {filters: 8, kernel: 3, stride: 2, padding: same}\n  - relu\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - activation: sigmoid\n  - flatten\n  - dense: {units: 3}\n";
+    let mut net = build(spec);
+    let (mut fused, n) = net.with_fused_activations();
+    assert_eq!(n, 4);
+    let x = randn(2 * 64 * 64 * 8, 41);
+    let (a, _) = forward(&mut net, &x, 2, false);
+    let (b, _) = forward(&mut fused, &x, 2, false);
+    assert_all_close("fused epilogues", &b, &a);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(diff <= 1e-5, "fused epilogues differ by {diff}");
 }
 
 /// A convolution with a fused activation also trains: its gradients equal those of the

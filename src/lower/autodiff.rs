@@ -111,13 +111,22 @@ pub struct Grads<'a> {
 
 pub type BackwardFn = Box<dyn FnOnce(&[f32], &mut Grads)>;
 
+/// An op's input values: shared with the value's other readers until the last one, so a
+/// reader that only reads (a pool, a conv) never copies them.
+pub type Shared = Arc<Vec<f32>>;
+
+/// The values as an owned buffer: the buffer itself when no other reader holds it, else a copy.
+pub fn owned(v: Shared) -> Vec<f32> {
+    Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone())
+}
+
 /// Applies an op. `forward` gets the input data and whether a backward will be needed, and
 /// returns the output data and the backward function.
 pub fn apply<T: Tape<f32, Cpu>>(
     ins: Vec<Act<T>>,
     params: &[&Param],
     out_shape: Vec<usize>,
-    forward: impl FnOnce(Vec<Vec<f32>>, bool) -> (Vec<f32>, Option<BackwardFn>),
+    forward: impl FnOnce(Vec<Shared>, bool) -> (Vec<f32>, Option<BackwardFn>),
 ) -> Act<T> {
     let dev = ins[0].t.device().clone();
     let needs: Vec<bool> = ins.iter().map(|a| a.needs_grad).collect();
@@ -130,13 +139,14 @@ pub fn apply<T: Tape<f32, Cpu>>(
         let (t, tp) = a.t.split_tape();
         tape = tape.merge(tp);
         match a.host {
-            // The last reader of a host value takes its buffer; earlier readers copy it.
-            Some(h) => data.push(Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone())),
+            // A host value is shared with its other readers; an op that writes in place takes
+            // the buffer with `owned` (the last reader gets it without a copy).
+            Some(h) => data.push(h),
             None => {
                 // `copy_into` is a memcpy; `as_vec` walks the tensor element by element.
                 let mut v = vec![0.0f32; t.shape().0];
                 t.copy_into(&mut v);
-                data.push(v);
+                data.push(Arc::new(v));
             }
         }
         ghosts.push(t.ghost());

@@ -2,6 +2,8 @@
 //! gemm over rayon threads, fused BatchNorm, pooling. Pure functions, so tests compare them with
 //! direct loops; `ops.rs` wires them into dfdx's tape.
 
+use super::winograd;
+pub use super::winograd::Epilogue;
 use rayon::prelude::*;
 
 /// Rows per parallel task in row-wise loops: big enough to amortise scheduling.
@@ -28,13 +30,79 @@ pub fn use_gemm019() -> bool {
     })
 }
 
-/// `dst[m x n] (+)= a[m x k] * b[k x n]`, every operand with its own row and column stride.
+/// `dst[m x n] (+)= a[m x k] * b[k x n]`, every operand with its own row and column stride,
+/// on all of rayon's threads.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     m: usize,
     n: usize,
     k: usize,
     dst: &mut [f32],
+    d_s: (usize, usize),
+    accumulate: bool,
+    a: &[f32],
+    a_s: (usize, usize),
+    b: &[f32],
+    b_s: (usize, usize),
+) {
+    let threads = rayon::current_num_threads();
+    let d = (dst.as_mut_ptr(), dst.len());
+    // SAFETY: `dst` is initialised, so accumulating reads only initialised values.
+    unsafe { matmul_on(threads, m, n, k, d, d_s, accumulate, a, a_s, b, b_s) }
+}
+
+/// `matmul` on the calling thread alone, for kernels that run many small products in
+/// parallel themselves.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    d_s: (usize, usize),
+    accumulate: bool,
+    a: &[f32],
+    a_s: (usize, usize),
+    b: &[f32],
+    b_s: (usize, usize),
+) {
+    let d = (dst.as_mut_ptr(), dst.len());
+    // SAFETY: `dst` is initialised, so accumulating reads only initialised values.
+    unsafe { matmul_on(1, m, n, k, d, d_s, accumulate, a, a_s, b, b_s) }
+}
+
+/// `matmul_serial` into memory not yet written: `dst = a * b`, every element of the m x n
+/// result written once, nothing read, so an output buffer needs no zero-fill first.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial_uninit(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    d_s: (usize, usize),
+    a: &[f32],
+    a_s: (usize, usize),
+    b: &[f32],
+    b_s: (usize, usize),
+) {
+    let d = (dst.as_mut_ptr().cast::<f32>(), dst.len());
+    // SAFETY: with `accumulate` false gemm only writes `dst`, and writing any f32 into a
+    // MaybeUninit<f32> is sound.
+    unsafe { matmul_on(1, m, n, k, d, d_s, false, a, a_s, b, b_s) }
+}
+
+/// The one call into gemm. `dst` is a pointer and its length in elements.
+///
+/// # Safety
+/// `dst` must be valid for writes of `dst.1` elements, and initialised where `accumulate`
+/// reads it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_on(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_len): (*mut f32, usize),
     (d_rs, d_cs): (usize, usize),
     accumulate: bool,
     a: &[f32],
@@ -53,7 +121,7 @@ pub fn matmul(
         }
     };
     assert!(
-        last(d_rs, d_cs, m, n) < dst.len().max(1),
+        last(d_rs, d_cs, m, n) < dst_len.max(1),
         "matmul: dst too small"
     );
     assert!(
@@ -68,7 +136,8 @@ pub fn matmul(
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    dst[i * d_rs + j * d_cs] = 0.0;
+                    // SAFETY: inside `dst` by the assert above.
+                    unsafe { dst.add(i * d_rs + j * d_cs).write(0.0) };
                 }
             }
         }
@@ -83,7 +152,7 @@ pub fn matmul(
                     m,
                     n,
                     k,
-                    dst.as_mut_ptr(),
+                    dst,
                     d_cs as isize,
                     d_rs as isize,
                     accumulate,
@@ -98,7 +167,11 @@ pub fn matmul(
                     false,
                     false,
                     false,
-                    $gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    if threads > 1 {
+                        $gemm::Parallelism::Rayon(threads)
+                    } else {
+                        $gemm::Parallelism::None
+                    },
                 )
             }
         };
@@ -284,20 +357,138 @@ fn group_columns<'a>(x: &'a [f32], s: &ConvShape, g: usize, cols: &'a mut [f32])
 
 /// Adds `b` to every row of a [rows, b.len()] matrix, rows in parallel.
 pub fn add_row_bias(y: &mut [f32], b: &[f32]) {
-    let c = b.len();
+    finish_rows(y, b.len(), Some(b), None);
+}
+
+/// Adds `bias` (when given) to every row of a [rows, c] matrix and runs `epilogue` on it, in
+/// one pass, rows in parallel.
+fn finish_rows(y: &mut [f32], c: usize, bias: Option<&[f32]>, epilogue: Option<Epilogue>) {
+    if bias.is_none() && epilogue.is_none() {
+        return;
+    }
     y.par_chunks_mut(c * ROWS_PER_TASK).for_each(|chunk| {
         for row in chunk.chunks_mut(c) {
-            for (v, bb) in row.iter_mut().zip(b) {
-                *v += bb;
+            if let Some(b) = bias {
+                row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+            }
+            if let Some(f) = epilogue {
+                f(row);
             }
         }
     });
 }
 
-/// y = conv(x, weight) + bias. Weight layout is Keras': [kh, kw, cin/groups, cout].
-pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+/// Outputs (rows x channels) from which an ungrouped conv runs in row blocks (`conv_blocked`)
+/// rather than as one gemm over all rows: below it the output stays in cache between the gemm
+/// and the bias pass anyway, and one large gemm packs the kernel once instead of per block.
+const BLOCKED_MIN: usize = 1 << 20;
+/// Output rows per block of `conv_blocked`.
+const BLOCK_ROWS: usize = 256;
+
+thread_local! {
+    /// Per-thread im2col rows of `conv_blocked`.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The im2col rows r0.. of an ungrouped conv (as many as `cols` holds): row = output
+/// position, columns = (ky, kx, ci).
+fn im2col_rows(x: &[f32], s: &ConvShape, r0: usize, cols: &mut [f32]) {
+    let w = s.win;
+    let (c, kdim) = (w.c, s.kdim());
+    for (k, dst) in cols.chunks_exact_mut(kdim).enumerate() {
+        let r = r0 + k;
+        let (b, oy, ox) = (r / (w.ho * w.wo), (r / w.wo) % w.ho, r % w.wo);
+        for ky in 0..w.kh {
+            for kx in 0..w.kw {
+                let d = &mut dst[(ky * w.kw + kx) * c..(ky * w.kw + kx + 1) * c];
+                match w.src(oy, ox, ky, kx) {
+                    Some((iy, ix)) => {
+                        let base = ((b * w.h + iy) * w.w + ix) * c;
+                        d.copy_from_slice(&x[base..base + c]);
+                    }
+                    None => d.fill(0.0),
+                }
+            }
+        }
+    }
+}
+
+/// An ungrouped conv in blocks of output rows, blocks in parallel: each block's im2col rows
+/// (none for a direct 1x1 conv), its gemm, and its bias and epilogue run on one thread while
+/// the block is in cache, straight into the unfilled output.
+fn conv_blocked(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    epilogue: Option<Epilogue>,
+) -> Vec<f32> {
+    let (m, kdim, cout) = (s.win.out_rows(), s.kdim(), s.cout);
+    let mut y: Vec<f32> = Vec::with_capacity(m * cout);
+    y.spare_capacity_mut()[..m * cout]
+        .par_chunks_mut(BLOCK_ROWS * cout)
+        .enumerate()
+        .for_each(|(bi, out)| {
+            let (r0, rows) = (bi * BLOCK_ROWS, out.len() / cout);
+            COLS.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                let a: &[f32] = if s.direct() {
+                    &x[r0 * kdim..(r0 + rows) * kdim]
+                } else {
+                    if buf.len() < rows * kdim {
+                        buf.resize(rows * kdim, 0.0);
+                    }
+                    im2col_rows(x, s, r0, &mut buf[..rows * kdim]);
+                    &buf[..rows * kdim]
+                };
+                matmul_serial_uninit(
+                    rows,
+                    cout,
+                    kdim,
+                    out,
+                    (cout, 1),
+                    a,
+                    (kdim, 1),
+                    weight,
+                    (cout, 1),
+                );
+            });
+            // SAFETY: the gemm above wrote every element of `out`.
+            let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            for row in out.chunks_exact_mut(cout) {
+                if let Some(b) = bias {
+                    row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+                }
+                if let Some(f) = epilogue {
+                    f(row);
+                }
+            }
+        });
+    // SAFETY: every block above wrote its rows, and the blocks cover all m * cout elements.
+    unsafe { y.set_len(m * cout) };
+    y
+}
+
+/// y = epilogue(conv(x, weight) + bias), `epilogue` (a fused activation) run on each output
+/// row of `cout` values. Weight layout is Keras': [kh, kw, cin/groups, cout]. 3x3 stride-1
+/// convs take the Winograd path (`winograd::applies`), the others im2col + gemm.
+pub fn conv2d_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    epilogue: Option<Epilogue>,
+) -> Vec<f32> {
     let m = s.win.out_rows();
     let (kdim, cog) = (s.kdim(), s.cout_g());
+    if winograd::applies(s) {
+        let mut y = vec![0.0f32; m * s.cout];
+        winograd::forward(x, weight, bias, s, epilogue, &mut y, false);
+        return y;
+    }
+    if s.groups == 1 && m * s.cout >= BLOCKED_MIN {
+        return conv_blocked(x, weight, bias, s, epilogue);
+    }
     let mut y = vec![0.0f32; m * s.cout];
     let mut cols = cols_buffer(s);
     for g in 0..s.groups {
@@ -315,9 +506,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
             (s.cout, 1),
         );
     }
-    if let Some(b) = bias {
-        add_row_bias(&mut y, b);
-    }
+    finish_rows(&mut y, s.cout, bias, epilogue);
     y
 }
 
@@ -335,6 +524,13 @@ pub fn conv2d_backward(
     let (kdim, cog) = (s.kdim(), s.cout_g());
     if let Some(db) = db {
         column_sums(dy, s.cout, db);
+    }
+    if winograd::applies(s) {
+        winograd::backward_kernel(x, dy, s, dw);
+        if let Some(dx) = dx {
+            winograd::backward_input(dy, weight, s, dx);
+        }
+        return;
     }
     let mut cols = cols_buffer(s);
     let mut dx = dx;
@@ -517,10 +713,11 @@ pub fn bn_backward(
 
 /// Max or average pooling. Max returns the argmax input index per output; padding never wins a
 /// max and is left out of an average (Keras' `same` behaviour).
-pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
+/// `keep_arg` false (no backward) skips the argmax: a max is then a plain vectorised maximum.
+pub fn pool_forward(x: &[f32], w: &Window, max: bool, keep_arg: bool) -> (Vec<f32>, Vec<u32>) {
     let c = w.c;
     let mut y = vec![0.0f32; w.out_rows() * c];
-    let mut arg = vec![u32::MAX; if max { y.len() } else { 0 }];
+    let mut arg = vec![u32::MAX; if max && keep_arg { y.len() } else { 0 }];
     let row_len = w.wo * c;
     // One output row (oy) per task; for each output position the taps are visited in order
     // and each tap's C channels compared or summed as one contiguous run.
@@ -536,7 +733,13 @@ pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
                     };
                     let base = ((b * w.h + iy) * w.w + ix) * c;
                     let xv = &x[base..base + c];
-                    if max {
+                    if max && !keep_arg {
+                        if count == 0 {
+                            yv.copy_from_slice(xv);
+                        } else {
+                            yv.iter_mut().zip(xv).for_each(|(s, v)| *s = s.max(*v));
+                        }
+                    } else if max {
                         let av = &mut ao[ox * c..(ox + 1) * c];
                         if count == 0 {
                             yv.copy_from_slice(xv);
@@ -565,7 +768,7 @@ pub fn pool_forward(x: &[f32], w: &Window, max: bool) -> (Vec<f32>, Vec<u32>) {
             }
         }
     };
-    if max {
+    if max && keep_arg {
         y.par_chunks_mut(row_len)
             .zip(arg.par_chunks_mut(row_len))
             .enumerate()

@@ -1,7 +1,7 @@
 //! Lowering: one runtime layer per IR node, run on dfdx with the project's kernels. Each layer
 //! kind's lowering lives here, in one match arm of `Layer::forward`.
 
-use super::autodiff::{apply, cross_entropy, Act, BackwardFn, Grads, Param};
+use super::autodiff::{apply, cross_entropy, owned, Act, BackwardFn, Grads, Param};
 use super::kernels::{self, ConvShape, Window};
 use super::model::{
     host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamInfo, StepResult,
@@ -342,16 +342,21 @@ impl Net {
                 }
                 apply(ins, &ps, out_shape, move |data, need| {
                     let x = data.into_iter().next().expect("one input");
-                    let mut y =
-                        kernels::conv2d_forward(&x, &wt, bias.as_deref().map(|v| v.as_slice()), &s);
-                    // The fused activation's input, kept for its gradient.
+                    let bias = bias.as_deref().map(|v| v.as_slice());
+                    // Without a tape the fused activation runs as the conv's epilogue; with one,
+                    // its input is kept for its gradient.
+                    let epilogue = act
+                        .filter(|_| !need)
+                        .map(|f| move |r: &mut [f32]| act_serial(f, r));
+                    let epi = epilogue.as_ref().map(|f| f as kernels::Epilogue);
+                    let mut y = kernels::conv2d_forward(&x, &wt, bias, &s, epi);
                     let pre = match act {
-                        Some(f) => {
-                            let z = need.then(|| y.clone());
+                        Some(f) if need => {
+                            let z = y.clone();
                             act_in_place(f, &mut y);
-                            z.map(|z| (f, z))
+                            Some((f, z))
                         }
-                        None => None,
+                        _ => None,
                     };
                     let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
@@ -649,7 +654,7 @@ fn pool<T: Tape<f32, Cpu>>(
     max: bool,
 ) -> Act<T> {
     apply(ins, &[], out_shape, move |data, need| {
-        let (y, arg) = kernels::pool_forward(&data[0], &win, max);
+        let (y, arg) = kernels::pool_forward(&data[0], &win, max, need);
         let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
                 if let Some(dx) = g.inputs[0].as_deref_mut() {
@@ -672,14 +677,14 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
         let x = data.into_iter().next().expect("one input");
         if !need && f != ActFn::Softmax {
             // No backward: the input's own buffer becomes the output.
-            let mut y = x;
+            let mut y = owned(x);
             act_in_place(f, &mut y);
             return (y, None);
         }
         let y: Vec<f32> = match f {
             ActFn::Softmax => softmax_rows(&x, last),
             _ => {
-                let mut y = x.clone();
+                let mut y = (*x).clone();
                 act_in_place(f, &mut y);
                 y
             }
@@ -735,12 +740,17 @@ pub fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
 /// Applies an elementwise activation to `v` in place, chunks in parallel; the common ones
 /// get a loop of their own so that it vectorises.
 pub fn act_in_place(f: ActFn, v: &mut [f32]) {
-    v.par_chunks_mut(1 << 14).for_each(|c| match f {
+    v.par_chunks_mut(1 << 14).for_each(|c| act_serial(f, c));
+}
+
+/// `act_in_place` on the calling thread (a kernel's epilogue, one row at a time).
+pub fn act_serial(f: ActFn, c: &mut [f32]) {
+    match f {
         ActFn::Linear => {}
         ActFn::Relu => c.iter_mut().for_each(|x| *x = x.max(0.0)),
         ActFn::Relu6 => c.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
         _ => c.iter_mut().for_each(|x| *x = act_value(f, *x)),
-    });
+    }
 }
 
 pub fn act_value(f: ActFn, v: f32) -> f32 {
@@ -807,10 +817,15 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
     let last = *out_shape.last().expect("rank >= 1");
     apply(ins, &[], out_shape.clone(), move |data, need| match kind {
         MergeKind::Add => {
-            // The backward needs no input values: the first input's buffer becomes the sum.
+            // The backward needs no input values: an input no other reader holds (else the
+            // first) becomes the sum, in its own buffer.
             let mut data = data;
-            let mut y = std::mem::take(&mut data[0]);
-            for d in &data[1..] {
+            let mine = data
+                .iter()
+                .position(|d| Arc::strong_count(d) == 1)
+                .unwrap_or(0);
+            let mut y = owned(data.remove(mine));
+            for d in &data {
                 y.par_chunks_mut(1 << 14)
                     .zip(d.par_chunks(1 << 14))
                     .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
@@ -866,9 +881,9 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
             // Without a backward the product is formed in the feature map's own buffer.
             let mut data = data;
             let mut y = if need {
-                data[0].clone()
+                (*data[0]).clone()
             } else {
-                std::mem::take(&mut data[0])
+                owned(std::mem::take(&mut data[0]))
             };
             let gate = &data[1];
             y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {

@@ -13,6 +13,7 @@ pub mod parity;
 pub mod plan;
 pub mod profile;
 pub mod rng;
+pub mod winograd;
 
 /// Keeps freed activation buffers in the process instead of returning them to the kernel:
 /// every training step allocates the same large buffers again, and fresh pages from `mmap`
