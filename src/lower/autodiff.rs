@@ -16,9 +16,10 @@ pub struct Act<T> {
     pub needs_grad: bool,
     /// Which graph node produced it: the same tensor read twice by one op has the same key.
     pub key: usize,
-    /// Without a tape (inference) the values stay in this host buffer between layers and `t` is
-    /// an empty placeholder: no copy out of dfdx per layer, and a value read by one layer only
-    /// is handed over as is, so that layer may overwrite it.
+    /// The values of every op's output stay in this host buffer between layers, so no layer
+    /// copies them out of dfdx, and a value read by one layer only is handed over as is, so
+    /// that layer may overwrite it. `t` is a placeholder: empty without a tape (inference), and
+    /// zeros of the same length with one (training), whose id carries the gradient.
     pub host: Option<Arc<Vec<f32>>>,
 }
 
@@ -46,9 +47,15 @@ impl<T: Tape<f32, Cpu>> Act<T> {
         }
     }
 
-    /// The values as a dfdx tensor with this activation's tape.
+    /// The values as a dfdx tensor with this activation's tape. With a tape the values go into
+    /// the placeholder itself, which keeps its id, so the gradient reaches the op that made it.
     pub fn into_tensor(self) -> Flat<T> {
         match self.host {
+            Some(h) if T::OWNS_TAPE => {
+                let mut t = self.t;
+                t.copy_from(&h);
+                t
+            }
             Some(h) => {
                 let (t, tape) = self.t.split_tape();
                 let v = Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone());
@@ -172,8 +179,12 @@ pub fn apply<T: Tape<f32, Cpu>>(
         (b, _) => b,
     };
     debug_assert_eq!(out.len(), out_shape.iter().product::<usize>());
+    // Training: the values stay on the host for the readers too, so no reader copies them out
+    // of dfdx. The dfdx tensor is a zeroed placeholder of the same length: its id carries the
+    // gradient, and dfdx sizes the gradient buffer by it (`into_tensor` fills it at the loss).
     let n = out.len();
-    let out = dev.tensor_from_vec(out, (n,));
+    let host = Arc::new(out);
+    let out: Flat<NoneTape> = dev.zeros_like(&(n,));
     if let Some(backward) = backward {
         let out_g = out.ghost();
         let param_g: Vec<_> = params.iter().map(|p| p.t.ghost()).collect();
@@ -233,7 +244,7 @@ pub fn apply<T: Tape<f32, Cpu>>(
         shape: out_shape,
         needs_grad: true,
         key: usize::MAX,
-        host: None,
+        host: Some(host),
     }
 }
 

@@ -26,7 +26,7 @@ use std::cell::RefCell;
 const XI: usize = 16;
 /// Tiles per block of the forward pass: a block's V (tiles x 16 x cin) and M (tiles x 16 x
 /// cout) stay within a core's L2 cache for the widths of a ResNet.
-const TILES_PER_BLOCK: usize = 64;
+const TILES_PER_BLOCK: usize = 96;
 
 /// An elementwise pass over one output row of `cout` values, run as the output transform
 /// writes it (a fused activation).
