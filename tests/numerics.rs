@@ -298,7 +298,8 @@ fn conv2d_forward_matches_direct_loops() {
 
 #[test]
 fn conv2d_gradients_match_finite_differences() {
-    for &(args, [h, w, c], ..) in CONVS {
+    // The big cases take the row-blocked kernel gradient (and Winograd's with many tiles).
+    for &(args, [h, w, c], ..) in CONVS.iter().chain(BIG_CONVS) {
         check_grads(
             &format!("model: t\ninput: [{h}, {w}, {c}]\nlayers:\n  - conv2d: {args}\n"),
             2,

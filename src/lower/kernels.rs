@@ -532,23 +532,37 @@ pub fn conv2d_backward(
         }
         return;
     }
-    let mut cols = cols_buffer(s);
+    // A small kernel gradient over many rows: in row blocks (see `kernel_grad_blocked`).
+    let blocks = kernel_grad_blocks(s);
+    if let Some(blocks) = blocks {
+        kernel_grad_blocked(x, dy, s, blocks, dw);
+        if dx.is_none() {
+            return;
+        }
+    }
+    let mut cols = if blocks.is_some() && s.direct() {
+        vec![]
+    } else {
+        cols_buffer(s)
+    };
     let mut dx = dx;
     for g in 0..s.groups {
-        let a = group_columns(x, s, g, &mut cols);
-        // dW_g (kdim x cog) += cols^T (kdim x m) * dY_g (m x cog)
-        matmul(
-            kdim,
-            cog,
-            m,
-            &mut dw[g * cog..],
-            (s.cout, 1),
-            true,
-            a,
-            (1, kdim),
-            &dy[g * cog..],
-            (s.cout, 1),
-        );
+        if blocks.is_none() {
+            let a = group_columns(x, s, g, &mut cols);
+            // dW_g (kdim x cog) += cols^T (kdim x m) * dY_g (m x cog)
+            matmul(
+                kdim,
+                cog,
+                m,
+                &mut dw[g * cog..],
+                (s.cout, 1),
+                true,
+                a,
+                (1, kdim),
+                &dy[g * cog..],
+                (s.cout, 1),
+            );
+        }
         if let Some(dx) = dx.as_deref_mut() {
             // dcols (m x kdim) = dY_g (m x cog) * W_g^T (cog x kdim)
             if s.direct() {
@@ -583,6 +597,65 @@ pub fn conv2d_backward(
     }
 }
 
+/// Output rows per block of `kernel_grad_blocked`.
+const GRAD_BLOCK_ROWS: usize = 2048;
+
+/// How many row blocks the kernel gradient of an ungrouped conv takes, when it pays: gemm
+/// splits only the kdim x cout result over threads, so a small result over many rows (the
+/// 7x7 stem: 147 x 64 over 100,352 rows at 224x224, batch 8) leaves a core idle. The count
+/// depends on the shape alone, never on the thread count, so the sums are the same everywhere.
+fn kernel_grad_blocks(s: &ConvShape) -> Option<usize> {
+    let (m, kdim) = (s.win.out_rows(), s.kdim());
+    let blocks = (m / GRAD_BLOCK_ROWS).min(16);
+    (s.groups == 1 && blocks >= 2 && blocks * kdim * s.cout <= 1 << 22).then_some(blocks)
+}
+
+/// dW += colsᵀ dY as `blocks` partial products over consecutive rows, each block's im2col
+/// rows made on its thread (none for a direct 1x1 conv), the partials added in block order.
+fn kernel_grad_blocked(x: &[f32], dy: &[f32], s: &ConvShape, blocks: usize, dw: &mut [f32]) {
+    let (m, kdim, cout) = (s.win.out_rows(), s.kdim(), s.cout);
+    let per = m.div_ceil(blocks);
+    let partials: Vec<Vec<f32>> = (0..blocks)
+        .into_par_iter()
+        .map(|bi| {
+            let (r0, r1) = (bi * per, ((bi + 1) * per).min(m));
+            let rows = r1.saturating_sub(r0);
+            let mut part = vec![0.0f32; kdim * cout];
+            if rows == 0 {
+                return part;
+            }
+            COLS.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                let a: &[f32] = if s.direct() {
+                    &x[r0 * kdim..r1 * kdim]
+                } else {
+                    if buf.len() < rows * kdim {
+                        buf.resize(rows * kdim, 0.0);
+                    }
+                    im2col_rows(x, s, r0, &mut buf[..rows * kdim]);
+                    &buf[..rows * kdim]
+                };
+                matmul_serial(
+                    kdim,
+                    cout,
+                    rows,
+                    &mut part,
+                    (cout, 1),
+                    false,
+                    a,
+                    (1, kdim),
+                    &dy[r0 * cout..r1 * cout],
+                    (cout, 1),
+                );
+            });
+            part
+        })
+        .collect();
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(d, v)| *d += v);
+    }
+}
+
 /// Partial sums are combined in chunk order, never in the order threads finish, so a seeded
 /// run gives the same numbers every time (the resume test depends on it).
 fn add_partial(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
@@ -614,21 +687,49 @@ fn channel_reduce(x: &[f32], c: usize, f: impl Fn(f32, usize) -> f64 + Sync) -> 
         .fold(vec![0.0f64; c], add_partial)
 }
 
-/// Batch statistics of an [rows, c] tensor: mean and biased variance per channel.
+/// Batch statistics of an [rows, c] tensor: mean and biased variance per channel, in one pass.
+/// Each chunk of rows gives its count, mean and sum of squared deviations in f64, and the
+/// chunks are combined in order (Chan et al.'s parallel update), which keeps the variance exact
+/// where a mean much larger than the spread would cancel in E[x²] − E[x]².
 pub fn batch_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
-    let rows = (x.len() / c).max(1) as f64;
-    let mean: Vec<f64> = channel_reduce(x, c, |v, _| v as f64)
-        .into_iter()
-        .map(|s| s / rows)
+    let rows = x.len() / c.max(1);
+    if rows == 0 {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    let parts: Vec<(f64, Vec<f64>, Vec<f64>)> = x
+        .par_chunks(c * ROWS_PER_TASK)
+        .map(|chunk| {
+            let n = (chunk.len() / c) as f64;
+            let mut sum = vec![0.0f64; c];
+            for row in chunk.chunks_exact(c) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+            }
+            let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+            let mut m2 = vec![0.0f64; c];
+            for row in chunk.chunks_exact(c) {
+                for ((q, v), m) in m2.iter_mut().zip(row).zip(&mean) {
+                    let d = *v as f64 - m;
+                    *q += d * d;
+                }
+            }
+            (n, mean, m2)
+        })
         .collect();
-    let var: Vec<f32> = channel_reduce(x, c, |v, j| {
-        let d = v as f64 - mean[j];
-        d * d
-    })
-    .into_iter()
-    .map(|s| (s / rows) as f32)
-    .collect();
-    (mean.into_iter().map(|m| m as f32).collect(), var)
+    let mut it = parts.into_iter();
+    let (mut n, mut mean, mut m2) = it.next().expect("rows > 0");
+    for (nb, mb, qb) in it {
+        let tot = n + nb;
+        for j in 0..c {
+            let d = mb[j] - mean[j];
+            mean[j] += d * nb / tot;
+            m2[j] += qb[j] + d * d * n * nb / tot;
+        }
+        n = tot;
+    }
+    (
+        mean.iter().map(|m| *m as f32).collect(),
+        m2.iter().map(|q| (q / n) as f32).collect(),
+    )
 }
 
 /// y = gamma * (x - mean) * inv_std + beta, per channel.

@@ -699,11 +699,16 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
                     softmax_backward(&softmax_rows(&x, last), dy, last, dx, true);
                     return;
                 }
-                dx.par_chunks_mut(4096)
-                    .zip(dy.par_chunks(4096).zip(x.par_chunks(4096)))
+                const CHUNK: usize = 1 << 14;
+                dx.par_chunks_mut(CHUNK)
+                    .zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
                     .for_each(|(d, (gy, xs))| {
-                        for i in 0..d.len() {
-                            d[i] += gy[i] * act_grad(f, xs[i], act_value(f, xs[i]));
+                        let it = d.iter_mut().zip(gy).zip(xs);
+                        if f == ActFn::Relu {
+                            // The common case as a select the compiler vectorises.
+                            it.for_each(|((d, g), x)| *d += if *x > 0.0 { *g } else { 0.0 });
+                        } else {
+                            it.for_each(|((d, g), &x)| *d += g * act_grad(f, x, act_value(f, x)));
                         }
                     });
             })
