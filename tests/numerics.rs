@@ -226,13 +226,14 @@ const CONVS: &[ConvCase] = &[
     ("{filters: 4, kernel: 1, stride: 2}", [5, 5, 6], [1, 1], [2, 2], [1, 1], [0, 0], 4, 1, true),
     ("{filters: 3, kernel: [2, 3], padding: valid, groups: 3}", [6, 5, 3], [2, 3], [1, 1], [1, 1], [0, 0], 3, 3, true),
     ("{filters: 8, kernel: 7, stride: 2, padding: 3}", [11, 11, 3], [7, 7], [2, 2], [1, 1], [3, 3], 8, 1, true),
-    // Winograd F(2x2, 3x3): 3x3 stride 1 with 8 or more channels, odd and even sides.
+    // Shapes Winograd fits but, with this few tiles, leaves to im2col.
     ("{filters: 8, kernel: 3, padding: same}", [7, 6, 8], [3, 3], [1, 1], [1, 1], [1, 1], 8, 1, true),
     ("{filters: 9, kernel: 3, padding: valid, use_bias: false}", [6, 7, 10], [3, 3], [1, 1], [1, 1], [0, 0], 9, 1, false),
 ];
 
-/// Convolutions with outputs large enough (rows x filters >= 2^20 at batch 2) to run in row
-/// blocks (`kernels::conv_blocked`): direct 1x1, im2col, and Winograd with many tiles.
+/// Convolutions large enough to run in row blocks (rows x filters >= 2^20 at batch 2,
+/// `kernels::conv_blocked`): direct 1x1 and im2col; and a 3x3 with enough tiles (1,104) for
+/// Winograd (`winograd::applies`).
 const BIG_CONVS: &[ConvCase] = &[
     (
         "{filters: 128, kernel: 1}",
@@ -839,6 +840,41 @@ fn fused_conv_epilogues_match_the_unfused_network() {
         .zip(&b)
         .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
     assert!(diff <= 1e-5, "fused epilogues differ by {diff}");
+}
+
+/// Activations fused into the BatchNorms before them (the CPU training network) give the same
+/// outputs, loss and gradients as the separate layers, for ReLU and for another activation.
+#[test]
+fn fused_batch_norm_activations_match_the_separate_layers() {
+    use se_compile::lower::model::{Batch, Model};
+    let spec = "model: t\ninput: [6, 5, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - batch_norm\n  - relu\n  - conv2d: {filters: 5, kernel: 1}\n  - batch_norm: {scale: false}\n  - activation: tanh\n  - flatten\n  - dense: {units: 3}\n";
+    let mut net = build(spec);
+    let (mut fused, n) = net.with_fused_bn_activations();
+    assert_eq!(n, 2);
+    let x = randn(2 * 90, 33);
+    let labels = [1usize, 2];
+    let batch = || Batch {
+        x: x.clone(),
+        shape: vec![2, 6, 5, 3],
+        labels: &labels,
+    };
+    let (ra, ga) = net.gradients(batch(), 0);
+    let (rb, gb) = fused.gradients(batch(), 0);
+    assert!(
+        (ra.loss - rb.loss).abs() < 1e-6,
+        "{} vs {}",
+        ra.loss,
+        rb.loss
+    );
+    assert_eq!(ga.len(), gb.len());
+    for (a, b) in ga.iter().zip(&gb) {
+        assert_all_close("gradient", b, a);
+    }
+    for train in [false, true] {
+        let (ya, _) = forward(&mut net, &x, 2, train);
+        let (yb, _) = forward(&mut fused, &x, 2, train);
+        assert_all_close("outputs", &yb, &ya);
+    }
 }
 
 /// A convolution with a fused activation also trains: its gradients equal those of the

@@ -256,6 +256,7 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                 var,
                 eps,
                 momentum,
+                act,
             } => {
                 let x = ins.remove(0).t;
                 let (rows, c) = *x.shape();
@@ -301,7 +302,11 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                 };
                 let scale = self.rows_broadcast(scale, rows);
                 let shift = self.rows_broadcast(shift, rows);
-                x * scale + shift
+                let y = x * scale + shift;
+                match act {
+                    Some(f) => activation(y, f),
+                    None => y,
+                }
             }
             Layer::Activation(f) => activation(ins.remove(0).t, f),
             Layer::ZeroPad(p) => {

@@ -9,7 +9,7 @@ use super::autodiff::Param;
 use super::layers::{Layer, Net};
 use super::plan::Plan;
 use crate::ir::ops::{ActFn, Conv2d};
-use crate::ir::NodeId;
+use crate::ir::{Graph, NodeId};
 use std::sync::Arc;
 
 impl Net {
@@ -31,6 +31,7 @@ impl Net {
                 mean,
                 var,
                 eps,
+                act: None,
                 ..
             } = layers[id.index()].clone()
             else {
@@ -98,6 +99,59 @@ impl Net {
     /// output while it is in cache, instead of as a pass of their own. Returns the copy and the
     /// number fused. CPU only: the kernel network refuses fused convolutions.
     pub fn with_fused_activations(&self) -> (Net, usize) {
+        self.fusing_activations(|layers, readers, g, id, stop, f| {
+            // Back through single-reader reshapes (folded BatchNorms are reshapes) to a conv.
+            let mut src = g.node(id).inputs[0];
+            while matches!(layers[src.index()], Layer::Reshape)
+                && readers[src.index()].len() == 1
+                && src.index() > 0
+            {
+                src = g.node(src).inputs[0];
+            }
+            let Some((op, w, b)) = lone_conv(layers, readers, src, stop) else {
+                return false;
+            };
+            layers[src.index()] = Layer::Conv {
+                op,
+                w,
+                b,
+                act: Some(f),
+            };
+            true
+        })
+    }
+
+    /// A copy whose elementwise activations that directly follow a BatchNorm read by them
+    /// alone run inside the BatchNorm: the forward applies them to each chunk of the
+    /// normalised output while it is in cache, and the backward recomputes the BatchNorm's
+    /// output from its input to take the activation's gradient, so the activation's own forward
+    /// pass, its backward pass and its gradient buffer go. Training and inference alike; the
+    /// parameters are the same. Returns the copy and the number fused. CPU only: the kernel
+    /// network refuses fused BatchNorms.
+    pub fn with_fused_bn_activations(&self) -> (Net, usize) {
+        self.fusing_activations(|layers, readers, g, id, stop, f| {
+            let src = g.node(id).inputs[0];
+            if readers[src.index()].len() != 1 || src == stop {
+                return false;
+            }
+            let Layer::BatchNorm {
+                act: act @ None, ..
+            } = &mut layers[src.index()]
+            else {
+                return false;
+            };
+            *act = Some(f);
+            true
+        })
+    }
+
+    /// A copy in which `fuse(layers, readers, graph, activation, stop, f)` moves each
+    /// elementwise activation (not softmax, linear or the logits) into the layer before it
+    /// where it can, returning whether it did; the activation's node becomes an identity.
+    fn fusing_activations(
+        &self,
+        mut fuse: impl FnMut(&mut [Layer], &[Vec<NodeId>], &Graph, NodeId, NodeId, ActFn) -> bool,
+    ) -> (Net, usize) {
         let mut net = self.clone_for_device();
         let g = &self.plan.graph;
         let readers = g.consumers();
@@ -111,25 +165,10 @@ impl Net {
             if f == ActFn::Softmax || f == ActFn::Linear || id == stop {
                 continue;
             }
-            // Back through single-reader reshapes (folded BatchNorms are reshapes) to a conv.
-            let mut src = g.node(id).inputs[0];
-            while matches!(layers[src.index()], Layer::Reshape)
-                && readers[src.index()].len() == 1
-                && src.index() > 0
-            {
-                src = g.node(src).inputs[0];
+            if fuse(&mut layers, &readers, g, id, stop, f) {
+                layers[id.index()] = Layer::Reshape;
+                fused += 1;
             }
-            let Some((op, w, b)) = lone_conv(&layers, &readers, src, stop) else {
-                continue;
-            };
-            layers[src.index()] = Layer::Conv {
-                op,
-                w,
-                b,
-                act: Some(f),
-            };
-            layers[id.index()] = Layer::Reshape;
-            fused += 1;
         }
         net.plan = Arc::new(Plan::new(g.clone(), layers));
         (net, fused)

@@ -732,17 +732,29 @@ pub fn batch_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
     )
 }
 
-/// y = gamma * (x - mean) * inv_std + beta, per channel.
-pub fn bn_apply(
-    x: &[f32],
-    c: usize,
+/// The per-channel affine map of a BatchNorm, y = x * scale + shift: scale = gamma * inv_std,
+/// shift = beta − mean * scale.
+pub fn bn_affine(
     mean: &[f32],
     inv_std: &[f32],
     gamma: &[f32],
     beta: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, s)| g * s).collect();
+    let shift: Vec<f32> = (0..scale.len())
+        .map(|j| beta[j] - mean[j] * scale[j])
+        .collect();
+    (scale, shift)
+}
+
+/// y = epilogue(gamma * (x - mean) * inv_std + beta), per channel (`bn_affine`), the
+/// epilogue (a fused activation) run on each chunk of rows while it is in cache.
+pub fn bn_apply(
+    x: &[f32],
+    c: usize,
+    (scale, shift): (&[f32], &[f32]),
+    epilogue: Option<Epilogue>,
 ) -> Vec<f32> {
-    let scale: Vec<f32> = (0..c).map(|j| gamma[j] * inv_std[j]).collect();
-    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
     let mut y = vec![0.0f32; x.len()];
     y.par_chunks_mut(c * ROWS_PER_TASK)
         .zip(x.par_chunks(c * ROWS_PER_TASK))
@@ -752,11 +764,17 @@ pub fn bn_apply(
                     yr[j] = xr[j] * scale[j] + shift[j];
                 }
             }
+            if let Some(f) = epilogue {
+                f(yo);
+            }
         });
     y
 }
 
 /// BatchNorm backward in training mode (batch statistics): accumulates dx, dgamma, dbeta.
+/// `dz(channel, x, dy)` gives the gradient at the BatchNorm's output from the one after a
+/// fused activation (`|_, _, g| g` without one), recomputed from x in both passes instead of
+/// stored.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_backward(
     x: &[f32],
@@ -768,6 +786,7 @@ pub fn bn_backward(
     dx: Option<&mut [f32]>,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
+    dz: impl Fn(usize, f32, f32) -> f32 + Sync,
 ) {
     let rows = (x.len() / c).max(1) as f32;
     let sums = x
@@ -778,8 +797,9 @@ pub fn bn_backward(
             for (xr, gr) in xc.chunks(c).zip(gc.chunks(c)) {
                 for j in 0..c {
                     let xhat = (xr[j] - mean[j]) * inv_std[j];
-                    s[j] += gr[j] as f64;
-                    s[c + j] += (gr[j] * xhat) as f64;
+                    let g = dz(j, xr[j], gr[j]);
+                    s[j] += g as f64;
+                    s[c + j] += (g * xhat) as f64;
                 }
             }
             s
@@ -803,9 +823,10 @@ pub fn bn_backward(
                 for (dr, (xr, gr)) in dxc.chunks_mut(c).zip(xc.chunks(c).zip(gc.chunks(c))) {
                     for j in 0..c {
                         let xhat = (xr[j] - mean[j]) * inv_std[j];
+                        let g = dz(j, xr[j], gr[j]);
                         dr[j] += gamma[j]
                             * inv_std[j]
-                            * (gr[j] - sum_dy[j] / rows - xhat * sum_dy_xhat[j] / rows);
+                            * (g - sum_dy[j] / rows - xhat * sum_dy_xhat[j] / rows);
                     }
                 }
             });

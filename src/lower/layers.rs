@@ -36,6 +36,9 @@ pub enum Layer {
         var: usize,
         eps: f32,
         momentum: f32,
+        /// An elementwise activation fused into the BatchNorm: only the CPU training lowering
+        /// sets it (`Net::with_fused_bn_activations`).
+        act: Option<ActFn>,
     },
     Activation(ActFn),
     ZeroPad([[usize; 2]; 2]),
@@ -182,6 +185,7 @@ impl Net {
                         var,
                         eps: b.epsilon as f32,
                         momentum: b.momentum as f32,
+                        act: None,
                     }
                 }
                 Op::Activation(a) => Layer::Activation(a.function),
@@ -395,6 +399,7 @@ impl Net {
                 var,
                 eps,
                 momentum,
+                act,
             } => {
                 let c = *in_shape.last().expect("rank >= 1");
                 let ones = || std::sync::Arc::new(vec![1.0f32; c]);
@@ -419,7 +424,10 @@ impl Net {
                         (running.0.to_vec(), running.1.to_vec())
                     };
                     let inv_std: Vec<f32> = v.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-                    let y = kernels::bn_apply(&x, c, &m, &inv_std, &g_data, &b_data);
+                    let (scale, shift) = kernels::bn_affine(&m, &inv_std, &g_data, &b_data);
+                    let epilogue = act.map(|f| move |r: &mut [f32]| act_serial(f, r));
+                    let epi = epilogue.as_ref().map(|f| f as kernels::Epilogue);
+                    let y = kernels::bn_apply(&x, c, (&scale, &shift), epi);
                     if train {
                         batch_stats = Some((m.clone(), v));
                     }
@@ -427,28 +435,56 @@ impl Net {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
                             let mut dgamma = vec![0.0f32; c];
                             let mut dbeta = vec![0.0f32; c];
+                            // The gradient at the BatchNorm's output z = x * scale + shift (the
+                            // forward's own expression), through a fused activation.
+                            let z = |j: usize, x: f32| x * scale[j] + shift[j];
+                            let relu =
+                                |j: usize, x: f32, g: f32| if z(j, x) > 0.0 { g } else { 0.0 };
+                            let other = |j: usize, x: f32, g: f32| {
+                                let f = act.expect("a fused activation");
+                                let zv = z(j, x);
+                                g * act_grad(f, zv, act_value(f, zv))
+                            };
                             if train {
-                                kernels::bn_backward(
-                                    &x,
-                                    dy,
-                                    c,
-                                    &m,
-                                    &inv_std,
-                                    &g_data,
-                                    g.inputs[0].as_deref_mut(),
-                                    &mut dgamma,
-                                    &mut dbeta,
-                                );
+                                let dx = g.inputs[0].as_deref_mut();
+                                let (xs, gi) = (&x[..], &g_data[..]);
+                                let (dg, db) = (&mut dgamma[..], &mut dbeta[..]);
+                                match act {
+                                    None => kernels::bn_backward(
+                                        xs,
+                                        dy,
+                                        c,
+                                        &m,
+                                        &inv_std,
+                                        gi,
+                                        dx,
+                                        dg,
+                                        db,
+                                        |_, _, g| g,
+                                    ),
+                                    Some(ActFn::Relu) => kernels::bn_backward(
+                                        xs, dy, c, &m, &inv_std, gi, dx, dg, db, relu,
+                                    ),
+                                    Some(_) => kernels::bn_backward(
+                                        xs, dy, c, &m, &inv_std, gi, dx, dg, db, other,
+                                    ),
+                                }
                             } else {
                                 // Moving statistics are constants: the op is an affine map per channel.
+                                let dz = |j: usize, x: f32, g: f32| match act {
+                                    None => g,
+                                    Some(_) => other(j, x, g),
+                                };
                                 for (row, (xr, gr)) in x.chunks(c).zip(dy.chunks(c)).enumerate() {
+                                    let gz: Vec<f32> =
+                                        (0..c).map(|j| dz(j, xr[j], gr[j])).collect();
                                     for j in 0..c {
-                                        dgamma[j] += gr[j] * (xr[j] - m[j]) * inv_std[j];
-                                        dbeta[j] += gr[j];
+                                        dgamma[j] += gz[j] * (xr[j] - m[j]) * inv_std[j];
+                                        dbeta[j] += gz[j];
                                     }
                                     if let Some(dx) = g.inputs[0].as_deref_mut() {
                                         for j in 0..c {
-                                            dx[row * c + j] += gr[j] * g_data[j] * inv_std[j];
+                                            dx[row * c + j] += gz[j] * g_data[j] * inv_std[j];
                                         }
                                     }
                                 }

@@ -126,6 +126,12 @@ impl<B: Backend> KernelNet<B> {
                     g.node(NodeId(i as u32)).name
                 ));
             }
+            if let Layer::BatchNorm { act: Some(_), .. } = l {
+                return Err(format!(
+                    "layer `{}`: a BatchNorm with a fused activation is lowered for the CPU only",
+                    g.node(NodeId(i as u32)).name
+                ));
+            }
             if let Layer::Merge(MergeKind::Multiply) = l {
                 let node = g.node(NodeId(i as u32));
                 // Node shapes leave out the batch axis; the gate test wants it.
@@ -268,6 +274,7 @@ impl<B: Backend> KernelNet<B> {
                 var,
                 eps,
                 momentum,
+                ..
             } => {
                 let (rows, c) = rows_of(&x.shape);
                 // The moving statistics are parameters too: take them out to update them.
