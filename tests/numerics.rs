@@ -842,15 +842,16 @@ fn fused_conv_epilogues_match_the_unfused_network() {
     assert!(diff <= 1e-5, "fused epilogues differ by {diff}");
 }
 
-/// Activations fused into the BatchNorms before them (the CPU training network) give the same
-/// outputs, loss and gradients as the separate layers, for ReLU and for another activation.
+/// Activations fused into the BatchNorms and the Add before them (the CPU network) give the
+/// same outputs, loss and gradients as the separate layers: ReLU and tanh after BatchNorms, a
+/// ReLU after a residual Add.
 #[test]
-fn fused_batch_norm_activations_match_the_separate_layers() {
+fn fused_batch_norm_and_add_activations_match_the_separate_layers() {
     use se_compile::lower::model::{Batch, Model};
-    let spec = "model: t\ninput: [6, 5, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - batch_norm\n  - relu\n  - conv2d: {filters: 5, kernel: 1}\n  - batch_norm: {scale: false}\n  - activation: tanh\n  - flatten\n  - dense: {units: 3}\n";
+    let spec = "model: t\ninput: [6, 5, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - batch_norm\n  - activation: relu\n    id: r1\n  - conv2d: {filters: 4, kernel: 1}\n  - batch_norm: {scale: false}\n  - activation: tanh\n    id: t1\n  - add: {}\n    from: [r1, t1]\n  - relu\n  - flatten\n  - dense: {units: 3}\n";
     let mut net = build(spec);
-    let (mut fused, n) = net.with_fused_bn_activations();
-    assert_eq!(n, 2);
+    let (mut fused, n) = net.with_fused_bn_and_add_activations();
+    assert_eq!(n, 3);
     let x = randn(2 * 90, 33);
     let labels = [1usize, 2];
     let batch = || Batch {

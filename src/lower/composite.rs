@@ -376,7 +376,13 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                 }
             }
             Layer::Reshape => ins.remove(0).t.reshape_like(&(rows_out, cout)),
-            Layer::Merge(kind) => self.merge(idx, ins, &out_shape, kind),
+            Layer::Merge { kind, act } => {
+                let y = self.merge(idx, ins, &out_shape, kind);
+                match act {
+                    Some(f) => activation(y, f),
+                    None => y,
+                }
+            }
         };
         DAct {
             t,

@@ -8,7 +8,7 @@
 use super::autodiff::Param;
 use super::layers::{Layer, Net};
 use super::plan::Plan;
-use crate::ir::ops::{ActFn, Conv2d};
+use crate::ir::ops::{ActFn, Conv2d, MergeKind};
 use crate::ir::{Graph, NodeId};
 use std::sync::Arc;
 
@@ -121,26 +121,33 @@ impl Net {
         })
     }
 
-    /// A copy whose elementwise activations that directly follow a BatchNorm read by them
-    /// alone run inside the BatchNorm: the forward applies them to each chunk of the
-    /// normalised output while it is in cache, and the backward recomputes the BatchNorm's
-    /// output from its input to take the activation's gradient, so the activation's own forward
-    /// pass, its backward pass and its gradient buffer go. Training and inference alike; the
-    /// parameters are the same. Returns the copy and the number fused. CPU only: the kernel
-    /// network refuses fused BatchNorms.
-    pub fn with_fused_bn_activations(&self) -> (Net, usize) {
+    /// A copy whose elementwise activations run inside the layer before them where that layer's
+    /// output is read by them alone:
+    /// - after a BatchNorm, any elementwise activation: the forward applies it to each chunk of
+    ///   the normalised output while it is in cache, and the backward recomputes the
+    ///   BatchNorm's output from its input to take the activation's gradient;
+    /// - after an Add, a ReLU: rectified in the pass that adds the last input, with a byte mask
+    ///   of the positive outputs for the backward.
+    ///
+    /// The activation's own forward pass, backward pass and gradient buffer go. Training and
+    /// inference alike; the parameters are the same. Returns the copy and the number fused.
+    /// CPU only: the kernel network refuses fused BatchNorms and Adds.
+    pub fn with_fused_bn_and_add_activations(&self) -> (Net, usize) {
         self.fusing_activations(|layers, readers, g, id, stop, f| {
             let src = g.node(id).inputs[0];
             if readers[src.index()].len() != 1 || src == stop {
                 return false;
             }
-            let Layer::BatchNorm {
-                act: act @ None, ..
-            } = &mut layers[src.index()]
-            else {
-                return false;
-            };
-            *act = Some(f);
+            match &mut layers[src.index()] {
+                Layer::BatchNorm {
+                    act: act @ None, ..
+                } => *act = Some(f),
+                Layer::Merge {
+                    kind: MergeKind::Add,
+                    act: act @ None,
+                } if f == ActFn::Relu => *act = Some(f),
+                _ => return false,
+            }
             true
         })
     }

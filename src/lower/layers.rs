@@ -57,7 +57,12 @@ pub enum Layer {
     Dropout(f32),
     /// Flatten and Reshape: the data is already flat; only the logical shape changes.
     Reshape,
-    Merge(MergeKind),
+    Merge {
+        kind: MergeKind,
+        /// A ReLU fused into an Add: only the CPU lowering sets it
+        /// (`Net::with_fused_bn_and_add_activations`).
+        act: Option<ActFn>,
+    },
 }
 
 pub struct Net {
@@ -207,7 +212,10 @@ impl Net {
                 }
                 Op::Dropout(d) => Layer::Dropout(d.rate as f32),
                 Op::Flatten(_) | Op::Reshape(_) => Layer::Reshape,
-                Op::Merge(m) => Layer::Merge(m.kind),
+                Op::Merge(m) => Layer::Merge {
+                    kind: m.kind,
+                    act: None,
+                },
             };
             layers.push(layer);
         }
@@ -663,7 +671,7 @@ impl Net {
                 a.shape = out_shape;
                 a
             }
-            Layer::Merge(kind) => merge(ins, out_shape, kind),
+            Layer::Merge { kind, act } => merge(ins, out_shape, kind, act),
         }
     }
 }
@@ -852,7 +860,14 @@ pub fn act_grad(f: ActFn, x: f32, y: f32) -> f32 {
 }
 
 /// Add, Multiply (size-1 axes broadcast, e.g. the SE gate) and channel Concatenate.
-fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: MergeKind) -> Act<T> {
+/// `act`: a ReLU fused into an Add (the only fused merge): applied to each chunk of the sum
+/// as it is made, with a byte mask of the positive outputs kept for the backward.
+fn merge<T: Tape<f32, Cpu>>(
+    ins: Vec<Act<T>>,
+    out_shape: Vec<usize>,
+    kind: MergeKind,
+    act: Option<ActFn>,
+) -> Act<T> {
     let shapes: Vec<Vec<usize>> = ins.iter().map(|a| a.shape.clone()).collect();
     let total: usize = out_shape.iter().product();
     let last = *out_shape.last().expect("rank >= 1");
@@ -866,15 +881,58 @@ fn merge<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, kind: Merge
                 .position(|d| Arc::strong_count(d) == 1)
                 .unwrap_or(0);
             let mut y = owned(data.remove(mine));
-            for d in &data {
-                y.par_chunks_mut(1 << 14)
-                    .zip(d.par_chunks(1 << 14))
+            const CHUNK: usize = 1 << 14;
+            let relu = act == Some(ActFn::Relu);
+            debug_assert!(act.is_none() || relu, "only a ReLU is fused into an Add");
+            let mut mask = vec![0u8; if relu && need { y.len() } else { 0 }];
+            // With the ReLU, the last input is added in the pass that rectifies.
+            let split = if relu {
+                data.len().saturating_sub(1)
+            } else {
+                data.len()
+            };
+            for d in &data[..split] {
+                y.par_chunks_mut(CHUNK)
+                    .zip(d.par_chunks(CHUNK))
                     .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            }
+            if relu {
+                // The last input's chunk, added, rectified and masked in one pass.
+                let d = data.get(split).map(|d| &d[..]);
+                let fin = |(i, a): (usize, &mut [f32]), m: &mut [u8]| {
+                    if let Some(d) = d {
+                        a.iter_mut().zip(&d[i * CHUNK..]).for_each(|(a, b)| *a += b);
+                    }
+                    a.iter_mut().for_each(|v| *v = v.max(0.0));
+                    m.iter_mut()
+                        .zip(a.iter())
+                        .for_each(|(m, v)| *m = (*v > 0.0) as u8);
+                };
+                if need {
+                    y.par_chunks_mut(CHUNK)
+                        .enumerate()
+                        .zip(mask.par_chunks_mut(CHUNK))
+                        .for_each(|(a, m)| fin(a, m));
+                } else {
+                    y.par_chunks_mut(CHUNK)
+                        .enumerate()
+                        .for_each(|a| fin(a, &mut []));
+                }
             }
             let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                 Box::new(move |dy: &[f32], g: &mut Grads| {
                     for dx in g.inputs.iter_mut().flatten() {
-                        dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
+                        if relu {
+                            dx.par_chunks_mut(CHUNK)
+                                .zip(dy.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
+                                .for_each(|(d, (gy, m))| {
+                                    for ((d, v), m) in d.iter_mut().zip(gy).zip(m) {
+                                        *d += if *m != 0 { *v } else { 0.0 };
+                                    }
+                                });
+                        } else {
+                            dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
+                        }
                     }
                 })
             });

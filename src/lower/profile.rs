@@ -122,6 +122,6 @@ pub fn kind_label(l: &Layer) -> String {
         Layer::Dense { .. } => "dense".into(),
         Layer::Dropout(_) => "dropout".into(),
         Layer::Reshape => "reshape".into(),
-        Layer::Merge(k) => format!("{k:?}").to_lowercase(),
+        Layer::Merge { kind, .. } => format!("{kind:?}").to_lowercase(),
     }
 }

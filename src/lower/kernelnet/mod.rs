@@ -132,7 +132,17 @@ impl<B: Backend> KernelNet<B> {
                     g.node(NodeId(i as u32)).name
                 ));
             }
-            if let Layer::Merge(MergeKind::Multiply) = l {
+            if let Layer::Merge { act: Some(_), .. } = l {
+                return Err(format!(
+                    "layer `{}`: an Add with a fused activation is lowered for the CPU only",
+                    g.node(NodeId(i as u32)).name
+                ));
+            }
+            if let Layer::Merge {
+                kind: MergeKind::Multiply,
+                ..
+            } = l
+            {
                 let node = g.node(NodeId(i as u32));
                 // Node shapes leave out the batch axis; the gate test wants it.
                 let batched = |s: &[usize]| -> Vec<usize> {
@@ -372,7 +382,7 @@ impl<B: Backend> KernelNet<B> {
                     Saved::None,
                 )
             }
-            Layer::Merge(kind) => (self.merge_forward(ins, &out_shape, kind), Saved::None),
+            Layer::Merge { kind, .. } => (self.merge_forward(ins, &out_shape, kind), Saved::None),
         };
         (self.fresh(out_shape, y), saved)
     }
@@ -717,7 +727,7 @@ impl<B: Backend> KernelNet<B> {
                     self.accumulate(grads, xi, dy);
                 }
             }
-            Layer::Merge(kind) => self.merge_backward(&rec, &inputs, dy, kind, grads),
+            Layer::Merge { kind, .. } => self.merge_backward(&rec, &inputs, dy, kind, grads),
         }
     }
 
