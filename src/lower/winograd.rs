@@ -218,6 +218,45 @@ fn output_tile(m: &[f32], cout: usize, s: &mut [f32], y: &mut [f32]) {
     }
 }
 
+/// Z = A g Aᵀ of the 2x2 output gradient under tile (ty, tx) of one image (ho x wo x cout),
+/// A = [[1, 0], [1, 1], [1, −1], [0, −1]], into the tile's 16 rows `zt` (16 x cout); `q` is
+/// scratch (8 x cout). Outputs past the edge read as zeros.
+fn grad_tile(
+    dy: &[f32],
+    s: &ConvShape,
+    (ty, tx): (usize, usize),
+    zeros: &[f32],
+    q: &mut [f32],
+    zt: &mut [f32],
+) {
+    let (win, cout) = (s.win, s.cout);
+    let g = |i: usize, j: usize| -> &[f32] {
+        let (oy, ox) = (2 * ty + i, 2 * tx + j);
+        if oy >= win.ho || ox >= win.wo {
+            zeros
+        } else {
+            &dy[(oy * win.wo + ox) * cout..][..cout]
+        }
+    };
+    // q = A g (4 x 2, i-major).
+    for j in 0..2 {
+        let (g0, g1) = (g(0, j), g(1, j));
+        q[j * cout..][..cout].copy_from_slice(g0);
+        map2(&mut q[(2 + j) * cout..][..cout], g0, g1, |a, b| a + b);
+        map2(&mut q[(4 + j) * cout..][..cout], g0, g1, |a, b| a - b);
+        map2(&mut q[(6 + j) * cout..][..cout], g1, g1, |a, _| -a);
+    }
+    // Z = q Aᵀ (4 x 4).
+    for i in 0..4 {
+        let (q0, q1) = (row(q, 2 * i, cout), row(q, 2 * i + 1, cout));
+        let zi = &mut zt[4 * i * cout..4 * (i + 1) * cout];
+        zi[..cout].copy_from_slice(q0);
+        map2(&mut zi[cout..2 * cout], q0, q1, |a, b| a + b);
+        map2(&mut zi[2 * cout..3 * cout], q0, q1, |a, b| a - b);
+        map2(&mut zi[3 * cout..], q1, q1, |a, _| -a);
+    }
+}
+
 thread_local! {
     /// Per-thread scratch of the forward blocks: V, M, and the small transform buffers.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -349,69 +388,102 @@ pub fn backward_kernel(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     let (th, tw) = tiles(s);
     let per_img = th * tw;
     let total = win.n * per_img;
-    // V (Bᵀ d B of every input patch) and Z (A dY Aᵀ of every output tile), tile-major.
-    let mut v = vec![0.0f32; total * XI * cin];
-    let mut z = vec![0.0f32; total * XI * cout];
     let (img_in, img_out) = (win.h * win.w * cin, win.ho * win.wo * cout);
-    let zeros_in = vec![0.0f32; cin];
-    v.par_chunks_mut(XI * cin).enumerate().for_each_init(
-        || vec![0.0f32; XI * cin],
-        |t, (k, vt)| {
-            let (b, r) = (k / per_img, k % per_img);
-            let img = &x[b * img_in..(b + 1) * img_in];
-            input_tile(img, s, (r / tw, r % tw), &zeros_in, t, vt);
-        },
-    );
-    let zeros_out = vec![0.0f32; cout];
-    z.par_chunks_mut(XI * cout).enumerate().for_each_init(
-        || vec![0.0f32; 8 * cout],
-        |q, (k, zt)| {
-            let (b, r) = (k / per_img, k % per_img);
-            let (ty, tx) = (r / tw, r % tw);
-            let g = |i: usize, j: usize| -> &[f32] {
-                let (oy, ox) = (2 * ty + i, 2 * tx + j);
-                if oy >= win.ho || ox >= win.wo {
-                    &zeros_out
-                } else {
-                    &dy[b * img_out + (oy * win.wo + ox) * cout..][..cout]
-                }
-            };
-            // q = A g (4 x 2, i-major), A = [[1, 0], [1, 1], [1, −1], [0, −1]].
-            for j in 0..2 {
-                let (g0, g1) = (g(0, j), g(1, j));
-                q[j * cout..][..cout].copy_from_slice(g0);
-                map2(&mut q[(2 + j) * cout..][..cout], g0, g1, |a, b| a + b);
-                map2(&mut q[(4 + j) * cout..][..cout], g0, g1, |a, b| a - b);
-                map2(&mut q[(6 + j) * cout..][..cout], g1, g1, |a, _| -a);
-            }
-            // Z = q Aᵀ (4 x 4).
-            for i in 0..4 {
-                let (q0, q1) = (row(q, 2 * i, cout), row(q, 2 * i + 1, cout));
-                let zi = &mut zt[4 * i * cout..4 * (i + 1) * cout];
-                zi[..cout].copy_from_slice(q0);
-                map2(&mut zi[cout..2 * cout], q0, q1, |a, b| a + b);
-                map2(&mut zi[2 * cout..3 * cout], q0, q1, |a, b| a - b);
-                map2(&mut zi[3 * cout..], q1, q1, |a, _| -a);
-            }
-        },
-    );
-    // D_ξ = V_ξᵀ Z_ξ, one gemm per ξ, the 16 in parallel.
-    let plane = cin * cout;
-    let mut d = vec![0.0f32; XI * plane];
-    d.par_chunks_mut(plane).enumerate().for_each(|(xi, dx)| {
-        matmul_serial(
-            cin,
-            cout,
-            total,
-            dx,
-            (cout, 1),
-            false,
-            &v[xi * cin..],
-            (1, XI * cin),
-            &z[xi * cout..],
-            (XI * cout, 1),
+    let (zeros_in, zeros_out) = (vec![0.0f32; cin], vec![0.0f32; cout]);
+    // Tile k's V (Bᵀ d B of its input patch) and Z (A dY Aᵀ of its output gradient).
+    let v_tile = |k: usize, t: &mut [f32], vt: &mut [f32]| {
+        let (b, r) = (k / per_img, k % per_img);
+        let img = &x[b * img_in..(b + 1) * img_in];
+        input_tile(img, s, (r / tw, r % tw), &zeros_in, t, vt);
+    };
+    let z_tile = |k: usize, q: &mut [f32], zt: &mut [f32]| {
+        let (b, r) = (k / per_img, k % per_img);
+        grad_tile(
+            &dy[b * img_out..(b + 1) * img_out],
+            s,
+            (r / tw, r % tw),
+            &zeros_out,
+            q,
+            zt,
         );
-    });
+    };
+    let plane = cin * cout;
+    // Many tiles: fixed groups of consecutive tiles, each group in cache-sized blocks on one
+    // thread (transforms, then 16 gemms accumulating into the group's D), the groups' D added
+    // in group order. The group count depends on the shape alone.
+    let groups = if total >= 256 {
+        (total / 128).clamp(2, 8)
+    } else {
+        1
+    };
+    let d: Vec<f32> = if groups > 1 {
+        let per = total.div_ceil(groups);
+        let parts: Vec<Vec<f32>> = (0..groups)
+            .into_par_iter()
+            .map(|gi| {
+                let mut dg = vec![0.0f32; XI * plane];
+                let mut vb = vec![0.0f32; TILES_PER_BLOCK * XI * cin];
+                let mut zb = vec![0.0f32; TILES_PER_BLOCK * XI * cout];
+                let (mut t, mut q) = (vec![0.0f32; XI * cin], vec![0.0f32; 8 * cout]);
+                let end = ((gi + 1) * per).min(total);
+                for k0 in (gi * per..end).step_by(TILES_PER_BLOCK) {
+                    let nt = TILES_PER_BLOCK.min(end - k0);
+                    for k in 0..nt {
+                        v_tile(k0 + k, &mut t, &mut vb[k * XI * cin..(k + 1) * XI * cin]);
+                        z_tile(k0 + k, &mut q, &mut zb[k * XI * cout..(k + 1) * XI * cout]);
+                    }
+                    for xi in 0..XI {
+                        matmul_serial(
+                            cin,
+                            cout,
+                            nt,
+                            &mut dg[xi * plane..(xi + 1) * plane],
+                            (cout, 1),
+                            true,
+                            &vb[xi * cin..],
+                            (1, XI * cin),
+                            &zb[xi * cout..],
+                            (XI * cout, 1),
+                        );
+                    }
+                }
+                dg
+            })
+            .collect();
+        let mut it = parts.into_iter();
+        let mut d = it.next().expect("groups > 1");
+        for p in it {
+            d.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+        d
+    } else {
+        // Fewer tiles: V and Z of all tiles, tile-major, then one gemm per ξ (D_ξ = V_ξᵀ Z_ξ),
+        // the 16 in parallel.
+        let mut v = vec![0.0f32; total * XI * cin];
+        let mut z = vec![0.0f32; total * XI * cout];
+        v.par_chunks_mut(XI * cin)
+            .enumerate()
+            .for_each_init(|| vec![0.0f32; XI * cin], |t, (k, vt)| v_tile(k, t, vt));
+        z.par_chunks_mut(XI * cout)
+            .enumerate()
+            .for_each_init(|| vec![0.0f32; 8 * cout], |q, (k, zt)| z_tile(k, q, zt));
+        let mut d = vec![0.0f32; XI * plane];
+        d.par_chunks_mut(plane).enumerate().for_each(|(xi, dx)| {
+            matmul_serial(
+                cin,
+                cout,
+                total,
+                dx,
+                (cout, 1),
+                false,
+                &v[xi * cin..],
+                (1, XI * cin),
+                &z[xi * cout..],
+                (XI * cout, 1),
+            );
+        });
+        d
+    };
     // dw[ky][kx] += Gᵀ D G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]: the weight of
     // transformed position k for tap t along one axis.
     let gt = |t: usize, k: usize| -> f32 {
@@ -496,12 +568,15 @@ mod tests {
     #[test]
     fn matches_direct_loops_in_all_three_passes() {
         // (n, h, w, cin, cout, (pt, pl), (ho, wo)): same padding with odd and even sides,
-        // valid padding, uneven padding, and more tiles than one block.
+        // valid padding, uneven padding, more tiles than one block, and enough tiles for the
+        // grouped kernel gradient.
         let cases = [
             (2, 7, 6, 8, 9, (1, 1), (7, 6)),
             (1, 6, 7, 10, 8, (0, 0), (4, 5)),
             (2, 5, 5, 8, 12, (2, 0), (6, 3)),
             (1, 23, 21, 9, 8, (1, 1), (23, 21)),
+            // 720 tiles: the kernel gradient in groups of blocks.
+            (2, 40, 36, 8, 8, (1, 1), (40, 36)),
         ];
         for (n, h, w, cin, cout, (pt, pl), (ho, wo)) in cases {
             let win = Window {
