@@ -2,9 +2,11 @@
 //! shapes of SE-ResNet-50 at batch 8, in GFLOP/s: `cargo run --release --example gemm_rate`.
 //! `SE_COMPILE_GEMM=0.15|0.19` picks the gemm version; bench/compare.sh prints PyTorch's rate.
 use se_compile::lower::kernels::matmul;
+use std::io::Write;
 use std::time::Instant;
 
 fn main() {
+    let mut out = std::io::stdout().lock();
     // (rows = output positions, k = input channels, n = output channels)
     let shapes = [
         (3072, 3072, 3072),
@@ -29,6 +31,9 @@ fn main() {
             matmul(m, n, k, &mut c, (n, 1), false, &a, (k, 1), &b, (n, 1));
         }
         let rate = flop * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
-        println!("{m:>6} x {k:>5} x {n:>5}: {rate:7.1} GFLOP/s");
+        // A closed stdout (`| head`) ends the run quietly.
+        if writeln!(out, "{m:>6} x {k:>5} x {n:>5}: {rate:7.1} GFLOP/s").is_err() {
+            return;
+        }
     }
 }

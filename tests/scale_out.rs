@@ -152,9 +152,12 @@ fn two_gloo_processes_train_the_bundled_data_and_se_compile_evaluates_the_run() 
 /// The same seed and global batch: 2 processes see the same images per step as 1 process (and
 /// as se-compile). Without BatchNorm the curves agree to float rounding; with it, each process
 /// normalises its half of the batch, so they agree within a looser, stated tolerance.
+/// The rounding is PyTorch's own (two processes add their gradients in another order): over 32
+/// steps it stayed under 1e-5 on an AVX-512 EPYC and reached 2.1e-5 on an AVX-512 Xeon (losses
+/// near 2.3), so the bound is 5e-5.
 #[test]
 fn one_and_two_processes_follow_the_same_loss_curve() {
-    for (spec, tol, name) in [(TINY_NO_BN, 1e-5, "nobn"), (TINY, 0.05, "bn")] {
+    for (spec, tol, name) in [(TINY_NO_BN, 5e-5, "nobn"), (TINY, 0.05, "bn")] {
         let (one, two, own) = (
             tmp(&format!("{name}-1")),
             tmp(&format!("{name}-2")),
