@@ -842,25 +842,33 @@ fn fused_conv_epilogues_match_the_unfused_network() {
     assert!(diff <= 1e-5, "fused epilogues differ by {diff}");
 }
 
+/// One training step's loss and gradients of a network on a batch of two 6x5x3 images.
+fn gradients_6x5x3(
+    net: &mut Net,
+    x: &[f32],
+    labels: &[usize],
+) -> (se_compile::lower::model::StepResult, Vec<Vec<f32>>) {
+    use se_compile::lower::model::{Batch, Model};
+    let batch = Batch {
+        x: x.to_vec(),
+        shape: vec![2, 6, 5, 3],
+        labels,
+    };
+    net.gradients(batch, 0)
+}
+
 /// Activations fused into the BatchNorms and the Add before them (the CPU network) give the
 /// same outputs, loss and gradients as the separate layers: ReLU and tanh after BatchNorms, a
 /// ReLU after a residual Add.
 #[test]
 fn fused_batch_norm_and_add_activations_match_the_separate_layers() {
-    use se_compile::lower::model::{Batch, Model};
     let spec = "model: t\ninput: [6, 5, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - batch_norm\n  - activation: relu\n    id: r1\n  - conv2d: {filters: 4, kernel: 1}\n  - batch_norm: {scale: false}\n  - activation: tanh\n    id: t1\n  - add: {}\n    from: [r1, t1]\n  - relu\n  - flatten\n  - dense: {units: 3}\n";
     let mut net = build(spec);
     let (mut fused, n) = net.with_fused_bn_and_add_activations();
     assert_eq!(n, 3);
     let x = randn(2 * 90, 33);
-    let labels = [1usize, 2];
-    let batch = || Batch {
-        x: x.clone(),
-        shape: vec![2, 6, 5, 3],
-        labels: &labels,
-    };
-    let (ra, ga) = net.gradients(batch(), 0);
-    let (rb, gb) = fused.gradients(batch(), 0);
+    let (ra, ga) = gradients_6x5x3(&mut net, &x, &[1, 2]);
+    let (rb, gb) = gradients_6x5x3(&mut fused, &x, &[1, 2]);
     assert!(
         (ra.loss - rb.loss).abs() < 1e-6,
         "{} vs {}",
@@ -882,20 +890,13 @@ fn fused_batch_norm_and_add_activations_match_the_separate_layers() {
 /// convolution followed by the activation layer.
 #[test]
 fn fused_conv_activations_have_the_unfused_gradients() {
-    use se_compile::lower::model::{Batch, Model};
     let spec = "model: t\ninput: [6, 5, 3]\nlayers:\n  - conv2d: {filters: 4, kernel: 3, padding: same}\n  - relu\n  - conv2d: {filters: 5, kernel: 1}\n  - activation: tanh\n  - flatten\n  - dense: {units: 3}\n";
     let mut net = build(spec);
     let (mut fused, n) = net.with_fused_activations();
     assert_eq!(n, 2);
     let x = randn(2 * 90, 31);
-    let labels = [0usize, 2];
-    let batch = || Batch {
-        x: x.clone(),
-        shape: vec![2, 6, 5, 3],
-        labels: &labels,
-    };
-    let (ra, ga) = net.gradients(batch(), 0);
-    let (rb, gb) = fused.gradients(batch(), 0);
+    let (ra, ga) = gradients_6x5x3(&mut net, &x, &[0, 2]);
+    let (rb, gb) = gradients_6x5x3(&mut fused, &x, &[0, 2]);
     assert!((ra.loss - rb.loss).abs() < 1e-6);
     for (a, b) in ga.iter().zip(&gb) {
         for (p, q) in a.iter().zip(b) {

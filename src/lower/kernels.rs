@@ -368,14 +368,19 @@ fn finish_rows(y: &mut [f32], c: usize, bias: Option<&[f32]>, epilogue: Option<E
     }
     y.par_chunks_mut(c * ROWS_PER_TASK).for_each(|chunk| {
         for row in chunk.chunks_mut(c) {
-            if let Some(b) = bias {
-                row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-            }
-            if let Some(f) = epilogue {
-                f(row);
-            }
+            finish_row(row, bias, epilogue);
         }
     });
+}
+
+/// One output row of a conv: `bias` added, then `epilogue` (a fused activation) run on it.
+pub(crate) fn finish_row(row: &mut [f32], bias: Option<&[f32]>, epilogue: Option<Epilogue>) {
+    if let Some(b) = bias {
+        row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+    }
+    if let Some(f) = epilogue {
+        f(row);
+    }
 }
 
 /// Outputs (rows x channels) from which an ungrouped conv runs in row blocks (`conv_blocked`)
@@ -413,6 +418,26 @@ fn im2col_rows(x: &[f32], s: &ConvShape, r0: usize, cols: &mut [f32]) {
     }
 }
 
+/// The im2col matrix of output rows r0..r0 + rows of an ungrouped conv: the input itself for a
+/// direct 1x1 conv, else made in `buf` (grown as needed).
+fn block_columns<'a>(
+    x: &'a [f32],
+    s: &ConvShape,
+    r0: usize,
+    rows: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let kdim = s.kdim();
+    if s.direct() {
+        return &x[r0 * kdim..(r0 + rows) * kdim];
+    }
+    if buf.len() < rows * kdim {
+        buf.resize(rows * kdim, 0.0);
+    }
+    im2col_rows(x, s, r0, &mut buf[..rows * kdim]);
+    &buf[..rows * kdim]
+}
+
 /// An ungrouped conv in blocks of output rows, blocks in parallel: each block's im2col rows
 /// (none for a direct 1x1 conv), its gemm, and its bias and epilogue run on one thread while
 /// the block is in cache, straight into the unfilled output.
@@ -432,15 +457,7 @@ fn conv_blocked(
             let (r0, rows) = (bi * BLOCK_ROWS, out.len() / cout);
             COLS.with(|cell| {
                 let mut buf = cell.borrow_mut();
-                let a: &[f32] = if s.direct() {
-                    &x[r0 * kdim..(r0 + rows) * kdim]
-                } else {
-                    if buf.len() < rows * kdim {
-                        buf.resize(rows * kdim, 0.0);
-                    }
-                    im2col_rows(x, s, r0, &mut buf[..rows * kdim]);
-                    &buf[..rows * kdim]
-                };
+                let a = block_columns(x, s, r0, rows, &mut buf);
                 matmul_serial_uninit(
                     rows,
                     cout,
@@ -456,12 +473,7 @@ fn conv_blocked(
             // SAFETY: the gemm above wrote every element of `out`.
             let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
             for row in out.chunks_exact_mut(cout) {
-                if let Some(b) = bias {
-                    row.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-                }
-                if let Some(f) = epilogue {
-                    f(row);
-                }
+                finish_row(row, bias, epilogue);
             }
         });
     // SAFETY: every block above wrote its rows, and the blocks cover all m * cout elements.
@@ -626,15 +638,7 @@ fn kernel_grad_blocked(x: &[f32], dy: &[f32], s: &ConvShape, blocks: usize, dw: 
             }
             COLS.with(|cell| {
                 let mut buf = cell.borrow_mut();
-                let a: &[f32] = if s.direct() {
-                    &x[r0 * kdim..r1 * kdim]
-                } else {
-                    if buf.len() < rows * kdim {
-                        buf.resize(rows * kdim, 0.0);
-                    }
-                    im2col_rows(x, s, r0, &mut buf[..rows * kdim]);
-                    &buf[..rows * kdim]
-                };
+                let a = block_columns(x, s, r0, rows, &mut buf);
                 matmul_serial(
                     kdim,
                     cout,

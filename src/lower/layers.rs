@@ -483,16 +483,14 @@ impl Net {
                                     None => g,
                                     Some(_) => other(j, x, g),
                                 };
+                                let mut dx = g.inputs[0].as_deref_mut();
                                 for (row, (xr, gr)) in x.chunks(c).zip(dy.chunks(c)).enumerate() {
-                                    let gz: Vec<f32> =
-                                        (0..c).map(|j| dz(j, xr[j], gr[j])).collect();
                                     for j in 0..c {
-                                        dgamma[j] += gz[j] * (xr[j] - m[j]) * inv_std[j];
-                                        dbeta[j] += gz[j];
-                                    }
-                                    if let Some(dx) = g.inputs[0].as_deref_mut() {
-                                        for j in 0..c {
-                                            dx[row * c + j] += gz[j] * g_data[j] * inv_std[j];
+                                        let gz = dz(j, xr[j], gr[j]);
+                                        dgamma[j] += gz * (xr[j] - m[j]) * inv_std[j];
+                                        dbeta[j] += gz;
+                                        if let Some(dx) = dx.as_deref_mut() {
+                                            dx[row * c + j] += gz * g_data[j] * inv_std[j];
                                         }
                                     }
                                 }

@@ -18,14 +18,14 @@
 //! Tiles are laid out tile-major, [tile][ξ][channel], so each tile's 16 rows are contiguous
 //! and the gemms read ξ's rows with a stride of 16 rows.
 
-use super::kernels::{matmul_serial, ConvShape};
+use super::kernels::{finish_row, matmul_serial, ConvShape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Transformed positions per tile (4 x 4).
 const XI: usize = 16;
-/// Tiles per block of the forward pass: a block's V (tiles x 16 x cin) and M (tiles x 16 x
-/// cout) stay within a core's L2 cache for the widths of a ResNet.
+/// Tiles per block of the forward pass and of the kernel gradient: a block's V (tiles x 16 x
+/// cin) and M or Z (tiles x 16 x cout) stay within a core's L2 cache for the widths of a ResNet.
 const TILES_PER_BLOCK: usize = 96;
 
 /// An elementwise pass over one output row of `cout` values, run as the output transform
@@ -339,12 +339,7 @@ fn forward_with(
                                 continue;
                             }
                             let yr = &mut ybuf[p * cout..(p + 1) * cout];
-                            if let Some(b) = bias {
-                                yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                            }
-                            if let Some(f) = epilogue {
-                                f(yr);
-                            }
+                            finish_row(yr, bias, epilogue);
                             let dst = &mut yrows[(oy * win.wo + ox) * cout..][..cout];
                             if accumulate {
                                 dst.iter_mut().zip(yr.iter()).for_each(|(d, v)| *d += v);
@@ -408,15 +403,11 @@ pub fn backward_kernel(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
         );
     };
     let plane = cin * cout;
-    // Many tiles: fixed groups of consecutive tiles, each group in cache-sized blocks on one
-    // thread (transforms, then 16 gemms accumulating into the group's D), the groups' D added
-    // in group order. The group count depends on the shape alone.
-    let groups = if total >= 256 {
-        (total / 128).clamp(2, 8)
-    } else {
-        1
-    };
-    let d: Vec<f32> = if groups > 1 {
+    // Fixed groups of consecutive tiles (one per 128, at most 8: the count depends on the shape
+    // alone), each group in cache-sized blocks on one thread (transforms, then 16 gemms
+    // accumulating into the group's D), the groups' D added in group order.
+    let groups = (total / 128).clamp(1, 8);
+    let d: Vec<f32> = {
         let per = total.div_ceil(groups);
         let parts: Vec<Vec<f32>> = (0..groups)
             .into_par_iter()
@@ -451,37 +442,10 @@ pub fn backward_kernel(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
             })
             .collect();
         let mut it = parts.into_iter();
-        let mut d = it.next().expect("groups > 1");
+        let mut d = it.next().expect("at least one group");
         for p in it {
             d.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
         }
-        d
-    } else {
-        // Fewer tiles: V and Z of all tiles, tile-major, then one gemm per ξ (D_ξ = V_ξᵀ Z_ξ),
-        // the 16 in parallel.
-        let mut v = vec![0.0f32; total * XI * cin];
-        let mut z = vec![0.0f32; total * XI * cout];
-        v.par_chunks_mut(XI * cin)
-            .enumerate()
-            .for_each_init(|| vec![0.0f32; XI * cin], |t, (k, vt)| v_tile(k, t, vt));
-        z.par_chunks_mut(XI * cout)
-            .enumerate()
-            .for_each_init(|| vec![0.0f32; 8 * cout], |q, (k, zt)| z_tile(k, q, zt));
-        let mut d = vec![0.0f32; XI * plane];
-        d.par_chunks_mut(plane).enumerate().for_each(|(xi, dx)| {
-            matmul_serial(
-                cin,
-                cout,
-                total,
-                dx,
-                (cout, 1),
-                false,
-                &v[xi * cin..],
-                (1, XI * cin),
-                &z[xi * cout..],
-                (XI * cout, 1),
-            );
-        });
         d
     };
     // dw[ky][kx] += Gᵀ D G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]: the weight of
@@ -575,7 +539,7 @@ mod tests {
             (1, 6, 7, 10, 8, (0, 0), (4, 5)),
             (2, 5, 5, 8, 12, (2, 0), (6, 3)),
             (1, 23, 21, 9, 8, (1, 1), (23, 21)),
-            // 720 tiles: the kernel gradient in groups of blocks.
+            // 720 tiles: the kernel gradient in several groups of blocks.
             (2, 40, 36, 8, 8, (1, 1), (40, 36)),
         ];
         for (n, h, w, cin, cout, (pt, pl), (ho, wo)) in cases {
