@@ -59,7 +59,8 @@ fn main() {
         });
         let mut dx = vec![0.0f32; x.len()];
         let mut dw = vec![0.0f32; w.len()];
-        let bwd = time(&mut || conv2d_backward(&x, &w, &dy, &s, Some(&mut dx), &mut dw, None));
+        let bwd =
+            time(&mut || conv2d_backward(&x, &w, &dy, &s, Some((&mut dx, true)), &mut dw, None));
         // A closed stdout (`| head`) ends the run quietly.
         if writeln!(out, "batch {n:>2}, {side:>2}x{side:<2} x {c:>3}: forward {fwd:7.2} ms, backward {bwd:7.2} ms").is_err() {
             return;

@@ -1,10 +1,14 @@
 //! Wiring the project's kernels into dfdx's autodiff: each op computes on raw data, returns its
-//! output as a dfdx tensor, and records its own backward with `Tape::add_backward_op`. Gradient
-//! buffers are taken out of dfdx's `Gradients`, filled, and put back, so nothing is copied.
+//! output as a dfdx tensor, and records its own backward with `Tape::add_backward_op`. dfdx's
+//! tape orders the backward ops and holds the parameters' gradients; the activations' gradients
+//! live in a `GradTable` beside it, which hands each op's backward buffers it may overwrite
+//! instead of zeroed ones, and frees each gradient as soon as its op has used it.
 
 use dfdx::prelude::*;
 use dfdx::tensor::{Gradients, Tape};
-use std::sync::Arc;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub type Flat<T> = Tensor<(usize,), f32, Cpu, T>;
 
@@ -18,9 +22,104 @@ pub struct Act<T> {
     pub key: usize,
     /// The values of every op's output stay in this host buffer between layers, so no layer
     /// copies them out of dfdx, and a value read by one layer only is handed over as is, so
-    /// that layer may overwrite it. `t` is a placeholder: empty without a tape (inference), and
-    /// zeros of the same length with one (training), whose id carries the gradient.
-    pub host: Option<Arc<Vec<f32>>>,
+    /// that layer may overwrite it. `t` is then an empty placeholder that carries the tape.
+    /// None for a tensor made outside `apply` (the network input): its values are `t`'s, and
+    /// its gradient is dfdx's.
+    pub host: Option<Host>,
+}
+
+/// An op output's values and, with a tape, where its gradient collects.
+#[derive(Clone)]
+pub struct Host {
+    data: Shared,
+    slot: Option<Slot>,
+}
+
+/// An activation's place in its forward pass's gradient table.
+#[derive(Clone)]
+struct Slot {
+    table: GradTable,
+    id: usize,
+}
+
+/// The gradients of one forward pass's activations, by slot. A gradient is made by the first
+/// backward that reaches it (the last reader in the forward), filled by the readers' backwards
+/// and taken out, for good, by the backward of the op that made the activation.
+#[derive(Clone, Default)]
+struct GradTable(Arc<Mutex<Table>>);
+
+#[derive(Default)]
+struct Table {
+    grads: HashMap<usize, Vec<f32>>,
+    /// Gradients already used, kept for reuse as fresh buffers of the same length.
+    spare: Vec<Vec<f32>>,
+    next: usize,
+}
+
+/// At most this many used gradients wait for reuse.
+const SPARE: usize = 8;
+
+impl GradTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A backward that panicked leaves nothing half-written that a later one would read.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn slot(&self) -> Slot {
+        let mut t = self.lock();
+        t.next += 1;
+        Slot {
+            table: self.clone(),
+            id: t.next,
+        }
+    }
+    fn take(&self, id: usize) -> Option<Vec<f32>> {
+        self.lock().grads.remove(&id)
+    }
+    /// A buffer of `len` elements for a gradient not made yet: a used one (its contents left
+    /// over, so `fresh`) when one of that length waits, else zeros.
+    fn fresh(&self, len: usize) -> InGrad {
+        let spare = {
+            let mut t = self.lock();
+            let i = t.spare.iter().position(|b| b.len() == len);
+            i.map(|i| t.spare.swap_remove(i))
+        };
+        match spare {
+            Some(buf) => InGrad {
+                buf,
+                fresh: true,
+                zeroed: false,
+            },
+            None => InGrad {
+                buf: vec![0.0; len],
+                fresh: true,
+                zeroed: true,
+            },
+        }
+    }
+    /// Adds `g` to the gradient in `id`, or makes it that.
+    fn add(&self, id: usize, g: Vec<f32>) {
+        let mut t = self.lock();
+        match t.grads.get_mut(&id) {
+            Some(d) => {
+                d.par_iter_mut().zip(&g).for_each(|(d, v)| *d += v);
+                keep_spare(&mut t, g);
+            }
+            None => {
+                t.grads.insert(id, g);
+            }
+        }
+    }
+    fn recycle(&self, g: Vec<f32>) {
+        keep_spare(&mut self.lock(), g);
+    }
+}
+
+fn keep_spare(t: &mut Table, g: Vec<f32>) {
+    if t.spare.len() == SPARE {
+        // The oldest goes: lengths recur within a stage, and the stages come in turn.
+        t.spare.remove(0);
+    }
+    t.spare.push(g);
 }
 
 impl<T: Tape<f32, Cpu>> Act<T> {
@@ -42,28 +141,30 @@ impl<T: Tape<f32, Cpu>> Act<T> {
     /// The values, copied.
     pub fn values(&self) -> Vec<f32> {
         match &self.host {
-            Some(h) => h.to_vec(),
+            Some(h) => h.data.to_vec(),
             None => self.t.as_vec(),
         }
     }
 
-    /// The values as a dfdx tensor with this activation's tape. With a tape the values go into
-    /// the placeholder itself, which keeps its id, so the gradient reaches the op that made it.
+    /// The values as a dfdx tensor with this activation's tape, for dfdx's own ops (the loss).
+    /// The gradient dfdx computes for it goes to the activation's slot.
     pub fn into_tensor(self) -> Flat<T> {
-        match self.host {
-            Some(h) if T::OWNS_TAPE => {
-                let mut t = self.t;
-                t.copy_from(&h);
-                t
-            }
-            Some(h) => {
-                let (t, tape) = self.t.split_tape();
-                let v = Arc::try_unwrap(h).unwrap_or_else(|h| (*h).clone());
-                let n = v.len();
-                t.device().tensor_from_vec(v, (n,)).put_tape(tape)
-            }
-            None => self.t,
+        let Some(h) = self.host else {
+            return self.t;
+        };
+        let (t, mut tape) = self.t.split_tape();
+        let v = owned(h.data);
+        let n = v.len();
+        let out = t.device().tensor_from_vec(v, (n,));
+        if let Some(slot) = h.slot {
+            let g = out.ghost();
+            tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
+                let buf = std::mem::take(&mut **grads.get_or_alloc_mut(&g)?);
+                slot.table.add(slot.id, buf);
+                Ok(())
+            });
         }
+        out.put_tape(tape)
     }
 }
 
@@ -109,11 +210,56 @@ impl Param {
     }
 }
 
+/// One input's gradient buffer in a backward.
+pub struct InGrad {
+    buf: Vec<f32>,
+    /// Nothing has been added to it yet.
+    fresh: bool,
+    /// Its elements are zeros.
+    zeroed: bool,
+}
+
+impl InGrad {
+    fn given(buf: Vec<f32>) -> InGrad {
+        InGrad {
+            buf,
+            fresh: false,
+            zeroed: false,
+        }
+    }
+    /// The gradient, to add into.
+    pub fn acc(&mut self) -> &mut [f32] {
+        if self.fresh && !self.zeroed {
+            self.buf.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+        }
+        self.fresh = false;
+        &mut self.buf
+    }
+    /// The buffer and whether to add into it (true) or to write every element (false: it
+    /// holds left-over values).
+    pub fn dst(&mut self) -> (&mut [f32], bool) {
+        let add = !self.fresh;
+        self.fresh = false;
+        (&mut self.buf, add)
+    }
+}
+
 /// Gradient buffers handed to a backward function: one per input (None when not needed) and
-/// one per parameter. Kernels accumulate into them.
+/// one per parameter. Kernels accumulate into the parameters' buffers.
 pub struct Grads<'a> {
-    pub inputs: Vec<Option<&'a mut [f32]>>,
+    pub inputs: Vec<Option<InGrad>>,
     pub params: Vec<&'a mut [f32]>,
+}
+
+impl Grads<'_> {
+    /// Input `i`'s gradient to add into, when it is needed.
+    pub fn acc(&mut self, i: usize) -> Option<&mut [f32]> {
+        self.inputs[i].as_mut().map(InGrad::acc)
+    }
+    /// Input `i`'s gradient buffer and whether to add into it (see `InGrad::dst`).
+    pub fn dst(&mut self, i: usize) -> Option<(&mut [f32], bool)> {
+        self.inputs[i].as_mut().map(InGrad::dst)
+    }
 }
 
 pub type BackwardFn = Box<dyn FnOnce(&[f32], &mut Grads)>;
@@ -140,6 +286,10 @@ pub fn apply<T: Tape<f32, Cpu>>(
     let keys: Vec<usize> = ins.iter().map(|a| a.key).collect();
     let lens: Vec<usize> = ins.iter().map(|a| a.numel()).collect();
     let mut tape = T::default();
+    let mut table: Option<GradTable> = None;
+    // Where each input's gradient goes: its slot, or (None) dfdx's map, for a tensor made
+    // outside `apply`.
+    let mut slots: Vec<Option<usize>> = vec![];
     let mut ghosts = vec![];
     let mut data = vec![];
     for a in ins {
@@ -148,25 +298,37 @@ pub fn apply<T: Tape<f32, Cpu>>(
         match a.host {
             // A host value is shared with its other readers; an op that writes in place takes
             // the buffer with `owned` (the last reader gets it without a copy).
-            Some(h) => data.push(h),
+            Some(h) => {
+                data.push(h.data);
+                slots.push(h.slot.map(|s| {
+                    table.get_or_insert(s.table);
+                    s.id
+                }));
+            }
             None => {
                 // `copy_into` is a memcpy; `as_vec` walks the tensor element by element.
                 let mut v = vec![0.0f32; t.shape().0];
                 t.copy_into(&mut v);
                 data.push(Arc::new(v));
+                slots.push(None);
             }
         }
         ghosts.push(t.ghost());
     }
     let (out, backward) = forward(data, T::OWNS_TAPE);
+    debug_assert_eq!(out.len(), out_shape.iter().product::<usize>());
+    let placeholder = dev.tensor_from_vec(Vec::new(), (0,));
     if !T::OWNS_TAPE {
         // Inference: the output stays on the host for the next layer.
         return Act {
-            t: dev.tensor_from_vec(Vec::new(), (0,)).put_tape(tape),
+            t: placeholder.put_tape(tape),
             shape: out_shape,
             needs_grad: false,
             key: usize::MAX,
-            host: Some(Arc::new(out)),
+            host: Some(Host {
+                data: Arc::new(out),
+                slot: None,
+            }),
         };
     }
     // SE_COMPILE_PROFILE=1: time the backward under the layer kind that recorded it.
@@ -178,73 +340,84 @@ pub fn apply<T: Tape<f32, Cpu>>(
         })),
         (b, _) => b,
     };
-    debug_assert_eq!(out.len(), out_shape.iter().product::<usize>());
     // Training: the values stay on the host for the readers too, so no reader copies them out
-    // of dfdx. The dfdx tensor is a zeroed placeholder of the same length: its id carries the
-    // gradient, and dfdx sizes the gradient buffer by it (`into_tensor` fills it at the loss).
+    // of dfdx, and the gradient collects in the pass's table.
     let n = out.len();
-    let host = Arc::new(out);
-    let out: Flat<NoneTape> = dev.zeros_like(&(n,));
+    let slot = table.unwrap_or_default().slot();
+    let out_slot = slot.clone();
     if let Some(backward) = backward {
-        let out_g = out.ghost();
         let param_g: Vec<_> = params.iter().map(|p| p.t.ghost()).collect();
         let needs_any = needs.iter().any(|x| *x) || !param_g.is_empty();
         if needs_any {
             tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
-                let dy: Vec<f32> = std::mem::take(&mut **grads.get_or_alloc_mut(&out_g)?);
-                // Take each gradient buffer out of the map; an input given twice gets a fresh
-                // buffer that is added back afterwards.
-                let mut taken: Vec<(usize, Vec<f32>, bool)> = vec![];
-                for (i, g) in ghosts.iter().enumerate() {
+                let table = &out_slot.table;
+                // No reader sent a gradient (an output nothing used): zeros.
+                let dy = table.take(out_slot.id).unwrap_or_else(|| vec![0.0; n]);
+                // Each input's gradient so far, or a fresh buffer; an input given twice gets a
+                // fresh buffer for its second place, added afterwards.
+                let mut inputs: Vec<Option<InGrad>> = vec![];
+                let mut dups = vec![false; slots.len()];
+                for (i, slot) in slots.iter().enumerate() {
                     if !needs[i] {
+                        inputs.push(None);
                         continue;
                     }
-                    let dup = (0..i).any(|j| needs[j] && keys[j] == keys[i]);
-                    let buf: Vec<f32> = if dup {
-                        vec![0.0; lens[i]]
-                    } else {
-                        std::mem::take(&mut **grads.get_or_alloc_mut(g)?)
-                    };
-                    taken.push((i, buf, dup));
+                    dups[i] = (0..i).any(|j| needs[j] && keys[j] == keys[i]);
+                    inputs.push(Some(match slot {
+                        _ if dups[i] => table.fresh(lens[i]),
+                        Some(id) => match table.take(*id) {
+                            Some(b) => InGrad::given(b),
+                            None => table.fresh(lens[i]),
+                        },
+                        None => InGrad::given(std::mem::take(
+                            &mut **grads.get_or_alloc_mut(&ghosts[i])?,
+                        )),
+                    }));
                 }
                 let mut pbufs: Vec<Vec<f32>> = vec![];
                 for g in &param_g {
                     pbufs.push(std::mem::take(&mut **grads.get_or_alloc_mut(g)?));
                 }
-                {
-                    let mut inputs: Vec<Option<&mut [f32]>> =
-                        (0..ghosts.len()).map(|_| None).collect();
-                    for (i, buf, _) in taken.iter_mut() {
-                        inputs[*i] = Some(buf.as_mut_slice());
-                    }
-                    let mut g = Grads {
-                        inputs,
-                        params: pbufs.iter_mut().map(|b| b.as_mut_slice()).collect(),
-                    };
-                    backward(&dy, &mut g);
-                }
-                for (i, buf, dup) in taken {
-                    let dst = grads.get_or_alloc_mut(&ghosts[i])?;
-                    if dup {
-                        dst.iter_mut().zip(buf).for_each(|(d, v)| *d += v);
-                    } else {
-                        **dst = buf;
+                let mut g = Grads {
+                    inputs,
+                    params: pbufs.iter_mut().map(|b| b.as_mut_slice()).collect(),
+                };
+                backward(&dy, &mut g);
+                let Grads { inputs, params } = g;
+                drop(params);
+                for (i, ig) in inputs.into_iter().enumerate() {
+                    let Some(mut ig) = ig else { continue };
+                    // A backward that left a fresh buffer untouched added nothing.
+                    ig.acc();
+                    match slots[i] {
+                        Some(id) => table.add(id, ig.buf),
+                        None => {
+                            let dst = grads.get_or_alloc_mut(&ghosts[i])?;
+                            if dups[i] {
+                                dst.iter_mut().zip(ig.buf).for_each(|(d, v)| *d += v);
+                            } else {
+                                **dst = ig.buf;
+                            }
+                        }
                     }
                 }
                 for (g, buf) in param_g.iter().zip(pbufs) {
                     **grads.get_or_alloc_mut(g)? = buf;
                 }
-                **grads.get_or_alloc_mut(&out_g)? = dy;
+                table.recycle(dy);
                 Ok(())
             });
         }
     }
     Act {
-        t: out.put_tape(tape),
+        t: placeholder.put_tape(tape),
         shape: out_shape,
         needs_grad: true,
         key: usize::MAX,
-        host: Some(host),
+        host: Some(Host {
+            data: Arc::new(out),
+            slot: Some(slot),
+        }),
     }
 }
 
@@ -306,7 +479,7 @@ pub fn cross_entropy<T: Tape<f32, Cpu>>(
         probs_out = probs.chunks(k).map(|r| r.to_vec()).collect();
         let back: Option<BackwardFn> = train.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
-                if let Some(dx) = g.inputs[0].as_deref_mut() {
+                if let Some(dx) = g.acc(0) {
                     cross_entropy_grad(&probs, k, &labels, eps, dy[0] / n as f32, dx);
                 }
             })

@@ -522,13 +522,14 @@ pub fn conv2d_forward(
     y
 }
 
-/// Accumulates d(weight), d(bias) and, when `dx` is given, d(input).
+/// Accumulates d(weight), d(bias) and, when `dx` is given, d(input): added into the buffer
+/// with its flag true, written over it with false.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
     s: &ConvShape,
-    dx: Option<&mut [f32]>,
+    dx: Option<(&mut [f32], bool)>,
     dw: &mut [f32],
     db: Option<&mut [f32]>,
 ) {
@@ -539,8 +540,8 @@ pub fn conv2d_backward(
     }
     if winograd::applies(s) {
         winograd::backward_kernel(x, dy, s, dw);
-        if let Some(dx) = dx {
-            winograd::backward_input(dy, weight, s, dx);
+        if let Some((dx, add)) = dx {
+            winograd::backward_input(dy, weight, s, dx, add);
         }
         return;
     }
@@ -557,7 +558,13 @@ pub fn conv2d_backward(
     } else {
         cols_buffer(s)
     };
-    let mut dx = dx;
+    let mut dx = dx.map(|(dx, add)| {
+        // col2im adds each column into place.
+        if !add && !s.direct() {
+            dx.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+        }
+        (dx, add)
+    });
     for g in 0..s.groups {
         if blocks.is_none() {
             let a = group_columns(x, s, g, &mut cols);
@@ -575,7 +582,7 @@ pub fn conv2d_backward(
                 (s.cout, 1),
             );
         }
-        if let Some(dx) = dx.as_deref_mut() {
+        if let Some((dx, add)) = dx.as_mut() {
             // dcols (m x kdim) = dY_g (m x cog) * W_g^T (cog x kdim)
             if s.direct() {
                 matmul(
@@ -584,7 +591,7 @@ pub fn conv2d_backward(
                     cog,
                     dx,
                     (kdim, 1),
-                    true,
+                    *add,
                     &dy[g * cog..],
                     (s.cout, 1),
                     &weight[g * cog..],
@@ -775,7 +782,8 @@ pub fn bn_apply(
     y
 }
 
-/// BatchNorm backward in training mode (batch statistics): accumulates dx, dgamma, dbeta.
+/// BatchNorm backward in training mode (batch statistics): accumulates dgamma, dbeta, and dx
+/// (added into the buffer with its flag true, written over it with false).
 /// `dz(channel, x, dy)` gives the gradient at the BatchNorm's output from the one after a
 /// fused activation (`|_, _, g| g` without one), recomputed from x in both passes instead of
 /// stored.
@@ -787,7 +795,7 @@ pub fn bn_backward(
     mean: &[f32],
     inv_std: &[f32],
     gamma: &[f32],
-    dx: Option<&mut [f32]>,
+    dx: Option<(&mut [f32], bool)>,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     dz: impl Fn(usize, f32, f32) -> f32 + Sync,
@@ -822,7 +830,7 @@ pub fn bn_backward(
         dbeta[j] += sum_dy[j];
         dgamma[j] += sum_dy_xhat[j];
     }
-    if let Some(dx) = dx {
+    if let Some((dx, add)) = dx {
         // dx = a g − b x − k per channel: a = gamma inv_std, b = a inv_std Σ(g xhat) / rows,
         // k = a Σg / rows − b mean.
         let a: Vec<f32> = (0..c).map(|j| gamma[j] * inv_std[j]).collect();
@@ -842,9 +850,14 @@ pub fn bn_backward(
                     .chunks_exact_mut(c)
                     .zip(xc.chunks_exact(c).zip(gc.chunks_exact(c)))
                 {
-                    for j in 0..c {
-                        let g = dz(j, xr[j], gr[j]);
-                        dr[j] += a[j] * g - b[j] * xr[j] - k[j];
+                    if add {
+                        for j in 0..c {
+                            dr[j] += a[j] * dz(j, xr[j], gr[j]) - b[j] * xr[j] - k[j];
+                        }
+                    } else {
+                        for j in 0..c {
+                            dr[j] = a[j] * dz(j, xr[j], gr[j]) - b[j] * xr[j] - k[j];
+                        }
                     }
                 }
             });

@@ -1,7 +1,7 @@
 //! Lowering: one runtime layer per IR node, run on dfdx with the project's kernels. Each layer
 //! kind's lowering lives here, in one match arm of `Layer::forward`.
 
-use super::autodiff::{apply, cross_entropy, owned, Act, BackwardFn, Grads, Param};
+use super::autodiff::{apply, cross_entropy, owned, Act, BackwardFn, Grads, InGrad, Param};
 use super::kernels::{self, ConvShape, Window};
 use super::model::{
     host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamInfo, StepResult,
@@ -391,7 +391,7 @@ impl Net {
                                 &wt,
                                 dy,
                                 &s,
-                                g.inputs[0].as_deref_mut(),
+                                g.inputs[0].as_mut().map(InGrad::dst),
                                 dw,
                                 db,
                             );
@@ -454,7 +454,7 @@ impl Net {
                                 g * act_grad(f, zv, act_value(f, zv))
                             };
                             if train {
-                                let dx = g.inputs[0].as_deref_mut();
+                                let dx = g.dst(0);
                                 let (xs, gi) = (&x[..], &g_data[..]);
                                 let (dg, db) = (&mut dgamma[..], &mut dbeta[..]);
                                 match act {
@@ -483,7 +483,7 @@ impl Net {
                                     None => g,
                                     Some(_) => other(j, x, g),
                                 };
-                                let mut dx = g.inputs[0].as_deref_mut();
+                                let mut dx = g.acc(0);
                                 for (row, (xr, gr)) in x.chunks(c).zip(dy.chunks(c)).enumerate() {
                                     for j in 0..c {
                                         let gz = dz(j, xr[j], gr[j]);
@@ -552,7 +552,7 @@ impl Net {
                     }
                     let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
-                            if let Some(dx) = g.inputs[0].as_deref_mut() {
+                            if let Some(dx) = g.acc(0) {
                                 for b in 0..n {
                                     for r in 0..h {
                                         let src = ((b * h + r) * w) * c;
@@ -620,7 +620,7 @@ impl Net {
                             if let Some(db) = rest.first_mut() {
                                 kernels::column_sums(dy, units, db);
                             }
-                            if let Some(dx) = g.inputs[0].as_deref_mut() {
+                            if let Some(dx) = g.acc(0) {
                                 kernels::matmul(
                                     rows,
                                     cin,
@@ -654,7 +654,7 @@ impl Net {
                     let y = data[0].iter().zip(&mask).map(|(x, m)| x * m).collect();
                     let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                         Box::new(move |dy: &[f32], g: &mut Grads| {
-                            if let Some(dx) = g.inputs[0].as_deref_mut() {
+                            if let Some(dx) = g.acc(0) {
                                 dx.iter_mut()
                                     .zip(dy.iter().zip(&mask))
                                     .for_each(|(d, (v, m))| *d += v * m);
@@ -680,7 +680,7 @@ fn global_pool<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, max: 
         let (y, arg) = kernels::global_pool_forward(&data[0], n, c, max);
         let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
-                if let Some(dx) = g.inputs[0].as_deref_mut() {
+                if let Some(dx) = g.acc(0) {
                     kernels::global_pool_backward(dy, c, max, &arg, dx);
                 }
             })
@@ -699,7 +699,7 @@ fn pool<T: Tape<f32, Cpu>>(
         let (y, arg) = kernels::pool_forward(&data[0], &win, max, need);
         let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
-                if let Some(dx) = g.inputs[0].as_deref_mut() {
+                if let Some(dx) = g.acc(0) {
                     kernels::pool_backward(dy, &win, max, &arg, dx);
                 }
             })
@@ -734,11 +734,11 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
         // The backward recomputes the output from the input instead of keeping a copy of it.
         let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
-                let Some(dx) = g.inputs[0].as_deref_mut() else {
+                let Some((dx, add)) = g.dst(0) else {
                     return;
                 };
                 if f == ActFn::Softmax {
-                    softmax_backward(&softmax_rows(&x, last), dy, last, dx, true);
+                    softmax_backward(&softmax_rows(&x, last), dy, last, dx, add);
                     return;
                 }
                 const CHUNK: usize = 1 << 14;
@@ -746,11 +746,12 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
                     .zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
                     .for_each(|(d, (gy, xs))| {
                         let it = d.iter_mut().zip(gy).zip(xs);
+                        let put = |d: &mut f32, v: f32| *d = if add { *d + v } else { v };
                         if f == ActFn::Relu {
                             // The common case as a select the compiler vectorises.
-                            it.for_each(|((d, g), x)| *d += if *x > 0.0 { *g } else { 0.0 });
+                            it.for_each(|((d, g), x)| put(d, if *x > 0.0 { *g } else { 0.0 }));
                         } else {
-                            it.for_each(|((d, g), &x)| *d += g * act_grad(f, x, act_value(f, x)));
+                            it.for_each(|((d, g), &x)| put(d, g * act_grad(f, x, act_value(f, x))));
                         }
                     });
             })
@@ -919,18 +920,25 @@ fn merge<T: Tape<f32, Cpu>>(
             }
             let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                 Box::new(move |dy: &[f32], g: &mut Grads| {
-                    for dx in g.inputs.iter_mut().flatten() {
-                        if relu {
-                            dx.par_chunks_mut(CHUNK)
-                                .zip(dy.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
-                                .for_each(|(d, (gy, m))| {
-                                    for ((d, v), m) in d.iter_mut().zip(gy).zip(m) {
-                                        *d += if *m != 0 { *v } else { 0.0 };
-                                    }
-                                });
-                        } else {
-                            dx.iter_mut().zip(dy).for_each(|(d, v)| *d += v);
+                    // Each input's gradient is dy (masked by the ReLU), written into a fresh
+                    // buffer or added.
+                    for (dx, add) in g.inputs.iter_mut().flatten().map(InGrad::dst) {
+                        let chunks = dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK));
+                        if !relu {
+                            chunks.for_each(|(d, gy)| match add {
+                                true => d.iter_mut().zip(gy).for_each(|(d, v)| *d += v),
+                                false => d.copy_from_slice(gy),
+                            });
+                            continue;
                         }
+                        chunks.zip(mask.par_chunks(CHUNK)).for_each(|((d, gy), m)| {
+                            let it = d.iter_mut().zip(gy.iter().zip(m));
+                            let v = |(v, m): (&f32, &u8)| if *m != 0 { *v } else { 0.0 };
+                            match add {
+                                true => it.for_each(|(d, g)| *d += v(g)),
+                                false => it.for_each(|(d, g)| *d = v(g)),
+                            }
+                        });
                     }
                 })
             });
@@ -955,7 +963,7 @@ fn merge<T: Tape<f32, Cpu>>(
                 Box::new(move |dy: &[f32], g: &mut Grads| {
                     let mut off = 0;
                     for (dx, &wdt) in g.inputs.iter_mut().zip(&widths) {
-                        if let Some(dx) = dx.as_deref_mut() {
+                        if let Some(dx) = dx.as_mut().map(InGrad::acc) {
                             for r in 0..rows {
                                 dx[r * wdt..(r + 1) * wdt]
                                     .iter_mut()
@@ -997,19 +1005,21 @@ fn merge<T: Tape<f32, Cpu>>(
                 let x = data.pop().expect("two inputs");
                 Box::new(move |dy: &[f32], g: &mut Grads| {
                     let (first, rest) = g.inputs.split_at_mut(1);
-                    if let Some(dx) = first[0].as_deref_mut() {
+                    if let Some((dx, add)) = first[0].as_mut().map(InGrad::dst) {
                         dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
                             let gr = &gate[b * c..(b + 1) * c];
                             for (dr, gy) in
                                 dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
                             {
-                                for j in 0..c {
-                                    dr[j] += gy[j] * gr[j];
+                                if add {
+                                    (0..c).for_each(|j| dr[j] += gy[j] * gr[j]);
+                                } else {
+                                    (0..c).for_each(|j| dr[j] = gy[j] * gr[j]);
                                 }
                             }
                         });
                     }
-                    if let Some(dg) = rest[0].as_deref_mut() {
+                    if let Some(dg) = rest[0].as_mut().map(InGrad::acc) {
                         dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
                             for (xr, gy) in x[b * per..(b + 1) * per]
                                 .chunks(c)
@@ -1068,7 +1078,7 @@ fn merge<T: Tape<f32, Cpu>>(
                 Box::new(move |dy: &[f32], g: &mut Grads| {
                     let at = |k: usize, i: usize| idx[k].as_ref().map_or(i, |v| v[i] as usize);
                     for k in 0..data.len() {
-                        if let Some(dx) = g.inputs[k].as_deref_mut() {
+                        if let Some(dx) = g.acc(k) {
                             for i in 0..total {
                                 let others: f32 = (0..data.len())
                                     .filter(|&j| j != k)

@@ -353,8 +353,9 @@ fn forward_with(
     });
 }
 
-/// dx += the input gradient of `forward` (without bias or epilogue) for output gradient `dy`.
-pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
+/// dx (+)= the input gradient of `forward` (without bias or epilogue) for output gradient `dy`:
+/// added with `add`, else written over `dx`.
+pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], add: bool) {
     let win = s.win;
     let (cin, cout) = (win.c, s.cout);
     let back = ConvShape {
@@ -372,7 +373,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
         groups: 1,
     };
     let u = kernel_transform(&rotated(w, cin, cout), cout, cin);
-    forward_with(dy, &u, None, &back, None, dx, true);
+    forward_with(dy, &u, None, &back, None, dx, add);
 }
 
 /// dw += the kernel gradient of `forward` for input `x` and output gradient `dy`; `dw` is
@@ -572,11 +573,15 @@ mod tests {
             let mut y = vec![0.0f32; y0.len()];
             forward(&x, &k, None, &s, None, &mut y, false);
             close("y", &y, &y0);
-            // The input gradient accumulates, and the kernel gradient too.
+            // The input gradient accumulates, or is written over what the buffer held, and
+            // the kernel gradient accumulates.
             let mut dx = vec![1.0f32; x.len()];
-            backward_input(&dy, &k, &s, &mut dx);
+            backward_input(&dy, &k, &s, &mut dx, true);
             dx.iter_mut().for_each(|v| *v -= 1.0);
             close("dx", &dx, &dx0);
+            let mut dx = vec![f32::NAN; x.len()];
+            backward_input(&dy, &k, &s, &mut dx, false);
+            close("dx written", &dx, &dx0);
             let mut dw = vec![0.5f32; k.len()];
             backward_kernel(&x, &dy, &s, &mut dw);
             dw.iter_mut().for_each(|v| *v -= 0.5);
