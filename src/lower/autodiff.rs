@@ -230,7 +230,7 @@ impl InGrad {
     /// The gradient, to add into.
     pub fn acc(&mut self) -> &mut [f32] {
         if self.fresh && !self.zeroed {
-            self.buf.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+            super::kernels::zero(&mut self.buf);
         }
         self.fresh = false;
         &mut self.buf

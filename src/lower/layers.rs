@@ -745,13 +745,14 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
                 dx.par_chunks_mut(CHUNK)
                     .zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
                     .for_each(|(d, (gy, xs))| {
-                        let it = d.iter_mut().zip(gy).zip(xs);
-                        let put = |d: &mut f32, v: f32| *d = if add { *d + v } else { v };
+                        let it = gy.iter().zip(xs);
                         if f == ActFn::Relu {
                             // The common case as a select the compiler vectorises.
-                            it.for_each(|((d, g), x)| put(d, if *x > 0.0 { *g } else { 0.0 }));
+                            let v = it.map(|(g, x)| if *x > 0.0 { *g } else { 0.0 });
+                            kernels::store(d, add, v);
                         } else {
-                            it.for_each(|((d, g), &x)| put(d, g * act_grad(f, x, act_value(f, x))));
+                            let v = it.map(|(g, &x)| g * act_grad(f, x, act_value(f, x)));
+                            kernels::store(d, add, v);
                         }
                     });
             })
@@ -925,19 +926,15 @@ fn merge<T: Tape<f32, Cpu>>(
                     for (dx, add) in g.inputs.iter_mut().flatten().map(InGrad::dst) {
                         let chunks = dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK));
                         if !relu {
-                            chunks.for_each(|(d, gy)| match add {
-                                true => d.iter_mut().zip(gy).for_each(|(d, v)| *d += v),
-                                false => d.copy_from_slice(gy),
-                            });
+                            chunks.for_each(|(d, gy)| kernels::store(d, add, gy.iter().copied()));
                             continue;
                         }
                         chunks.zip(mask.par_chunks(CHUNK)).for_each(|((d, gy), m)| {
-                            let it = d.iter_mut().zip(gy.iter().zip(m));
-                            let v = |(v, m): (&f32, &u8)| if *m != 0 { *v } else { 0.0 };
-                            match add {
-                                true => it.for_each(|(d, g)| *d += v(g)),
-                                false => it.for_each(|(d, g)| *d = v(g)),
-                            }
+                            let v = gy
+                                .iter()
+                                .zip(m)
+                                .map(|(v, m)| if *m != 0 { *v } else { 0.0 });
+                            kernels::store(d, add, v);
                         });
                     }
                 })
@@ -1011,11 +1008,8 @@ fn merge<T: Tape<f32, Cpu>>(
                             for (dr, gy) in
                                 dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
                             {
-                                if add {
-                                    (0..c).for_each(|j| dr[j] += gy[j] * gr[j]);
-                                } else {
-                                    (0..c).for_each(|j| dr[j] = gy[j] * gr[j]);
-                                }
+                                let v = gy.iter().zip(gr).map(|(g, s)| g * s);
+                                kernels::store(dr, add, v);
                             }
                         });
                     }
