@@ -922,21 +922,33 @@ fn merge<T: Tape<f32, Cpu>>(
             let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                 Box::new(move |dy: &[f32], g: &mut Grads| {
                     // Each input's gradient is dy (masked by the ReLU), written into a fresh
-                    // buffer or added.
+                    // buffer or added. One pass over dy: a chunk of dy and of the mask is
+                    // read from memory once and stored, while in cache, into every input's
+                    // gradient.
+                    let mut outs: Vec<Vec<(&mut [f32], bool)>> =
+                        dy.chunks(CHUNK).map(|_| Vec::new()).collect();
                     for (dx, add) in g.inputs.iter_mut().flatten().map(InGrad::dst) {
-                        let chunks = dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK));
-                        if !relu {
-                            chunks.for_each(|(d, gy)| kernels::store(d, add, gy.iter().copied()));
-                            continue;
+                        for (o, d) in outs.iter_mut().zip(dx.chunks_mut(CHUNK)) {
+                            o.push((d, add));
                         }
-                        chunks.zip(mask.par_chunks(CHUNK)).for_each(|((d, gy), m)| {
-                            let v = gy
-                                .iter()
-                                .zip(m)
-                                .map(|(v, m)| if *m != 0 { *v } else { 0.0 });
-                            kernels::store(d, add, v);
-                        });
                     }
+                    outs.into_par_iter()
+                        .zip(dy.par_chunks(CHUNK))
+                        .enumerate()
+                        .for_each(|(i, (outs, gy))| {
+                            for (d, add) in outs {
+                                if !relu {
+                                    kernels::store(d, add, gy.iter().copied());
+                                    continue;
+                                }
+                                let m = &mask[i * CHUNK..i * CHUNK + gy.len()];
+                                let v = gy
+                                    .iter()
+                                    .zip(m)
+                                    .map(|(v, m)| if *m != 0 { *v } else { 0.0 });
+                                kernels::store(d, add, v);
+                            }
+                        });
                 })
             });
             (y, back)
