@@ -641,7 +641,8 @@ const GRAD_BLOCK_ROWS: usize = 2048;
 /// depends on the shape alone, never on the thread count, so the sums are the same everywhere.
 fn kernel_grad_blocks(s: &ConvShape) -> Option<usize> {
     let (m, kdim) = (s.win.out_rows(), s.kdim());
-    let blocks = (m / GRAD_BLOCK_ROWS).min(16);
+    // An even count, so that two cores share the blocks evenly.
+    let blocks = (m / GRAD_BLOCK_ROWS).min(16) & !1;
     (s.groups == 1 && blocks >= 2 && blocks * kdim * s.cout <= 1 << 22).then_some(blocks)
 }
 

@@ -404,10 +404,14 @@ pub fn backward_kernel(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
         );
     };
     let plane = cin * cout;
-    // Fixed groups of consecutive tiles (one per 128, at most 8: the count depends on the shape
-    // alone), each group in cache-sized blocks on one thread (transforms, then 16 gemms
-    // accumulating into the group's D), the groups' D added in group order.
-    let groups = (total / 128).clamp(1, 8);
+    // Fixed groups of consecutive tiles (one per 128, at most 8, an even count from 2 up so
+    // that two cores share them evenly: the count depends on the shape alone), each group in
+    // equal cache-sized blocks on one thread (transforms, then 16 gemms accumulating into the
+    // group's D), the groups' D added in group order.
+    let groups = match (total / 128).clamp(1, 8) {
+        g if g > 1 && g % 2 == 1 => g - 1,
+        g => g,
+    };
     let d: Vec<f32> = {
         let per = total.div_ceil(groups);
         let parts: Vec<Vec<f32>> = (0..groups)
@@ -417,9 +421,12 @@ pub fn backward_kernel(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
                 let mut vb = vec![0.0f32; TILES_PER_BLOCK * XI * cin];
                 let mut zb = vec![0.0f32; TILES_PER_BLOCK * XI * cout];
                 let (mut t, mut q) = (vec![0.0f32; XI * cin], vec![0.0f32; 8 * cout]);
-                let end = ((gi + 1) * per).min(total);
-                for k0 in (gi * per..end).step_by(TILES_PER_BLOCK) {
-                    let nt = TILES_PER_BLOCK.min(end - k0);
+                let (start, end) = ((gi * per).min(total), ((gi + 1) * per).min(total));
+                // Blocks of equal size, none above TILES_PER_BLOCK (no small last block).
+                let len = end - start;
+                let step = len.div_ceil(len.div_ceil(TILES_PER_BLOCK).max(1)).max(1);
+                for k0 in (start..end).step_by(step) {
+                    let nt = step.min(end - k0);
                     for k in 0..nt {
                         v_tile(k0 + k, &mut t, &mut vb[k * XI * cin..(k + 1) * XI * cin]);
                         z_tile(k0 + k, &mut q, &mut zb[k * XI * cout..(k + 1) * XI * cout]);
