@@ -904,3 +904,35 @@ fn fused_conv_activations_have_the_unfused_gradients() {
         }
     }
 }
+
+/// BatchNorm's batch statistics against a two-pass f64 reference, over several chunks of rows,
+/// also where the mean is 10⁵ times the spread (E[x²] − E[x]² in f32 would lose it all).
+#[test]
+fn batch_moments_match_a_two_pass_reference() {
+    use se_compile::lower::kernels::batch_moments;
+    let (rows, c) = (1000, 5);
+    for (offset, scale) in [(0.0f32, 1.0f32), (1000.0, 0.01)] {
+        let x: Vec<f32> = randn(rows * c, 7)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| offset + (i % c) as f32 + scale * v)
+            .collect();
+        let (mean, var) = batch_moments(&x, c);
+        for j in 0..c {
+            let col: Vec<f64> = x.iter().skip(j).step_by(c).map(|v| *v as f64).collect();
+            let m = col.iter().sum::<f64>() / rows as f64;
+            let v = col.iter().map(|x| (x - m).powi(2)).sum::<f64>() / rows as f64;
+            let what = format!("offset {offset}, channel {j}");
+            assert!(
+                (mean[j] as f64 - m).abs() <= 1e-6 * m.abs().max(1.0),
+                "{what}: mean {} against {m}",
+                mean[j]
+            );
+            assert!(
+                (var[j] as f64 - v).abs() <= 1e-5 * v,
+                "{what}: variance {} against {v}",
+                var[j]
+            );
+        }
+    }
+}

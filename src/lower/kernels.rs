@@ -5,6 +5,7 @@
 use super::winograd;
 pub use super::winograd::Epilogue;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task in row-wise loops: big enough to amortise scheduling.
 const ROWS_PER_TASK: usize = 256;
@@ -449,11 +450,9 @@ fn conv_blocked(
     epilogue: Option<Epilogue>,
 ) -> Vec<f32> {
     let (m, kdim, cout) = (s.win.out_rows(), s.kdim(), s.cout);
-    let mut y: Vec<f32> = Vec::with_capacity(m * cout);
-    y.spare_capacity_mut()[..m * cout]
-        .par_chunks_mut(BLOCK_ROWS * cout)
-        .enumerate()
-        .for_each(|(bi, out)| {
+    // SAFETY: each block's gemm writes every element of it.
+    unsafe {
+        par_filled(m * cout, BLOCK_ROWS * cout, |bi, out| {
             let (r0, rows) = (bi * BLOCK_ROWS, out.len() / cout);
             COLS.with(|cell| {
                 let mut buf = cell.borrow_mut();
@@ -471,14 +470,40 @@ fn conv_blocked(
                 );
             });
             // SAFETY: the gemm above wrote every element of `out`.
-            let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-            for row in out.chunks_exact_mut(cout) {
+            for row in assume_init(out).chunks_exact_mut(cout) {
                 finish_row(row, bias, epilogue);
             }
-        });
-    // SAFETY: every block above wrote its rows, and the blocks cover all m * cout elements.
-    unsafe { y.set_len(m * cout) };
+        })
+    }
+}
+
+/// A vector of `n` values made in parallel blocks of `block` elements (the last one shorter)
+/// by `fill(block index, block)`, with no zero-fill first.
+///
+/// # Safety
+/// `fill` must write every element of the block it is given.
+unsafe fn par_filled(
+    n: usize,
+    block: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut y: Vec<f32> = Vec::with_capacity(n);
+    y.spare_capacity_mut()[..n]
+        .par_chunks_mut(block.max(1))
+        .enumerate()
+        .for_each(|(bi, out)| fill(bi, out));
+    // SAFETY: the blocks cover all n elements, and the caller's `fill` wrote each.
+    unsafe { y.set_len(n) };
     y
+}
+
+/// A block of `par_filled` as values, once every element of it is written.
+///
+/// # Safety
+/// Every element of `out` must be written.
+unsafe fn assume_init(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the caller says all are initialised.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// y = epilogue(conv(x, weight) + bias), `epilogue` (a fused activation) run on each output
@@ -716,9 +741,10 @@ fn channel_reduce(x: &[f32], c: usize, f: impl Fn(f32, usize) -> f64 + Sync) -> 
 }
 
 /// Batch statistics of an [rows, c] tensor: mean and biased variance per channel, in one pass.
-/// Each chunk of rows gives its count, mean and sum of squared deviations in f64, and the
-/// chunks are combined in order (Chan et al.'s parallel update), which keeps the variance exact
-/// where a mean much larger than the spread would cancel in E[x²] − E[x]².
+/// Each chunk of rows (256 at most) sums its deviations from its first row, d and d², in f32
+/// (vectorised), and gives its count, mean and sum of squared deviations in f64; the chunks are
+/// combined in order (Chan et al.'s parallel update). Shifting by a row of the data keeps the
+/// variance exact where a mean much larger than the spread would cancel in E[x²] − E[x]².
 pub fn batch_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
     let rows = x.len() / c.max(1);
     if rows == 0 {
@@ -728,18 +754,19 @@ pub fn batch_moments(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
         .par_chunks(c * ROWS_PER_TASK)
         .map(|chunk| {
             let n = (chunk.len() / c) as f64;
-            let mut sum = vec![0.0f64; c];
+            let shift = &chunk[..c];
+            let (mut s1, mut s2) = (vec![0.0f32; c], vec![0.0f32; c]);
             for row in chunk.chunks_exact(c) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-            }
-            let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-            let mut m2 = vec![0.0f64; c];
-            for row in chunk.chunks_exact(c) {
-                for ((q, v), m) in m2.iter_mut().zip(row).zip(&mean) {
-                    let d = *v as f64 - m;
+                for (((a, q), v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(row).zip(shift) {
+                    let d = v - k;
+                    *a += d;
                     *q += d * d;
                 }
             }
+            let mean = (0..c).map(|j| shift[j] as f64 + s1[j] as f64 / n).collect();
+            let m2 = (0..c)
+                .map(|j| (s2[j] as f64 - (s1[j] as f64).powi(2) / n).max(0.0))
+                .collect();
             (n, mean, m2)
         })
         .collect();
@@ -783,20 +810,20 @@ pub fn bn_apply(
     (scale, shift): (&[f32], &[f32]),
     epilogue: Option<Epilogue>,
 ) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(c * ROWS_PER_TASK)
-        .zip(x.par_chunks(c * ROWS_PER_TASK))
-        .for_each(|(yo, xi)| {
+    // SAFETY: each block's rows are written in full before the epilogue reads them.
+    unsafe {
+        par_filled(x.len(), c * ROWS_PER_TASK, |bi, yo| {
+            let xi = &x[bi * c * ROWS_PER_TASK..][..yo.len()];
             for (yr, xr) in yo.chunks_mut(c).zip(xi.chunks(c)) {
                 for j in 0..c {
-                    yr[j] = xr[j] * scale[j] + shift[j];
+                    yr[j].write(xr[j] * scale[j] + shift[j]);
                 }
             }
             if let Some(f) = epilogue {
-                f(yo);
+                f(assume_init(yo));
             }
-        });
-    y
+        })
+    }
 }
 
 /// BatchNorm backward in training mode (batch statistics): accumulates dgamma, dbeta, and dx
