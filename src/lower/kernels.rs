@@ -482,7 +482,7 @@ fn conv_blocked(
 ///
 /// # Safety
 /// `fill` must write every element of the block it is given.
-unsafe fn par_filled(
+pub(crate) unsafe fn par_filled(
     n: usize,
     block: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
@@ -501,7 +501,7 @@ unsafe fn par_filled(
 ///
 /// # Safety
 /// Every element of `out` must be written.
-unsafe fn assume_init(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+pub(crate) unsafe fn assume_init(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: MaybeUninit<f32> has f32's layout, and the caller says all are initialised.
     unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }

@@ -992,51 +992,77 @@ fn merge<T: Tape<f32, Cpu>>(
             // The SE case: x (N, H, W, C) times a gate (N, 1, 1, C), one row of C per image.
             let (n, c) = (out_shape[0], last);
             let per = total / n;
-            // Without a backward the product is formed in the feature map's own buffer.
+            // Without a backward the product is formed in the feature map's own buffer; with
+            // one (which reads the feature map) it is written, in one pass, into a new one.
             let mut data = data;
-            let mut y = if need {
-                (*data[0]).clone()
-            } else {
-                owned(std::mem::take(&mut data[0]))
-            };
-            let gate = &data[1];
-            y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
-                let gr = &gate[b * c..(b + 1) * c];
-                for yr in yo.chunks_mut(c) {
-                    for j in 0..c {
-                        yr[j] *= gr[j];
-                    }
+            let scale = |xr: &[f32], gr: &[f32], yr: &mut [std::mem::MaybeUninit<f32>]| {
+                for j in 0..c {
+                    yr[j].write(xr[j] * gr[j]);
                 }
-            });
+            };
+            let y = if need {
+                let (x, gate) = (&data[0], &data[1]);
+                // SAFETY: every row of every image is written.
+                unsafe {
+                    kernels::par_filled(total, per, |b, yo| {
+                        let gr = &gate[b * c..(b + 1) * c];
+                        for (yr, xr) in yo.chunks_mut(c).zip(x[b * per..].chunks(c)) {
+                            scale(xr, gr, yr);
+                        }
+                    })
+                }
+            } else {
+                let mut y = owned(std::mem::take(&mut data[0]));
+                let gate = &data[1];
+                y.par_chunks_mut(per).enumerate().for_each(|(b, yo)| {
+                    let gr = &gate[b * c..(b + 1) * c];
+                    for yr in yo.chunks_mut(c) {
+                        for j in 0..c {
+                            yr[j] *= gr[j];
+                        }
+                    }
+                });
+                y
+            };
             let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
                 let mut data = data;
                 let gate = data.pop().expect("two inputs");
                 let x = data.pop().expect("two inputs");
                 Box::new(move |dy: &[f32], g: &mut Grads| {
                     let (first, rest) = g.inputs.split_at_mut(1);
-                    if let Some((dx, add)) = first[0].as_mut().map(InGrad::dst) {
-                        dx.par_chunks_mut(per).enumerate().for_each(|(b, dxo)| {
+                    let dx = first[0].as_mut().map(InGrad::dst);
+                    let dg = rest[0].as_mut().map(InGrad::acc);
+                    // Per image, one pass over dy: d(feature map) = dy · gate, written or
+                    // added, and d(gate) += Σ x · dy over the image's rows.
+                    let dxs: Vec<Option<(&mut [f32], bool)>> = match dx {
+                        Some((dx, add)) => dx.chunks_mut(per).map(|d| Some((d, add))).collect(),
+                        None => (0..n).map(|_| None).collect(),
+                    };
+                    let dgs: Vec<Option<&mut [f32]>> = match dg {
+                        Some(dg) => dg.chunks_mut(c).map(Some).collect(),
+                        None => (0..n).map(|_| None).collect(),
+                    };
+                    dxs.into_par_iter()
+                        .zip(dgs)
+                        .enumerate()
+                        .for_each(|(b, (dxo, dgr))| {
                             let gr = &gate[b * c..(b + 1) * c];
-                            for (dr, gy) in
-                                dxo.chunks_mut(c).zip(dy[b * per..(b + 1) * per].chunks(c))
-                            {
-                                let v = gy.iter().zip(gr).map(|(g, s)| g * s);
-                                kernels::store(dr, add, v);
-                            }
-                        });
-                    }
-                    if let Some(dg) = rest[0].as_mut().map(InGrad::acc) {
-                        dg.par_chunks_mut(c).enumerate().for_each(|(b, dgr)| {
-                            for (xr, gy) in x[b * per..(b + 1) * per]
-                                .chunks(c)
-                                .zip(dy[b * per..(b + 1) * per].chunks(c))
-                            {
-                                for j in 0..c {
-                                    dgr[j] += xr[j] * gy[j];
+                            let dyo = &dy[b * per..(b + 1) * per];
+                            let xo = &x[b * per..(b + 1) * per];
+                            let (mut dxo, mut dgr) = (dxo, dgr);
+                            for (r, gy) in dyo.chunks(c).enumerate() {
+                                if let Some((dxo, add)) = dxo.as_mut() {
+                                    let v = gy.iter().zip(gr).map(|(g, s)| g * s);
+                                    kernels::store(&mut dxo[r * c..(r + 1) * c], *add, v);
+                                }
+                                if let Some(dgr) = dgr.as_mut() {
+                                    let xr = &xo[r * c..(r + 1) * c];
+                                    for j in 0..c {
+                                        dgr[j] += xr[j] * gy[j];
+                                    }
                                 }
                             }
                         });
-                    }
                 })
             });
             (y, back)
