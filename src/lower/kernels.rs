@@ -657,6 +657,16 @@ pub fn conv2d_backward(
     }
 }
 
+/// A count of fixed blocks made even (down) from 2 up, so that two cores share the blocks
+/// evenly; it depends on the count alone, never on the thread count.
+pub(crate) fn even_count(blocks: usize) -> usize {
+    if blocks > 1 {
+        blocks & !1
+    } else {
+        blocks
+    }
+}
+
 /// Output rows per block of `kernel_grad_blocked`.
 const GRAD_BLOCK_ROWS: usize = 2048;
 
@@ -666,8 +676,7 @@ const GRAD_BLOCK_ROWS: usize = 2048;
 /// depends on the shape alone, never on the thread count, so the sums are the same everywhere.
 fn kernel_grad_blocks(s: &ConvShape) -> Option<usize> {
     let (m, kdim) = (s.win.out_rows(), s.kdim());
-    // An even count, so that two cores share the blocks evenly.
-    let blocks = (m / GRAD_BLOCK_ROWS).min(16) & !1;
+    let blocks = even_count((m / GRAD_BLOCK_ROWS).min(16));
     (s.groups == 1 && blocks >= 2 && blocks * kdim * s.cout <= 1 << 22).then_some(blocks)
 }
 

@@ -995,11 +995,6 @@ fn merge<T: Tape<f32, Cpu>>(
             // Without a backward the product is formed in the feature map's own buffer; with
             // one (which reads the feature map) it is written, in one pass, into a new one.
             let mut data = data;
-            let scale = |xr: &[f32], gr: &[f32], yr: &mut [std::mem::MaybeUninit<f32>]| {
-                for j in 0..c {
-                    yr[j].write(xr[j] * gr[j]);
-                }
-            };
             let y = if need {
                 let (x, gate) = (&data[0], &data[1]);
                 // SAFETY: every row of every image is written.
@@ -1007,7 +1002,9 @@ fn merge<T: Tape<f32, Cpu>>(
                     kernels::par_filled(total, per, |b, yo| {
                         let gr = &gate[b * c..(b + 1) * c];
                         for (yr, xr) in yo.chunks_mut(c).zip(x[b * per..].chunks(c)) {
-                            scale(xr, gr, yr);
+                            for j in 0..c {
+                                yr[j].write(xr[j] * gr[j]);
+                            }
                         }
                     })
                 }
@@ -1045,11 +1042,10 @@ fn merge<T: Tape<f32, Cpu>>(
                     dxs.into_par_iter()
                         .zip(dgs)
                         .enumerate()
-                        .for_each(|(b, (dxo, dgr))| {
+                        .for_each(|(b, (mut dxo, mut dgr))| {
                             let gr = &gate[b * c..(b + 1) * c];
                             let dyo = &dy[b * per..(b + 1) * per];
                             let xo = &x[b * per..(b + 1) * per];
-                            let (mut dxo, mut dgr) = (dxo, dgr);
                             for (r, gy) in dyo.chunks(c).enumerate() {
                                 if let Some((dxo, add)) = dxo.as_mut() {
                                     let v = gy.iter().zip(gr).map(|(g, s)| g * s);

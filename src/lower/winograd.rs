@@ -18,7 +18,7 @@
 //! Tiles are laid out tile-major, [tile][ξ][channel], so each tile's 16 rows are contiguous
 //! and the gemms read ξ's rows with a stride of 16 rows.
 
-use super::kernels::{finish_row, matmul_serial, ConvShape};
+use super::kernels::{even_count, finish_row, matmul_serial, ConvShape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -404,14 +404,11 @@ pub fn backward_kernel(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
         );
     };
     let plane = cin * cout;
-    // Fixed groups of consecutive tiles (one per 128, at most 8, an even count from 2 up so
-    // that two cores share them evenly: the count depends on the shape alone), each group in
+    // Fixed groups of consecutive tiles (one per 128, at most 8, an even count from 2 up:
+    // `even_count`; the count depends on the shape alone), each group in
     // equal cache-sized blocks on one thread (transforms, then 16 gemms accumulating into the
     // group's D), the groups' D added in group order.
-    let groups = match (total / 128).clamp(1, 8) {
-        g if g > 1 && g % 2 == 1 => g - 1,
-        g => g,
-    };
+    let groups = even_count((total / 128).clamp(1, 8));
     let d: Vec<f32> = {
         let per = total.div_ceil(groups);
         let parts: Vec<Vec<f32>> = (0..groups)
