@@ -62,7 +62,7 @@ fn main() {
             t.elapsed().as_secs_f64() * 1e3 / reps as f64
         };
         let fwd = time(&mut || {
-            std::hint::black_box(conv2d_forward(&x, &w, None, &s, None));
+            std::hint::black_box(conv2d_forward(&x, &w, None, &s, None, None));
         });
         let mut dx = vec![0.0f32; x.len()];
         let mut dw = vec![0.0f32; w.len()];

@@ -21,6 +21,44 @@ fn composite_matches_the_cpu_kernels_for_every_layer_kind() {
     }
 }
 
+/// The CPU network as a device places it (activations fused into BatchNorms and Adds, SE
+/// tails fused into one op, SE pools taken from the kernel before them), and the composite
+/// built from that rewired plan, against the plain CPU network.
+#[test]
+fn the_fused_cpu_network_matches_the_plain_one_for_every_layer_kind() {
+    let placed = |net: &Net| {
+        device::Opened::Cpu
+            .place(net.clone_for_device())
+            .expect("cpu")
+    };
+    let fused = |net: &Net| {
+        let (net, _) = net.with_fused_bn_and_add_activations();
+        net.with_fused_se_tails().0
+    };
+    let composite = |net: &Net| -> Box<dyn Model> { Box::new(device::composite_cpu(&fused(net))) };
+    for (device, make) in [
+        ("cpu (placed)", &placed as &dyn Fn(&Net) -> Box<dyn Model>),
+        ("cpu-composite of the fused plan", &composite),
+    ] {
+        let rows = parity::run_all(&mut |net: &Net| make(net));
+        let table = parity::table(&rows, device, 1e-4);
+        for r in &rows {
+            assert!(r.passes(1e-4), "{}\n{table}", r.name);
+        }
+    }
+    let spec = parity::case_spec(parity::CASES.last().expect("cases").1);
+    let vg = se_compile::compile(&se_compile::SourceFile::new("p.yaml", &spec)).expect("compiles");
+    assert_eq!(
+        fused(&Net::new(&vg, 3))
+            .plan
+            .layers
+            .iter()
+            .filter(|l| matches!(l, se_compile::lower::layers::Layer::GatedAdd { .. }))
+            .count(),
+        1
+    );
+}
+
 #[test]
 fn parity_detects_a_different_network() {
     // Same spec, other seed: other weights. The check must report it.

@@ -867,8 +867,14 @@ fn fused_batch_norm_and_add_activations_match_the_separate_layers() {
     let (mut fused, n) = net.with_fused_bn_and_add_activations();
     assert_eq!(n, 3);
     let x = randn(2 * 90, 33);
-    let (ra, ga) = gradients_6x5x3(&mut net, &x, &[1, 2]);
-    let (rb, gb) = gradients_6x5x3(&mut fused, &x, &[1, 2]);
+    assert_same_network(&mut net, &mut fused, &x, &[1, 2]);
+}
+
+/// Two networks on a batch of two 6x5x3 images: the same loss and gradients in a training
+/// step, and the same outputs in inference and training mode.
+fn assert_same_network(net: &mut Net, fused: &mut Net, x: &[f32], labels: &[usize]) {
+    let (ra, ga) = gradients_6x5x3(net, x, labels);
+    let (rb, gb) = gradients_6x5x3(fused, x, labels);
     assert!(
         (ra.loss - rb.loss).abs() < 1e-6,
         "{} vs {}",
@@ -880,8 +886,8 @@ fn fused_batch_norm_and_add_activations_match_the_separate_layers() {
         assert_all_close("gradient", b, a);
     }
     for train in [false, true] {
-        let (ya, _) = forward(&mut net, &x, 2, train);
-        let (yb, _) = forward(&mut fused, &x, 2, train);
+        let (ya, _) = forward(net, x, 2, train);
+        let (yb, _) = forward(fused, x, 2, train);
         assert_all_close("outputs", &yb, &ya);
     }
 }
@@ -935,4 +941,80 @@ fn batch_moments_match_a_two_pass_reference() {
             );
         }
     }
+}
+
+/// The SE tail, the multiply x · gate and the Add after it (with its fused ReLU or without),
+/// run as one op by the CPU network (`with_fused_se_tails`), gives the same outputs, loss and
+/// gradients as the separate layers; also with a third input to the Add.
+#[test]
+fn fused_se_tails_match_the_separate_layers() {
+    let block = "  - conv2d: {filters: 3, kernel: 3, padding: same}\n    id: c\n  - batch_norm\n  - se: {}\n    id: s\n";
+    let cases = [
+        format!("{block}  - add: {{}}\n    from: [input, s]\n  - relu\n"),
+        format!("{block}  - add: {{}}\n    from: [s, input]\n"),
+        format!("{block}  - add: {{}}\n    from: [c, s, input]\n  - relu\n"),
+    ];
+    for body in cases {
+        let spec = format!("model: t\ninput: [6, 5, 3]\nse: {{r: 2, form: dense}}\nlayers:\n{body}  - flatten\n  - dense: {{units: 3}}\n");
+        let mut net = build(&spec);
+        let (fused_acts, _) = net.with_fused_bn_and_add_activations();
+        let (mut fused, n) = fused_acts.with_fused_se_tails();
+        assert_eq!(n, 1, "{spec}");
+        assert!(fused.plan.rewired());
+        let x = randn(2 * 90, 35);
+        assert_same_network(&mut net, &mut fused, &x, &[2, 0]);
+    }
+    // A multiply read by another layer too stays a multiply.
+    let spec = "model: t\ninput: [6, 5, 3]\nse: {r: 2, form: dense}\nlayers:\n  - se: {}\n    id: s\n  - add: {}\n    from: [input, s]\n    id: a\n  - concatenate: {}\n    from: [a, s]\n  - flatten\n  - dense: {units: 3}\n";
+    assert_eq!(build(spec).with_fused_se_tails().1, 0);
+}
+
+/// An average global pool reading a BatchNorm (training and inference) or, once folded, a
+/// convolution takes its means from the sums that kernel took while writing its output
+/// (`kernels::ImageSums`): the same outputs and gradients as the same network with a linear
+/// activation between them, whose pool sums its input itself. Images of 1,023 rows, so that
+/// the kernels' blocks of 256 rows straddle images; a conv large enough for row blocks, an
+/// im2col conv, and a 3x3 conv that may take the Winograd path (which gives no sums).
+#[test]
+fn se_pools_from_the_producing_kernel_match_a_pool_of_their_own() {
+    let spec = |between: &str| {
+        format!("model: t\ninput: [33, 31, 4]\nse: {{r: 4, form: dense}}\nlayers:\n  - conv2d: {{filters: 512, kernel: 1}}\n  - batch_norm\n{between}  - se\n  - conv2d: {{filters: 8, kernel: 3, stride: 2, padding: same}}\n  - batch_norm\n{between}  - se\n  - conv2d: {{filters: 8, kernel: 3, padding: same}}\n  - batch_norm\n{between}  - se\n  - global_avg_pool\n  - dense: {{units: 3}}\n")
+    };
+    let mut own = build(&spec(""));
+    let mut apart = build(&spec("  - activation: linear\n"));
+    let pooled_kinds = |net: &Net| {
+        let p = &net.plan;
+        let kinds: Vec<&str> = (0..p.layers.len())
+            .filter(|&i| p.pooled(i))
+            .map(|i| match p.layers[i] {
+                se_compile::lower::layers::Layer::BatchNorm { .. } => "bn",
+                se_compile::lower::layers::Layer::Conv { .. } => "conv",
+                _ => "other",
+            })
+            .collect();
+        kinds.join(",")
+    };
+    assert_eq!(pooled_kinds(&own), "bn,bn,bn,other");
+    assert_eq!(pooled_kinds(&apart), "other,other,other,other");
+    let n = 3;
+    let x = randn(n * 33 * 31 * 4, 43);
+    for train in [true, false] {
+        let (a, _) = forward(&mut own, &x, n, train);
+        let (b, _) = forward(&mut apart, &x, n, train);
+        assert_all_close("outputs", &a, &b);
+    }
+    let r = randn(n * 3, 44);
+    let (dxa, dpa) = grads(&mut own, &x, n, &r, true);
+    let (dxb, dpb) = grads(&mut apart, &x, n, &r, true);
+    assert_all_close("input gradient", &dxa, &dxb);
+    for (a, b) in dpa.iter().zip(&dpb) {
+        assert_all_close("parameter gradient", a, b);
+    }
+    // Folded for inference: the pool reads the conv through the folded BatchNorm.
+    let (mut own_f, _) = own.folded_for_inference();
+    let (mut apart_f, _) = apart.folded_for_inference();
+    assert_eq!(pooled_kinds(&own_f), "conv,conv,conv,other");
+    let (a, _) = forward(&mut own_f, &x, n, false);
+    let (b, _) = forward(&mut apart_f, &x, n, false);
+    assert_all_close("folded outputs", &a, &b);
 }

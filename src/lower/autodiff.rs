@@ -33,6 +33,9 @@ pub struct Act<T> {
 pub struct Host {
     data: Shared,
     slot: Option<Slot>,
+    /// The per-image channel means (N, C) of `data`, when the kernel that made it took them
+    /// (`kernels::ImageSums`, for an average global pool reading it).
+    means: Option<Shared>,
 }
 
 /// An activation's place in its forward pass's gradient table.
@@ -136,6 +139,31 @@ impl<T: Tape<f32, Cpu>> Act<T> {
             key: self.key,
             host: self.host.clone(),
         }
+    }
+
+    /// The same activation carrying `means`, its per-image channel means (N, C), when given.
+    pub fn with_channel_means(mut self, means: Option<Vec<f32>>) -> Act<T> {
+        if let (Some(h), Some(m)) = (self.host.as_mut(), means) {
+            h.means = Some(Arc::new(m));
+        }
+        self
+    }
+
+    /// The per-image channel means that came with the values, if the kernel that made them
+    /// took them.
+    pub fn channel_means(&self) -> Option<Shared> {
+        self.host.as_ref().and_then(|h| h.means.clone())
+    }
+
+    /// The same values under another shape: the channel means go unless the shape is kept.
+    pub fn reshaped(mut self, shape: Vec<usize>) -> Act<T> {
+        if shape != self.shape {
+            if let Some(h) = self.host.as_mut() {
+                h.means = None;
+            }
+        }
+        self.shape = shape;
+        self
     }
 
     /// The values, copied.
@@ -328,6 +356,7 @@ pub fn apply<T: Tape<f32, Cpu>>(
             host: Some(Host {
                 data: Arc::new(out),
                 slot: None,
+                means: None,
             }),
         };
     }
@@ -417,6 +446,7 @@ pub fn apply<T: Tape<f32, Cpu>>(
         host: Some(Host {
             data: Arc::new(out),
             slot: Some(slot),
+            means: None,
         }),
     }
 }

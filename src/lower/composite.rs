@@ -383,6 +383,16 @@ impl<D: DeviceBuffers> CompositeNet<D> {
                     None => y,
                 }
             }
+            // The SE tail of a rewired plan: the multiply, then the Add of the others.
+            Layer::GatedAdd { act } => {
+                let others = ins.split_off(2);
+                let y = self.merge(idx, ins, &out_shape, MergeKind::Multiply);
+                let y = others.into_iter().fold(y, |acc, a| acc + a.t);
+                match act {
+                    Some(f) => activation(y, f),
+                    None => y,
+                }
+            }
         };
         DAct {
             t,

@@ -119,8 +119,14 @@ impl Opened {
     /// kernel network (which fails for a broadcast it has no kernel for).
     pub fn place(&self, net: Net) -> Result<Box<dyn Model>, DeviceError> {
         Ok(match self {
-            // The CPU network runs activations after BatchNorms and Adds inside them.
-            Opened::Cpu => Box::new(net.with_fused_bn_and_add_activations().0),
+            // The CPU network runs activations after BatchNorms and Adds inside them, and
+            // each SE tail (multiply, Add) as one op.
+            Opened::Cpu => Box::new(
+                net.with_fused_bn_and_add_activations()
+                    .0
+                    .with_fused_se_tails()
+                    .0,
+            ),
             Opened::CpuComposite => Box::new(composite_cpu(&net)),
             Opened::KernelNetHost => Box::new(
                 KernelNet::from_net(&net, Host, "cpu-kernelnet".into())

@@ -6,7 +6,7 @@
 //! so the training network is never folded.
 
 use super::autodiff::Param;
-use super::layers::{Layer, Net};
+use super::layers::{se_gate, Layer, Net};
 use super::plan::Plan;
 use crate::ir::ops::{ActFn, Conv2d, MergeKind};
 use crate::ir::{Graph, NodeId};
@@ -18,6 +18,7 @@ impl Net {
     /// number of BatchNorms folded. The folded BatchNorm's node stays in the graph as an
     /// identity (`Layer::Reshape` with the same shape), so node indices and names are unchanged.
     pub fn folded_for_inference(&self) -> (Net, usize) {
+        debug_assert!(!self.plan.rewired(), "fold before `with_fused_se_tails`");
         let mut net = self.clone_for_device();
         let plan = &self.plan;
         let g = &plan.graph;
@@ -159,6 +160,7 @@ impl Net {
         &self,
         mut fuse: impl FnMut(&mut [Layer], &[Vec<NodeId>], &Graph, NodeId, NodeId, ActFn) -> bool,
     ) -> (Net, usize) {
+        debug_assert!(!self.plan.rewired(), "fuse before `with_fused_se_tails`");
         let mut net = self.clone_for_device();
         let g = &self.plan.graph;
         let readers = g.consumers();
@@ -178,6 +180,91 @@ impl Net {
             }
         }
         net.plan = Arc::new(Plan::new(g.clone(), layers));
+        (net, fused)
+    }
+}
+
+impl Net {
+    /// A copy whose SE tails run as one op each: an Add (with or without a fused ReLU) reading
+    /// an SE multiply x · gate (N, H, W, C) × (N, 1, 1, C) that nothing else reads becomes a
+    /// `Layer::GatedAdd` reading x, the gate and the Add's other inputs, and the multiply is
+    /// absorbed (not run). The product is never stored, and its gradient is never made:
+    /// forward and backward each make one pass where the multiply and the Add made two.
+    /// Training and inference alike. Returns the copy and the number fused. CPU only: the
+    /// kernel network refuses it. It rewires the plan (`Plan::wired`), so it comes after the
+    /// other fusions, which read the graph's wiring.
+    pub fn with_fused_se_tails(&self) -> (Net, usize) {
+        let mut net = self.clone_for_device();
+        let plan = &self.plan;
+        let g = &plan.graph;
+        let readers = plan.readers();
+        let (stop, _) = plan.logits();
+        let mut layers = plan.layers.clone();
+        let mut inputs: Vec<Vec<NodeId>> = g.ids().map(|id| plan.inputs(id).to_vec()).collect();
+        // Node shapes leave out the batch axis; `se_gate` wants one.
+        let batched = |id: NodeId| -> Vec<usize> {
+            std::iter::once(1)
+                .chain(g.node(id).shape.iter().copied())
+                .collect()
+        };
+        // (x, gate) of an SE multiply that only `add` reads, once.
+        let se_multiply = |layers: &[Layer], inputs: &[Vec<NodeId>], m: NodeId, add: NodeId| {
+            let lone = readers[m.index()] == [add] && m != stop;
+            let ins = &inputs[m.index()];
+            if !lone || ins.len() != 2 {
+                return None;
+            }
+            if !matches!(
+                layers[m.index()],
+                Layer::Merge {
+                    kind: MergeKind::Multiply,
+                    act: None
+                }
+            ) {
+                return None;
+            }
+            let out = batched(m);
+            let (a, b) = (ins[0], ins[1]);
+            if batched(a) == out && se_gate(&batched(b), &out) {
+                Some((a, b))
+            } else if batched(b) == out && se_gate(&batched(a), &out) {
+                Some((b, a))
+            } else {
+                None
+            }
+        };
+        let mut fused = 0;
+        for id in g.ids() {
+            let Layer::Merge {
+                kind: MergeKind::Add,
+                act,
+            } = layers[id.index()]
+            else {
+                continue;
+            };
+            if !matches!(act, None | Some(ActFn::Relu)) {
+                continue;
+            }
+            let ins = inputs[id.index()].clone();
+            let found = ins.iter().enumerate().find_map(|(k, &m)| {
+                se_multiply(&layers, &inputs, m, id).map(|(x, gate)| (k, m, x, gate))
+            });
+            let Some((k, m, x, gate)) = found else {
+                continue;
+            };
+            let mut wired = vec![x, gate];
+            wired.extend(
+                ins.iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != k)
+                    .map(|(_, &i)| i),
+            );
+            inputs[id.index()] = wired;
+            inputs[m.index()] = vec![];
+            layers[id.index()] = Layer::GatedAdd { act };
+            fused += 1;
+        }
+        net.plan = Arc::new(Plan::wired(g.clone(), layers, inputs));
         (net, fused)
     }
 }

@@ -358,20 +358,31 @@ fn group_columns<'a>(x: &'a [f32], s: &ConvShape, g: usize, cols: &'a mut [f32])
 
 /// Adds `b` to every row of a [rows, b.len()] matrix, rows in parallel.
 pub fn add_row_bias(y: &mut [f32], b: &[f32]) {
-    finish_rows(y, b.len(), Some(b), None);
+    finish_rows(y, b.len(), Some(b), None, None);
 }
 
 /// Adds `bias` (when given) to every row of a [rows, c] matrix and runs `epilogue` on it, in
-/// one pass, rows in parallel.
-fn finish_rows(y: &mut [f32], c: usize, bias: Option<&[f32]>, epilogue: Option<Epilogue>) {
-    if bias.is_none() && epilogue.is_none() {
+/// one pass, rows in parallel; `sums` (when given) takes each chunk of finished rows.
+fn finish_rows(
+    y: &mut [f32],
+    c: usize,
+    bias: Option<&[f32]>,
+    epilogue: Option<Epilogue>,
+    sums: Option<&ImageSums>,
+) {
+    if bias.is_none() && epilogue.is_none() && sums.is_none() {
         return;
     }
-    y.par_chunks_mut(c * ROWS_PER_TASK).for_each(|chunk| {
-        for row in chunk.chunks_mut(c) {
-            finish_row(row, bias, epilogue);
-        }
-    });
+    y.par_chunks_mut(c * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            for row in chunk.chunks_mut(c) {
+                finish_row(row, bias, epilogue);
+            }
+            if let Some(s) = sums {
+                s.add(i * ROWS_PER_TASK, chunk);
+            }
+        });
 }
 
 /// One output row of a conv: `bias` added, then `epilogue` (a fused activation) run on it.
@@ -448,6 +459,7 @@ fn conv_blocked(
     bias: Option<&[f32]>,
     s: &ConvShape,
     epilogue: Option<Epilogue>,
+    sums: Option<&ImageSums>,
 ) -> Vec<f32> {
     let (m, kdim, cout) = (s.win.out_rows(), s.kdim(), s.cout);
     // SAFETY: each block's gemm writes every element of it.
@@ -470,8 +482,12 @@ fn conv_blocked(
                 );
             });
             // SAFETY: the gemm above wrote every element of `out`.
-            for row in assume_init(out).chunks_exact_mut(cout) {
+            let out = assume_init(out);
+            for row in out.chunks_exact_mut(cout) {
                 finish_row(row, bias, epilogue);
+            }
+            if let Some(sums) = sums {
+                sums.add(r0, out);
             }
         })
     }
@@ -508,13 +524,16 @@ pub(crate) unsafe fn assume_init(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 /// y = epilogue(conv(x, weight) + bias), `epilogue` (a fused activation) run on each output
 /// row of `cout` values. Weight layout is Keras': [kh, kw, cin/groups, cout]. 3x3 stride-1
-/// convs take the Winograd path (`winograd::applies`), the others im2col + gemm.
+/// convs take the Winograd path (`winograd::applies`), the others im2col + gemm. `sums`
+/// (when given) takes the output's blocks as they are finished, except on the Winograd path,
+/// which leaves it incomplete.
 pub fn conv2d_forward(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     s: &ConvShape,
     epilogue: Option<Epilogue>,
+    sums: Option<&ImageSums>,
 ) -> Vec<f32> {
     let m = s.win.out_rows();
     let (kdim, cog) = (s.kdim(), s.cout_g());
@@ -524,7 +543,7 @@ pub fn conv2d_forward(
         return y;
     }
     if s.groups == 1 && m * s.cout >= BLOCKED_MIN {
-        return conv_blocked(x, weight, bias, s, epilogue);
+        return conv_blocked(x, weight, bias, s, epilogue, sums);
     }
     let mut y = vec![0.0f32; m * s.cout];
     let mut cols = cols_buffer(s);
@@ -543,7 +562,7 @@ pub fn conv2d_forward(
             (s.cout, 1),
         );
     }
-    finish_rows(&mut y, s.cout, bias, epilogue);
+    finish_rows(&mut y, s.cout, bias, epilogue, sums);
     y
 }
 
@@ -812,12 +831,14 @@ pub fn bn_affine(
 }
 
 /// y = epilogue(gamma * (x - mean) * inv_std + beta), per channel (`bn_affine`), the
-/// epilogue (a fused activation) run on each chunk of rows while it is in cache.
+/// epilogue (a fused activation) run on each chunk of rows while it is in cache, and `sums`
+/// (when given) taking the chunk after it.
 pub fn bn_apply(
     x: &[f32],
     c: usize,
     (scale, shift): (&[f32], &[f32]),
     epilogue: Option<Epilogue>,
+    sums: Option<&ImageSums>,
 ) -> Vec<f32> {
     // SAFETY: each block's rows are written in full before the epilogue reads them.
     unsafe {
@@ -828,8 +849,12 @@ pub fn bn_apply(
                     yr[j].write(xr[j] * scale[j] + shift[j]);
                 }
             }
+            let yo = assume_init(yo);
             if let Some(f) = epilogue {
-                f(assume_init(yo));
+                f(yo);
+            }
+            if let Some(s) = sums {
+                s.add(bi * ROWS_PER_TASK, yo);
             }
         })
     }
@@ -978,6 +1003,78 @@ pub fn pool_forward(x: &[f32], w: &Window, max: bool, keep_arg: bool) -> (Vec<f3
             .for_each(|(row, yo)| fill(row, yo, &mut []));
     }
     (y, arg)
+}
+
+/// Per-image channel sums of an output of N images × P rows × C channels, taken by the kernel
+/// that writes the output, from each block of rows while it is in cache, so that an average
+/// global pool needs no pass of its own over the output. Blocks come in any order, from any
+/// thread; each block's sums per image are kept apart and added in row order at the end, so
+/// the result does not depend on the threads.
+pub struct ImageSums {
+    rows_per_image: usize,
+    c: usize,
+    /// (first row, the sums of C channels over rows first.. up to an image's end or the
+    /// block's), one per block and image it covers.
+    parts: std::sync::Mutex<Vec<(usize, usize, Vec<f32>)>>,
+}
+
+impl ImageSums {
+    /// For an output of images of `rows_per_image` rows of `c` channels.
+    pub fn new(rows_per_image: usize, c: usize) -> ImageSums {
+        ImageSums {
+            rows_per_image,
+            c,
+            parts: Default::default(),
+        }
+    }
+
+    /// Takes the finished rows `r0..` of the output (`block` holds whole rows).
+    pub fn add(&self, r0: usize, block: &[f32]) {
+        let (c, per) = (self.c, self.rows_per_image.max(1));
+        let rows = block.len() / c.max(1);
+        let mut local = vec![];
+        let mut k = 0;
+        while k < rows {
+            let r = r0 + k;
+            let end = ((r / per + 1) * per - r0).min(rows);
+            let mut s = vec![0.0f32; c];
+            for row in block[k * c..end * c].chunks_exact(c) {
+                s.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            local.push((r, end - k, s));
+            k = end;
+        }
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(local);
+    }
+
+    /// The means (N, C) over each image's rows, or None when the blocks taken do not cover
+    /// the N images' rows exactly once (a kernel that does not feed it).
+    pub fn means(self, n: usize) -> Option<Vec<f32>> {
+        let (c, per) = (self.c, self.rows_per_image);
+        let mut parts = self.parts.into_inner().unwrap_or_else(|e| e.into_inner());
+        parts.sort_unstable_by_key(|p| p.0);
+        let mut next = 0;
+        let mut acc = vec![0.0f64; n * c];
+        for (r, rows, s) in &parts {
+            if *r != next {
+                return None;
+            }
+            next += rows;
+            let b = r / per;
+            acc[b * c..(b + 1) * c]
+                .iter_mut()
+                .zip(s)
+                .for_each(|(a, v)| *a += *v as f64);
+        }
+        if per == 0 || next != n * per {
+            return None;
+        }
+        let inv = 1.0 / per as f64;
+        Some(acc.iter().map(|a| (a * inv) as f32).collect())
+    }
 }
 
 /// Global average or max pooling of (N, P, C) into (N, C), images in parallel, each image read

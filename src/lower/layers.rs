@@ -63,6 +63,13 @@ pub enum Layer {
         /// (`Net::with_fused_bn_and_add_activations`).
         act: Option<ActFn>,
     },
+    /// The SE tail as one op, act(x · gate + the other inputs), reading [x (N, H, W, C), gate
+    /// (N, 1, 1, C), others...]: an Add whose SE multiply was absorbed into it. Only the CPU
+    /// lowering makes it (`Net::with_fused_se_tails`).
+    GatedAdd {
+        /// A ReLU fused into the Add, or none.
+        act: Option<ActFn>,
+    },
 }
 
 pub struct Net {
@@ -352,7 +359,9 @@ impl Net {
                 if let Some(b) = b {
                     ps.push(&self.params[b]);
                 }
-                apply(ins, &ps, out_shape, move |data, need| {
+                let pooled = self.plan.pooled(idx);
+                let mut means = None;
+                let out = apply(ins, &ps, out_shape, |data, need| {
                     let x = data.into_iter().next().expect("one input");
                     let bias = bias.as_deref().map(|v| v.as_slice());
                     // Without a tape the fused activation runs as the conv's epilogue; with one,
@@ -361,7 +370,12 @@ impl Net {
                         .filter(|_| !need)
                         .map(|f| move |r: &mut [f32]| act_serial(f, r));
                     let epi = epilogue.as_ref().map(|f| f as kernels::Epilogue);
-                    let mut y = kernels::conv2d_forward(&x, &wt, bias, &s, epi);
+                    // An average pool reads the output: its channel sums are taken in the
+                    // epilogue too, unless an activation is still to run on the output.
+                    let sums = (pooled && (act.is_none() || !need))
+                        .then(|| kernels::ImageSums::new(s.win.ho * s.win.wo, s.cout));
+                    let mut y = kernels::conv2d_forward(&x, &wt, bias, &s, epi, sums.as_ref());
+                    means = sums.and_then(|m| m.means(s.win.n));
                     let pre = match act {
                         Some(f) if need => {
                             let z = y.clone();
@@ -398,7 +412,8 @@ impl Net {
                         })
                     });
                     (y, back)
-                })
+                });
+                out.with_channel_means(means)
             }
             Layer::BatchNorm {
                 gamma,
@@ -424,6 +439,12 @@ impl Net {
                 let (has_g, has_b) = (gamma.is_some(), beta.is_some());
                 let running = (self.params[mean].data(), self.params[var].data());
                 let mut batch_stats: Option<(Vec<f32>, Vec<f32>)> = None;
+                // An average pool reads the output: the chunks' channel sums are taken too.
+                let n = in_shape[0];
+                let sums = self.plan.pooled(idx).then(|| {
+                    kernels::ImageSums::new(in_shape.iter().product::<usize>() / (n * c).max(1), c)
+                });
+                let mut means = None;
                 let out = apply(ins, &ps, out_shape, |data, need| {
                     let x = data.into_iter().next().expect("one input");
                     let (m, v) = if train {
@@ -435,7 +456,8 @@ impl Net {
                     let (scale, shift) = kernels::bn_affine(&m, &inv_std, &g_data, &b_data);
                     let epilogue = act.map(|f| move |r: &mut [f32]| act_serial(f, r));
                     let epi = epilogue.as_ref().map(|f| f as kernels::Epilogue);
-                    let y = kernels::bn_apply(&x, c, (&scale, &shift), epi);
+                    let y = kernels::bn_apply(&x, c, (&scale, &shift), epi, sums.as_ref());
+                    means = sums.and_then(|m| m.means(n));
                     if train {
                         batch_stats = Some((m.clone(), v));
                     }
@@ -533,7 +555,7 @@ impl Net {
                     self.params[mean].set(nm);
                     self.params[var].set(nv);
                 }
-                out
+                out.with_channel_means(means)
             }
             Layer::Activation(f) => activation(ins, out_shape, f),
             Layer::ZeroPad(p) => {
@@ -664,20 +686,216 @@ impl Net {
                     (y, back)
                 })
             }
-            Layer::Reshape => {
-                let mut a = ins.remove(0);
-                a.shape = out_shape;
-                a
-            }
+            Layer::Reshape => ins.remove(0).reshaped(out_shape),
             Layer::Merge { kind, act } => merge(ins, out_shape, kind, act),
+            Layer::GatedAdd { act } => gated_add(ins, out_shape, act),
         }
     }
 }
 
+/// The SE tail, act(x · gate + Σ others) with the gate (N, 1, 1, C) broadcast over each
+/// image's rows, in one pass per image that writes a new buffer (and, with a ReLU and a
+/// backward, a byte mask of the positive outputs); the backward makes one pass per image over
+/// the output gradient, the mask and x, for the gradients of x, the gate and the others.
+fn gated_add<T: Tape<f32, Cpu>>(
+    ins: Vec<Act<T>>,
+    out_shape: Vec<usize>,
+    act: Option<ActFn>,
+) -> Act<T> {
+    debug_assert!(
+        act.is_none() || act == Some(ActFn::Relu),
+        "only a ReLU is fused"
+    );
+    let relu = act == Some(ActFn::Relu);
+    let total: usize = out_shape.iter().product();
+    let (n, c) = (out_shape[0], *out_shape.last().expect("rank >= 1"));
+    let per = total / n.max(1);
+    apply(ins, &[], out_shape, move |mut data, need| {
+        let others = data.split_off(2);
+        let gate = data.pop().expect("x and gate");
+        let x = data.pop().expect("x and gate");
+        let mut mask = vec![0u8; if relu && need { total } else { 0 }];
+        let mut masks: Vec<&mut [u8]> = if mask.is_empty() {
+            (0..n).map(|_| &mut [][..]).collect()
+        } else {
+            mask.chunks_mut(per).collect()
+        };
+        let mut y: Vec<f32> = Vec::with_capacity(total);
+        y.spare_capacity_mut()[..total]
+            .par_chunks_mut(per)
+            .zip(masks.par_iter_mut())
+            .enumerate()
+            .for_each(|(b, (yo, mo))| {
+                let gr = &gate[b * c..(b + 1) * c];
+                fn at(v: &[f32], o: usize, c: usize) -> &[f32] {
+                    &v[o..o + c]
+                }
+                for (r, yr) in yo.chunks_mut(c).enumerate() {
+                    let o0 = b * per + r * c;
+                    let xr = at(&x, o0, c);
+                    let xg = xr.iter().zip(gr).map(|(x, g)| x * g);
+                    match others.first() {
+                        Some(o) => {
+                            for (y, (v, o)) in yr.iter_mut().zip(xg.zip(at(o, o0, c))) {
+                                y.write(v + o);
+                            }
+                        }
+                        None => {
+                            for (y, v) in yr.iter_mut().zip(xg) {
+                                y.write(v);
+                            }
+                        }
+                    }
+                    // SAFETY: every element of the row was written just above.
+                    let yr = unsafe { kernels::assume_init(yr) };
+                    for o in others.iter().skip(1) {
+                        yr.iter_mut().zip(at(o, o0, c)).for_each(|(y, v)| *y += v);
+                    }
+                    if relu {
+                        yr.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
+                    if !mo.is_empty() {
+                        mo[r * c..(r + 1) * c]
+                            .iter_mut()
+                            .zip(yr.iter())
+                            .for_each(|(m, v)| *m = (*v > 0.0) as u8);
+                    }
+                }
+            });
+        // SAFETY: the images' blocks cover all `total` elements, and each row was written.
+        unsafe { y.set_len(total) };
+        drop(masks);
+        let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
+            Box::new(move |dy: &[f32], g: &mut Grads| {
+                // Two passes, each of the shape that runs fastest on its own: the gradient at
+                // the sum, dz = dy masked by the ReLU, in chunks across both cores, stored
+                // into each other input's gradient (the first of them, when written rather
+                // than added to, holds dz for the second pass); then per image, dx = dz · gate
+                // and d(gate) += Σ x · dz. One pass fewer over the memory than the multiply's
+                // and the Add's backwards, which stored dz twice.
+                const CHUNK: usize = 1 << 14;
+                let (xg, rest) = g.inputs.split_at_mut(2);
+                let (first, second) = xg.split_at_mut(1);
+                let mut others: Vec<(&mut [f32], bool)> =
+                    rest.iter_mut().flatten().map(InGrad::dst).collect();
+                /// Chunk `i` of dy, masked.
+                fn masked<'a>(
+                    mask: &'a [u8],
+                    i: usize,
+                    gy: &'a [f32],
+                ) -> impl Iterator<Item = f32> + 'a {
+                    let m = &mask[i * CHUNK..i * CHUNK + gy.len()];
+                    gy.iter()
+                        .zip(m)
+                        .map(|(v, m)| if *m != 0 { *v } else { 0.0 })
+                }
+                let holder = others.iter().position(|(_, add)| !add);
+                let mut scratch = vec![];
+                let dz: &[f32] = if !relu {
+                    dy
+                } else {
+                    if holder.is_none() {
+                        // SAFETY: each chunk is written in full below.
+                        scratch = unsafe {
+                            kernels::par_filled(total, CHUNK, |i, d| {
+                                let gy = &dy[i * CHUNK..i * CHUNK + d.len()];
+                                d.iter_mut().zip(masked(&mask, i, gy)).for_each(|(d, v)| {
+                                    d.write(v);
+                                });
+                            })
+                        };
+                    }
+                    &scratch
+                };
+                // The other inputs' gradients: dz, written or added, chunk by chunk.
+                let mut chunks: Vec<Vec<(&mut [f32], bool)>> =
+                    dy.chunks(CHUNK).map(|_| vec![]).collect();
+                for (d, add) in others.iter_mut() {
+                    for (o, d) in chunks.iter_mut().zip(d.chunks_mut(CHUNK)) {
+                        o.push((d, *add));
+                    }
+                }
+                chunks
+                    .into_par_iter()
+                    .zip(dy.par_chunks(CHUNK))
+                    .enumerate()
+                    .for_each(|(i, (outs, gy))| {
+                        for (d, add) in outs {
+                            if relu {
+                                kernels::store(d, add, masked(&mask, i, gy));
+                            } else {
+                                kernels::store(d, add, gy.iter().copied());
+                            }
+                        }
+                    });
+                let dz: &[f32] = match holder {
+                    Some(h) if relu => &others[h].0[..],
+                    _ => dz,
+                };
+                se_gate_backward(
+                    dz,
+                    &x,
+                    &gate,
+                    c,
+                    first[0].as_mut().map(InGrad::dst),
+                    second[0].as_mut().map(InGrad::acc),
+                );
+            })
+        });
+        (y, back)
+    })
+}
+
+/// The backward of the SE multiply y = x · gate, gate (N, 1, 1, C) broadcast over each image's
+/// rows of C, from dy: d(x) = dy · gate, written or added (`InGrad::dst`), and d(gate) +=
+/// Σ x · dy over the image's rows. Images in parallel, one pass over dy and x each.
+fn se_gate_backward(
+    dy: &[f32],
+    x: &[f32],
+    gate: &[f32],
+    c: usize,
+    dx: Option<(&mut [f32], bool)>,
+    dgate: Option<&mut [f32]>,
+) {
+    let n = gate.len() / c.max(1);
+    let per = dy.len() / n.max(1);
+    let dxs: Vec<Option<(&mut [f32], bool)>> = match dx {
+        Some((dx, add)) => dx.chunks_mut(per).map(|d| Some((d, add))).collect(),
+        None => (0..n).map(|_| None).collect(),
+    };
+    let dgs: Vec<Option<&mut [f32]>> = match dgate {
+        Some(dg) => dg.chunks_mut(c).map(Some).collect(),
+        None => (0..n).map(|_| None).collect(),
+    };
+    dxs.into_par_iter()
+        .zip(dgs)
+        .enumerate()
+        .for_each(|(b, (mut dxo, mut dgr))| {
+            let gr = &gate[b * c..(b + 1) * c];
+            let xo = &x[b * per..(b + 1) * per];
+            for (r, gy) in dy[b * per..(b + 1) * per].chunks(c).enumerate() {
+                if let Some((d, add)) = dxo.as_mut() {
+                    let v = gy.iter().zip(gr).map(|(g, s)| g * s);
+                    kernels::store(&mut d[r * c..(r + 1) * c], *add, v);
+                }
+                if let Some(d) = dgr.as_mut() {
+                    let xz = xo[r * c..(r + 1) * c].iter().zip(gy);
+                    d.iter_mut().zip(xz).for_each(|(d, (x, g))| *d += x * g);
+                }
+            }
+        });
+}
+
+/// Global average or max pooling. An average pool whose input came with its channel means
+/// (taken by the kernel that made it, `kernels::ImageSums`) makes no pass over the input.
 fn global_pool<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, max: bool) -> Act<T> {
     let (n, c) = (out_shape[0], *out_shape.last().expect("rank >= 2"));
+    let means = ins[0].channel_means().filter(|m| !max && m.len() == n * c);
     apply(ins, &[], out_shape, move |data, need| {
-        let (y, arg) = kernels::global_pool_forward(&data[0], n, c, max);
+        let (y, arg) = match means {
+            Some(m) => (owned(m), vec![]),
+            None => kernels::global_pool_forward(&data[0], n, c, max),
+        };
         let back: Option<BackwardFn> = need.then(|| -> BackwardFn {
             Box::new(move |dy: &[f32], g: &mut Grads| {
                 if let Some(dx) = g.acc(0) {
@@ -1029,36 +1247,7 @@ fn merge<T: Tape<f32, Cpu>>(
                     let (first, rest) = g.inputs.split_at_mut(1);
                     let dx = first[0].as_mut().map(InGrad::dst);
                     let dg = rest[0].as_mut().map(InGrad::acc);
-                    // Per image, one pass over dy: d(feature map) = dy · gate, written or
-                    // added, and d(gate) += Σ x · dy over the image's rows.
-                    let dxs: Vec<Option<(&mut [f32], bool)>> = match dx {
-                        Some((dx, add)) => dx.chunks_mut(per).map(|d| Some((d, add))).collect(),
-                        None => (0..n).map(|_| None).collect(),
-                    };
-                    let dgs: Vec<Option<&mut [f32]>> = match dg {
-                        Some(dg) => dg.chunks_mut(c).map(Some).collect(),
-                        None => (0..n).map(|_| None).collect(),
-                    };
-                    dxs.into_par_iter()
-                        .zip(dgs)
-                        .enumerate()
-                        .for_each(|(b, (mut dxo, mut dgr))| {
-                            let gr = &gate[b * c..(b + 1) * c];
-                            let dyo = &dy[b * per..(b + 1) * per];
-                            let xo = &x[b * per..(b + 1) * per];
-                            for (r, gy) in dyo.chunks(c).enumerate() {
-                                if let Some((dxo, add)) = dxo.as_mut() {
-                                    let v = gy.iter().zip(gr).map(|(g, s)| g * s);
-                                    kernels::store(&mut dxo[r * c..(r + 1) * c], *add, v);
-                                }
-                                if let Some(dgr) = dgr.as_mut() {
-                                    let xr = &xo[r * c..(r + 1) * c];
-                                    for j in 0..c {
-                                        dgr[j] += xr[j] * gy[j];
-                                    }
-                                }
-                            }
-                        });
+                    se_gate_backward(dy, &x, &gate, c, dx, dg);
                 })
             });
             (y, back)

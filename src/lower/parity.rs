@@ -46,6 +46,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("SE block, max squeeze, tanh gate", "- se: {r: 2, squeeze: max, gate: tanh}"),
     ("SE block, relu gate, timm divisor", "- se: {r: 2, gate: relu, divisor: 3}"),
     ("SE block, hard_sigmoid gate, 3 channels", "- se: {form: dense, gate: hard_sigmoid, channels: 3}"),
+    ("SE tail: BN, SE, add, relu", "- batch_norm\n  - se: {r: 2}\n    id: s\n  - add: {}\n    from: [pre, s]\n  - relu"),
 ];
 
 /// The spec text of one case: input 6×5×4, batch 3 in the check.

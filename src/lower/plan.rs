@@ -6,28 +6,74 @@ use crate::ir::ops::ActFn;
 use crate::ir::{Graph, NodeId};
 
 pub struct Plan {
+    /// The spec's graph, as validated: names, shapes and the spec's wiring, which exports,
+    /// summaries and probes read. The layers read `inputs`.
     pub graph: Graph,
     pub layers: Vec<Layer>,
+    /// The nodes each layer reads: the graph's inputs, unless a fusion moved a node's op into
+    /// its reader (`Net::with_fused_se_tails`); that reader then reads the node's inputs.
+    inputs: Vec<Vec<NodeId>>,
     /// How many layers read each node's output (the graph output counts as one reader).
     uses: Vec<usize>,
+    /// Nodes whose op runs inside their former reader: no layer reads them, and they are not
+    /// run.
+    absorbed: Vec<bool>,
+    /// Nodes whose output is read by an average global pool (directly or through reshapes that
+    /// keep the shape): their kernels also sum each image's channels while the output is in
+    /// cache, and the pool takes the means from there (`Act::channel_means`).
+    pooled: Vec<bool>,
     /// The node the loss reads, and whether it is a Dense layer whose softmax is skipped.
     logits: (NodeId, bool),
 }
 
 impl Plan {
     pub fn new(graph: Graph, layers: Vec<Layer>) -> Plan {
-        let mut uses = vec![0; graph.nodes.len()];
-        for id in graph.ids() {
-            for &i in &graph.node(id).inputs {
+        let inputs = graph
+            .ids()
+            .map(|id| graph.node(id).inputs.clone())
+            .collect();
+        Plan::wired(graph, layers, inputs)
+    }
+
+    /// A plan whose layers read `inputs` (per node) rather than the graph's inputs. A node
+    /// that the graph's layers read but none of these does is absorbed: it is not run.
+    pub fn wired(graph: Graph, layers: Vec<Layer>, inputs: Vec<Vec<NodeId>>) -> Plan {
+        let count = |ins: &mut dyn Iterator<Item = &Vec<NodeId>>| {
+            let mut uses = vec![0; graph.nodes.len()];
+            for i in ins.flatten() {
                 uses[i.index()] += 1;
             }
+            uses[graph.output.index()] += 1;
+            uses
+        };
+        let uses = count(&mut inputs.iter());
+        let spec_uses = count(&mut graph.nodes.iter().map(|n| &n.inputs));
+        let absorbed: Vec<bool> = uses
+            .iter()
+            .zip(&spec_uses)
+            .map(|(&u, &s)| u == 0 && s > 0)
+            .collect();
+        let mut pooled = vec![false; graph.nodes.len()];
+        for id in graph.ids() {
+            if !matches!(layers[id.index()], Layer::GlobalPool { max: false }) {
+                continue;
+            }
+            // Back through reshapes that keep the shape (folded BatchNorms) to the producer.
+            let mut src = inputs[id.index()][0];
+            while src.index() > 0 && matches!(layers[src.index()], Layer::Reshape) {
+                let from = inputs[src.index()][0];
+                if graph.node(from).shape != graph.node(src).shape {
+                    break;
+                }
+                src = from;
+            }
+            pooled[src.index()] = true;
         }
-        uses[graph.output.index()] += 1;
         // Training reads logits: a final softmax (a layer of its own, or a Dense layer's
         // activation) is fused into the cross-entropy.
         let out = graph.output;
         let logits = match &layers[out.index()] {
-            Layer::Activation(ActFn::Softmax) => (graph.node(out).inputs[0], false),
+            Layer::Activation(ActFn::Softmax) => (inputs[out.index()][0], false),
             Layer::Dense {
                 act: Some(ActFn::Softmax),
                 ..
@@ -37,9 +83,39 @@ impl Plan {
         Plan {
             graph,
             layers,
+            inputs,
             uses,
+            absorbed,
+            pooled,
             logits,
         }
+    }
+
+    /// The nodes `id`'s layer reads.
+    pub fn inputs(&self, id: NodeId) -> &[NodeId] {
+        &self.inputs[id.index()]
+    }
+
+    /// Whether any layer reads other nodes than the graph says (a fusion rewired the plan).
+    pub fn rewired(&self) -> bool {
+        self.absorbed.iter().any(|a| *a)
+    }
+
+    /// The layers reading each node's output, under this plan's wiring.
+    pub fn readers(&self) -> Vec<Vec<NodeId>> {
+        let mut r = vec![vec![]; self.inputs.len()];
+        for (id, ins) in self.inputs.iter().enumerate() {
+            for i in ins {
+                r[i.index()].push(NodeId(id as u32));
+            }
+        }
+        r
+    }
+
+    /// Whether node `idx`'s output is read by an average global pool, which takes its
+    /// per-image channel means from the producing kernel when that kernel gives them.
+    pub fn pooled(&self, idx: usize) -> bool {
+        self.pooled[idx]
     }
 
     /// The node whose output the loss reads, and whether its own softmax is to be skipped.
@@ -47,7 +123,8 @@ impl Plan {
         self.logits
     }
 
-    /// Runs the layers in node order up to the logits node and returns its value. A value
+    /// Runs the layers in node order up to the logits node (absorbed ones left out) and
+    /// returns its value. A value
     /// read by several layers is handed out with `branch` until its last reader takes it.
     /// `layer` gets the node index, its inputs, its output shape with the batch axis, and
     /// whether to skip its softmax.
@@ -66,9 +143,12 @@ impl Plan {
         let mut vals: Vec<Option<A>> = (0..g.nodes.len()).map(|_| None).collect();
         vals[0] = Some(x);
         for idx in 1..=stop.index() {
+            if self.absorbed[idx] {
+                continue;
+            }
             let node = g.node(NodeId(idx as u32));
             let mut ins = vec![];
-            for &i in &node.inputs {
+            for &i in &self.inputs[idx] {
                 let i = i.index();
                 remaining[i] -= 1;
                 ins.push(if remaining[i] == 0 {

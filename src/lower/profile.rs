@@ -123,5 +123,6 @@ pub fn kind_label(l: &Layer) -> String {
         Layer::Dropout(_) => "dropout".into(),
         Layer::Reshape => "reshape".into(),
         Layer::Merge { kind, .. } => format!("{kind:?}").to_lowercase(),
+        Layer::GatedAdd { .. } => "se multiply + add".into(),
     }
 }

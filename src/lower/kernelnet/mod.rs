@@ -132,6 +132,12 @@ impl<B: Backend> KernelNet<B> {
                     g.node(NodeId(i as u32)).name
                 ));
             }
+            if let Layer::GatedAdd { .. } = l {
+                return Err(format!(
+                    "layer `{}`: an SE multiply fused into its Add is lowered for the CPU only",
+                    g.node(NodeId(i as u32)).name
+                ));
+            }
             if let Layer::Merge { act: Some(_), .. } = l {
                 return Err(format!(
                     "layer `{}`: an Add with a fused activation is lowered for the CPU only",
@@ -383,6 +389,7 @@ impl<B: Backend> KernelNet<B> {
                 )
             }
             Layer::Merge { kind, .. } => (self.merge_forward(ins, &out_shape, kind), Saved::None),
+            Layer::GatedAdd { .. } => unreachable!("refused by `KernelNet::from_net`"),
         };
         (self.fresh(out_shape, y), saved)
     }
@@ -728,6 +735,7 @@ impl<B: Backend> KernelNet<B> {
                 }
             }
             Layer::Merge { kind, .. } => self.merge_backward(&rec, &inputs, dy, kind, grads),
+            Layer::GatedAdd { .. } => unreachable!("refused by `KernelNet::from_net`"),
         }
     }
 
