@@ -862,23 +862,26 @@ pub fn bn_apply(
 
 /// BatchNorm backward in training mode (batch statistics): accumulates dgamma, dbeta, and dx
 /// (added into the buffer with its flag true, written over it with false).
-/// `dz(channel, x, dy)` gives the gradient at the BatchNorm's output from the one after a
-/// fused activation (`|_, _, g| g` without one), recomputed from x in both passes instead of
-/// stored.
+/// `dz(z, dy)` gives the gradient at the BatchNorm's output z = x * scale + shift (the
+/// forward's own expression, `bn_affine`) from the one after a fused activation (`|_, g| g`
+/// without one); z is recomputed from x in both passes instead of stored. Every per-channel
+/// loop runs over zipped slices of length c, so it has no bounds checks and vectorises.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_backward(
     x: &[f32],
     dy: &[f32],
     c: usize,
-    mean: &[f32],
-    inv_std: &[f32],
+    (mean, inv_std): (&[f32], &[f32]),
+    (scale, shift): (&[f32], &[f32]),
     gamma: &[f32],
     dx: Option<(&mut [f32], bool)>,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
-    dz: impl Fn(usize, f32, f32) -> f32 + Sync,
+    dz: impl Fn(f32, f32) -> f32 + Sync,
 ) {
     let rows = (x.len() / c).max(1) as f32;
+    let (mean, inv_std) = (&mean[..c], &inv_std[..c]);
+    let affine = || scale[..c].iter().zip(&shift[..c]);
     // Each chunk of rows sums in f32 (vectorised; 256 rows at most), the chunks in f64, in
     // chunk order.
     let sums = x
@@ -887,11 +890,13 @@ pub fn bn_backward(
         .map(|(xc, gc)| {
             let (mut s1, mut s2) = (vec![0.0f32; c], vec![0.0f32; c]);
             for (xr, gr) in xc.chunks_exact(c).zip(gc.chunks_exact(c)) {
-                for j in 0..c {
-                    let xhat = (xr[j] - mean[j]) * inv_std[j];
-                    let g = dz(j, xr[j], gr[j]);
-                    s1[j] += g;
-                    s2[j] += g * xhat;
+                let per_channel = s1.iter_mut().zip(s2.iter_mut()).zip(xr.iter().zip(gr));
+                for (((a, q), (x, g)), ((m, is), (sc, sh))) in
+                    per_channel.zip(mean.iter().zip(inv_std).zip(affine()))
+                {
+                    let g = dz(x * sc + sh, *g);
+                    *a += g;
+                    *q += g * ((x - m) * is);
                 }
             }
             s1.iter()
@@ -928,7 +933,14 @@ pub fn bn_backward(
                     .chunks_exact_mut(c)
                     .zip(xc.chunks_exact(c).zip(gc.chunks_exact(c)))
                 {
-                    let v = (0..c).map(|j| a[j] * dz(j, xr[j], gr[j]) - b[j] * xr[j] - k[j]);
+                    let coef = a.iter().zip(&b).zip(&k).zip(affine());
+                    let v = xr
+                        .iter()
+                        .zip(gr)
+                        .zip(coef)
+                        .map(|((x, g), (((a, b), k), (sc, sh)))| {
+                            a * dz(x * sc + sh, *g) - b * x - k
+                        });
                     store(dr, add, v);
                 }
             });

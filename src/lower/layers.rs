@@ -468,42 +468,45 @@ impl Net {
                             // The gradient at the BatchNorm's output z = x * scale + shift (the
                             // forward's own expression), through a fused activation.
                             let z = |j: usize, x: f32| x * scale[j] + shift[j];
-                            let relu =
-                                |j: usize, x: f32, g: f32| if z(j, x) > 0.0 { g } else { 0.0 };
-                            let other = |j: usize, x: f32, g: f32| {
+                            let other = |z: f32, g: f32| {
                                 let f = act.expect("a fused activation");
-                                let zv = z(j, x);
-                                g * act_grad(f, zv, act_value(f, zv))
+                                g * act_grad(f, z, act_value(f, z))
                             };
                             if train {
                                 let dx = g.dst(0);
                                 let (xs, gi) = (&x[..], &g_data[..]);
                                 let (dg, db) = (&mut dgamma[..], &mut dbeta[..]);
+                                let stats = (&m[..], &inv_std[..]);
+                                let affine = (&scale[..], &shift[..]);
+                                // One call per activation, so that each dz is inlined.
                                 match act {
                                     None => kernels::bn_backward(
                                         xs,
                                         dy,
                                         c,
-                                        &m,
-                                        &inv_std,
+                                        stats,
+                                        affine,
                                         gi,
                                         dx,
                                         dg,
                                         db,
-                                        |_, _, g| g,
+                                        |_, g| g,
                                     ),
-                                    Some(ActFn::Relu) => kernels::bn_backward(
-                                        xs, dy, c, &m, &inv_std, gi, dx, dg, db, relu,
-                                    ),
+                                    Some(ActFn::Relu) => {
+                                        let relu = |z: f32, g: f32| if z > 0.0 { g } else { 0.0 };
+                                        kernels::bn_backward(
+                                            xs, dy, c, stats, affine, gi, dx, dg, db, relu,
+                                        )
+                                    }
                                     Some(_) => kernels::bn_backward(
-                                        xs, dy, c, &m, &inv_std, gi, dx, dg, db, other,
+                                        xs, dy, c, stats, affine, gi, dx, dg, db, other,
                                     ),
                                 }
                             } else {
                                 // Moving statistics are constants: the op is an affine map per channel.
                                 let dz = |j: usize, x: f32, g: f32| match act {
                                     None => g,
-                                    Some(_) => other(j, x, g),
+                                    Some(_) => other(z(j, x), g),
                                 };
                                 let mut dx = g.acc(0);
                                 for (row, (xr, gr)) in x.chunks(c).zip(dy.chunks(c)).enumerate() {
