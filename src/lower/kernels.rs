@@ -873,7 +873,6 @@ pub fn bn_backward(
     c: usize,
     (mean, inv_std): (&[f32], &[f32]),
     (scale, shift): (&[f32], &[f32]),
-    gamma: &[f32],
     dx: Option<(&mut [f32], bool)>,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
@@ -914,9 +913,9 @@ pub fn bn_backward(
         dgamma[j] += sum_dy_xhat[j];
     }
     if let Some((dx, add)) = dx {
-        // dx = a g − b x − k per channel: a = gamma inv_std, b = a inv_std Σ(g xhat) / rows,
-        // k = a Σg / rows − b mean.
-        let a: Vec<f32> = (0..c).map(|j| gamma[j] * inv_std[j]).collect();
+        // dx = a g − b x − k per channel: a = gamma inv_std (the forward's scale),
+        // b = a inv_std Σ(g xhat) / rows, k = a Σg / rows − b mean.
+        let a = &scale[..c];
         let b: Vec<f32> = (0..c)
             .map(|j| a[j] * inv_std[j] * sum_dy_xhat[j] / rows)
             .collect();

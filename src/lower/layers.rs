@@ -474,7 +474,7 @@ impl Net {
                             };
                             if train {
                                 let dx = g.dst(0);
-                                let (xs, gi) = (&x[..], &g_data[..]);
+                                let xs = &x[..];
                                 let (dg, db) = (&mut dgamma[..], &mut dbeta[..]);
                                 let stats = (&m[..], &inv_std[..]);
                                 let affine = (&scale[..], &shift[..]);
@@ -486,7 +486,6 @@ impl Net {
                                         c,
                                         stats,
                                         affine,
-                                        gi,
                                         dx,
                                         dg,
                                         db,
@@ -495,11 +494,11 @@ impl Net {
                                     Some(ActFn::Relu) => {
                                         let relu = |z: f32, g: f32| if z > 0.0 { g } else { 0.0 };
                                         kernels::bn_backward(
-                                            xs, dy, c, stats, affine, gi, dx, dg, db, relu,
+                                            xs, dy, c, stats, affine, dx, dg, db, relu,
                                         )
                                     }
                                     Some(_) => kernels::bn_backward(
-                                        xs, dy, c, stats, affine, gi, dx, dg, db, other,
+                                        xs, dy, c, stats, affine, dx, dg, db, other,
                                     ),
                                 }
                             } else {
