@@ -13,7 +13,7 @@ BAKED=${BAKED_CUDA_ROOT:-/tmp/dfdx-cuda13/root}
 if [ "${COPY_HEADERS:-0}" = 1 ] && [ -d "$HERE/include" ]; then mkdir -p "$BAKED" && cp -r "$HERE/include" "$BAKED/"; fi
 NV=$(ls -d "${TORCH_VENV:-/opt/torch/.venv}"/lib/python3*/site-packages/nvidia 2>/dev/null | head -1)
 LIBDIRS=$(find -L "$NV" /usr/local/cuda/lib64/ -maxdepth 4 \( -name 'libcublas.so.13' -o -name 'libcublasLt.so.13' \
-  -o -name 'libnvrtc.so.13' -o -name 'libnvrtc-builtins.so.13*' -o -name 'libcurand.so.10' \) -printf '%h\n' 2>/dev/null | awk '!seen[$0]++' | paste -sd: -)
+  -o -name 'libnvrtc.so.13' -o -name 'libnvrtc-builtins.so.13*' -o -name 'libcudnn.so.9' -o -name 'libcurand.so.10' \) -printf '%h\n' 2>/dev/null | awk '!seen[$0]++' | paste -sd: -)
 export LD_LIBRARY_PATH="$LIBDIRS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if ldd "$BIN" | grep -q 'libcuda.so.1 => not found'; then
   D=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 -name libcuda.so.1 -printf '%h\n' 2>/dev/null | head -1)

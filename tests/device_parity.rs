@@ -153,6 +153,7 @@ fn device_flags_parse() {
 }
 
 mod emulated_gpu;
+use se_compile::lower::kernelnet::host::RefConvLib;
 
 fn kernelnet_passes_parity(make: &mut dyn FnMut(&Net) -> Box<dyn Model>, name: &str) {
     let rows = parity::run_all(make);
@@ -182,6 +183,26 @@ fn cuda_kernels_emulated_match_the_cpu_kernels_for_every_layer_kind() {
         },
         "emulated cuda kernels",
     );
+}
+
+/// The network's convolution-library path, with a reference library in cuDNN's place: in
+/// `all`, every convolution and gradient it has; otherwise (cuDNN's default policy) the
+/// forward of multi-tap convolutions, their gradients by gemm on a fresh im2col matrix.
+#[test]
+fn cuda_kernels_emulated_with_a_convolution_library_match_the_cpu_kernels() {
+    for all in [false, true] {
+        kernelnet_passes_parity(
+            &mut |net: &Net| {
+                let be = emulated_gpu::build_with(Some(RefConvLib { all }));
+                Box::new(KernelNet::from_net(net, be, "emulated".into()).unwrap())
+            },
+            if all {
+                "emulated, conv library for all"
+            } else {
+                "emulated, conv library forward"
+            },
+        );
+    }
 }
 
 #[test]

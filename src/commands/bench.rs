@@ -76,6 +76,18 @@ pub fn run(cx: &Ctx, a: BenchArgs) -> Result<(), u8> {
     if let Some((img_s, ms)) = r.infer {
         println!("inference: {img_s:.1} images/s ({ms:.1} ms/batch)");
     }
+    let peak = train
+        .as_ref()
+        .or(infer.as_ref())
+        .and_then(|m| m.memory_peak());
+    if let Some((used, reserved)) = peak {
+        let gb = |b: u64| b as f64 / 1e9;
+        println!(
+            "device memory peak: {:.2} GB in use, {:.2} GB reserved (the GPU's memory pool, whole run; cuDNN's algorithm search allocates outside it)",
+            gb(used),
+            gb(reserved)
+        );
+    }
     if let Some(p) = train.as_ref().and_then(|m| m.profile_report()) {
         println!(
             "training, time per phase and layer kind, over all bench steps (SE_COMPILE_PROFILE=1):\n{p}"

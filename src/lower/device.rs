@@ -141,10 +141,8 @@ impl Opened {
             #[cfg(feature = "cuda")]
             Opened::CudaKernelNet(dev, i) => {
                 let be = CudaKernels::open(dev.clone()).map_err(DeviceError::Unavailable)?;
-                Box::new(
-                    KernelNet::from_net(&net, be, format!("cuda-kernelnet:{i}"))
-                        .map_err(DeviceError::Unavailable)?,
-                )
+                let name = format!("cuda-kernelnet:{i}, convolutions by {}", be.conv_engine());
+                Box::new(KernelNet::from_net(&net, be, name).map_err(DeviceError::Unavailable)?)
             }
         })
     }

@@ -76,6 +76,11 @@ pub trait Model {
     fn set_opt_state(&mut self, step: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>);
     /// Waits for queued device work, so timings measure it.
     fn synchronize(&self);
+    /// The device allocator's high-water marks, (in use, reserved) in bytes, where the device
+    /// keeps them (the GPU's memory pool); None elsewhere.
+    fn memory_peak(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Time per phase and layer kind, when the network was built with profiling on.
     fn profile_report(&self) -> Option<String> {
         self.profile().map(Profile::report)

@@ -5,8 +5,8 @@
 //! For each kernel the test generates a wrapper that, like cuLaunchKernel, takes an array of
 //! pointers to the argument values. Matmuls, cuBLAS on the GPU, are the host backend's.
 
-use se_compile::lower::kernelnet::backend::{Backend, Gemm};
-use se_compile::lower::kernelnet::host::Host;
+use se_compile::lower::kernelnet::backend::{Backend, ConvDir, ConvLib, Gemm, Geom};
+use se_compile::lower::kernelnet::host::{Host, RefConvLib};
 use se_compile::lower::kernelnet::launch::{kernel_params, Arg, Device, Kernels};
 use std::ffi::{c_void, CString};
 
@@ -53,6 +53,8 @@ fn wrappers(sigs: &[(String, Vec<String>)]) -> String {
 
 pub struct Emulated {
     lib: *mut c_void,
+    /// A convolution library standing in for cuDNN, when the test asks for one.
+    conv: Option<RefConvLib>,
 }
 
 pub type EmulatedKernels = Kernels<Emulated>;
@@ -60,11 +62,40 @@ pub type EmulatedKernels = Kernels<Emulated>;
 /// Compiles kernels.cu and the wrappers with the C compiler (`CC`, else `cc`), once per test
 /// process.
 pub fn build() -> EmulatedKernels {
+    build_with(None)
+}
+
+/// With a reference convolution library in cuDNN's place.
+pub fn build_with(conv: Option<RefConvLib>) -> EmulatedKernels {
     static LIB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let lib = *LIB.get_or_init(|| compile_and_open() as usize);
     Kernels::new(Emulated {
         lib: lib as *mut c_void,
+        conv,
     })
+}
+
+impl ConvLib<HostBuf> for RefConvLib {
+    fn supports(&self, g: &Geom, cout: usize, dir: ConvDir) -> bool {
+        RefConvLib::supports(self, g, cout, dir)
+    }
+    fn forward(&self, g: &Geom, cout: usize, x: &HostBuf, w: &HostBuf, y: &mut HostBuf) {
+        RefConvLib::forward(g, cout, &x.data, &w.data, &mut y.data)
+    }
+    fn backward_data(
+        &self,
+        g: &Geom,
+        cout: usize,
+        dy: &HostBuf,
+        w: &HostBuf,
+        dx: &mut HostBuf,
+        acc: bool,
+    ) {
+        RefConvLib::backward_data(g, cout, &dy.data, &w.data, &mut dx.data, acc)
+    }
+    fn backward_filter(&self, g: &Geom, cout: usize, x: &HostBuf, dy: &HostBuf, dw: &mut HostBuf) {
+        RefConvLib::backward_filter(g, cout, &x.data, &dy.data, &mut dw.data)
+    }
 }
 
 fn compile_and_open() -> *mut c_void {
@@ -139,6 +170,9 @@ impl Device for Emulated {
     fn synchronize(&self) {}
     fn gemm(&self, g: &Gemm, a: &HostBuf, b: &HostBuf, c: &mut HostBuf) {
         Host.gemm(g, &a.data, &b.data, &mut c.data)
+    }
+    fn conv_lib(&self) -> Option<&dyn ConvLib<HostBuf>> {
+        self.conv.as_ref().map(|c| c as &dyn ConvLib<HostBuf>)
     }
     fn launch(&self, name: &'static str, total: usize, args: &mut [Arg<HostBuf>]) {
         let sym = CString::new(format!("{name}_packed")).expect("no NUL");

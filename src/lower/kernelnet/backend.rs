@@ -264,6 +264,40 @@ pub fn split_k(k: usize) -> usize {
 /// Rows per thread in each pass of a column sum.
 pub const SUM_ROWS: usize = 32;
 
+/// The three computations of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvDir {
+    Forward,
+    /// The input gradient.
+    Data,
+    /// The filter gradient.
+    Filter,
+}
+
+/// A library that runs convolutions straight on NHWC tensors (cuDNN on a GPU), with the
+/// filter in (Cout, kh, kw, C/G) order: no im2col matrix.
+pub trait ConvLib<Buf> {
+    /// Whether it runs `dir` of the convolution `g` with `cout` outputs: it computes exactly
+    /// that convolution (cuDNN pads both sides alike, so not every padding is one it has), has
+    /// an algorithm for it, and is the faster way by its policy. The network runs the others
+    /// as im2col and gemm.
+    fn supports(&self, g: &Geom, cout: usize, dir: ConvDir) -> bool;
+    /// y = x ⋆ w, overwritten.
+    fn forward(&self, g: &Geom, cout: usize, x: &Buf, w: &Buf, y: &mut Buf);
+    /// dx (+)= the input gradient of dy.
+    fn backward_data(
+        &self,
+        g: &Geom,
+        cout: usize,
+        dy: &Buf,
+        w: &Buf,
+        dx: &mut Buf,
+        accumulate: bool,
+    );
+    /// dw = the filter gradient, overwritten.
+    fn backward_filter(&self, g: &Geom, cout: usize, x: &Buf, dy: &Buf, dw: &mut Buf);
+}
+
 /// Outputs are freshly made, or written into `out`, added to it when `accumulate`.
 pub trait Backend {
     type Buf;
@@ -400,6 +434,15 @@ pub trait Backend {
         rows: usize,
         accumulate: bool,
     );
+    /// out (+)= aᵀ, for `a` of (rows, cols).
+    fn transpose(
+        &self,
+        a: &Self::Buf,
+        rows: usize,
+        cols: usize,
+        out: &mut Self::Buf,
+        accumulate: bool,
+    );
     fn update(
         &self,
         u: &Update,
@@ -408,4 +451,13 @@ pub trait Backend {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
     );
+    /// The device's convolution library, if it has one; the network uses im2col and gemm for
+    /// the convolutions it has not.
+    fn conv_lib(&self) -> Option<&dyn ConvLib<Self::Buf>> {
+        None
+    }
+    /// The allocator's high-water marks (in use, reserved) in bytes, where it keeps them.
+    fn memory_peak(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

@@ -3,7 +3,8 @@
 //! TF32 off). What each launch passes is built in `launch.rs`, which the tests also run with the
 //! kernels compiled for the host.
 
-use super::backend::Gemm;
+use super::backend::{ConvLib, Gemm};
+use super::cudnn::{Cudnn, Policy};
 use super::launch::{kernel_params, Arg, Device, Kernels};
 use cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm as _, GemmConfig, StridedBatchedConfig,
@@ -35,6 +36,9 @@ pub fn compile() -> Result<cudarc::nvrtc::Ptx, String> {
 pub struct Cuda {
     dev: Arc<CudaDevice>,
     blas: CudaBlas,
+    /// Convolutions straight on NHWC tensors; None when libcudnn is missing or
+    /// SE_COMPILE_CONV=gemm asks for im2col and cuBLAS.
+    cudnn: Option<Cudnn>,
 }
 
 pub type CudaKernels = Kernels<Cuda>;
@@ -50,7 +54,33 @@ impl Kernels<Cuda> {
         }
         keep_freed_memory(&dev);
         let blas = CudaBlas::new(dev.clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
-        Ok(Kernels::new(Cuda { dev, blas }))
+        let policy = match std::env::var("SE_COMPILE_CONV").as_deref() {
+            Ok("gemm") => None,
+            Ok("auto") | Err(_) => Some(Policy::Auto),
+            Ok("cudnn") => Some(Policy::All),
+            Ok(other) => {
+                return Err(format!(
+                    "SE_COMPILE_CONV={other}: use auto (the default: cuDNN where it measured faster), cudnn (cuDNN wherever it can) or gemm (im2col + cuBLAS only)"
+                ))
+            }
+        };
+        let cudnn = match policy.map(|p| Cudnn::open(dev.clone(), p)) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                eprintln!("note: {e}; convolutions run as im2col + cuBLAS");
+                None
+            }
+            None => None,
+        };
+        Ok(Kernels::new(Cuda { dev, blas, cudnn }))
+    }
+
+    /// What runs the convolutions: "cuDNN 9.19.0" or "im2col + cuBLAS".
+    pub fn conv_engine(&self) -> String {
+        match &self.d.cudnn {
+            Some(c) => c.describe(),
+            None => "im2col + cuBLAS".into(),
+        }
     }
 }
 
@@ -181,6 +211,42 @@ impl Device for Cuda {
             }
         };
         r.unwrap_or_else(|e| panic!("cuBLAS sgemm {g:?}: {e:?}"));
+    }
+
+    fn memory_peak(&self) -> Option<(u64, u64)> {
+        use cudarc::driver::sys;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let (mut used, mut reserved) = (0u64, 0u64);
+        // SAFETY: driver queries on the current device's default pool, writing to locals.
+        unsafe {
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, *self.dev.cu_device())
+                != sys::CUresult::CUDA_SUCCESS
+            {
+                return None;
+            }
+            for (attr, out) in [
+                (
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    &mut used,
+                ),
+                (
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+                    &mut reserved,
+                ),
+            ] {
+                let r = sys::cuMemPoolGetAttribute(pool, attr, out as *mut u64 as *mut c_void);
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    return None;
+                }
+            }
+        }
+        Some((used, reserved))
+    }
+
+    fn conv_lib(&self) -> Option<&dyn ConvLib<CudaSlice<f32>>> {
+        self.cudnn
+            .as_ref()
+            .map(|c| c as &dyn ConvLib<CudaSlice<f32>>)
     }
 
     fn launch(&self, name: &'static str, total: usize, args: &mut [Arg<CudaSlice<f32>>]) {

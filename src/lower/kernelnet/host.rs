@@ -367,6 +367,15 @@ impl Backend for Host {
             }
         }
     }
+    fn transpose(&self, a: &Vec<f32>, rows: usize, cols: usize, out: &mut Vec<f32>, acc: bool) {
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = a[r * cols + c];
+                let o = &mut out[c * rows + r];
+                *o = if acc { *o + v } else { v };
+            }
+        }
+    }
     fn update(
         &self,
         u: &Update,
@@ -388,5 +397,68 @@ impl Backend for Host {
                 p[i] -= u.lr * m[i];
             }
         }
+    }
+}
+
+/// Direct-loop convolutions in a convolution library's layouts (NHWC tensors, the filter as
+/// (Cout, kh, kw, C/G)), with cuDNN's rule of equal padding on both sides: a stand-in for
+/// cuDNN that runs anywhere, so that the network's use of a `ConvLib` (filter transposes, what
+/// the forward keeps, the backward's fresh im2col matrix) is tested without a GPU.
+pub struct RefConvLib {
+    /// Which directions it takes: like cuDNN's `Policy::All` (every direction) or
+    /// `Policy::Auto` (the forward of convolutions with more than one tap).
+    pub all: bool,
+}
+
+impl RefConvLib {
+    /// Visits every (output index, input index, filter index) that the convolution multiplies.
+    fn each(g: &Geom, cout: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let (c, cg) = (g.c as usize, (g.c / g.groups) as usize);
+        let cog = cout / g.groups as usize;
+        for n in 0..g.n {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let o_row = (((n * g.ho + oy) * g.wo + ox) as usize) * cout;
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let Some((iy, ix)) = g.src(oy, ox, ky, kx) else {
+                                continue;
+                            };
+                            let i_row = (((n * g.h + iy) * g.w + ix) as usize) * c;
+                            let tap = (ky * g.kw + kx) as usize;
+                            for k in 0..cout {
+                                let grp = k / cog;
+                                for ci in 0..cg {
+                                    let wi = (k * g.taps() + tap) * cg + ci;
+                                    f(o_row + k, i_row + grp * cg + ci, wi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn supports(&self, g: &Geom, _cout: usize, dir: super::backend::ConvDir) -> bool {
+        let size =
+            |len: i32, k: i32, s: i32, d: i32, p: i32| (len + 2 * p - d * (k - 1) - 1) / s + 1;
+        let same =
+            size(g.h, g.kh, g.sh, g.dh, g.pt) == g.ho && size(g.w, g.kw, g.sw, g.dw, g.pl) == g.wo;
+        same && (self.all || (dir == super::backend::ConvDir::Forward && g.kh * g.kw > 1))
+    }
+    pub fn forward(g: &Geom, cout: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
+        y.fill(0.0);
+        RefConvLib::each(g, cout, |o, i, k| y[o] += x[i] * w[k]);
+    }
+    pub fn backward_data(g: &Geom, cout: usize, dy: &[f32], w: &[f32], dx: &mut [f32], acc: bool) {
+        if !acc {
+            dx.fill(0.0);
+        }
+        RefConvLib::each(g, cout, |o, i, k| dx[i] += dy[o] * w[k]);
+    }
+    pub fn backward_filter(g: &Geom, cout: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+        dw.fill(0.0);
+        RefConvLib::each(g, cout, |o, i, k| dw[k] += dy[o] * x[i]);
     }
 }

@@ -347,6 +347,16 @@ KERNEL void col_copy(const float* src, int src_c, int src_off, float* dst, int d
     }
 }
 
+// out[c][r] (+)= a[r][c] for a of (rows, cols): one thread per output, reading a column.
+KERNEL void transpose(const float* a, float* out, int rows, int cols, int acc, int total) {
+    LOOP(i, total) {
+        int c = i / rows;
+        int r = (int)(i % rows);
+        float v = a[r * cols + c];
+        out[i] = acc ? out[i] + v : v;
+    }
+}
+
 // dfdx's Adam (L2 weight decay added to the gradient) and SGD with classic momentum; bc1
 // and bc2 are Adam's bias corrections 1 - beta^step, computed on the host.
 KERNEL void update(float* p, const float* g, float* m, float* v, UpdateCfg u, int total) {

@@ -4,7 +4,9 @@
 //! compiled as C and called on the host (`tests/emulated_gpu/`), so that the sizes, flags and
 //! argument lists built here are checked without a GPU.
 
-use super::backend::{Backend, BnParams, BnScalars, Gemm, Geom, Update, UpdateCfg, SUM_ROWS};
+use super::backend::{
+    Backend, BnParams, BnScalars, ConvLib, Gemm, Geom, Update, UpdateCfg, SUM_ROWS,
+};
 use std::ffi::c_void;
 
 /// One kernel argument, in the kernel's parameter order.
@@ -30,6 +32,14 @@ pub trait Device {
     fn gemm(&self, g: &Gemm, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf);
     /// Runs kernel `name` over `total` work items with `args` followed by `total` as an int.
     fn launch(&self, name: &'static str, total: usize, args: &mut [Arg<Self::Buf>]);
+    /// The device's convolution library (cuDNN), if it has one.
+    fn conv_lib(&self) -> Option<&dyn ConvLib<Self::Buf>> {
+        None
+    }
+    /// The allocator's high-water marks (in use, reserved) in bytes, where it keeps them.
+    fn memory_peak(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The kernel parameter list CUDA's launch takes: one pointer per argument, to the argument's
@@ -437,6 +447,19 @@ impl<D: Device> Backend for Kernels<D> {
                 fl(acc),
             ],
         );
+    }
+    fn transpose(&self, a: &D::Buf, rows: usize, cols: usize, out: &mut D::Buf, acc: bool) {
+        self.run(
+            "transpose",
+            rows * cols,
+            &mut [In(a), Out(out), I32(rows as i32), I32(cols as i32), fl(acc)],
+        );
+    }
+    fn conv_lib(&self) -> Option<&dyn ConvLib<D::Buf>> {
+        self.d.conv_lib()
+    }
+    fn memory_peak(&self) -> Option<(u64, u64)> {
+        self.d.memory_peak()
     }
     fn update(&self, u: &Update, p: &mut D::Buf, g: &D::Buf, m: &mut D::Buf, v: &mut D::Buf) {
         let n = self.d.len(p);

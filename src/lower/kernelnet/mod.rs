@@ -9,6 +9,8 @@
 pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cudnn;
 pub mod host;
 pub mod launch;
 
@@ -24,7 +26,7 @@ use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
 use crate::train::config::Optimizer;
-use backend::{act_code, split_k, Backend, BnParams, Gemm, Geom, Update};
+use backend::{act_code, split_k, Backend, BnParams, ConvDir, Gemm, Geom, Update};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -55,6 +57,10 @@ enum Saved<Buf> {
     None,
     /// A convolution's im2col matrix (the input itself for a direct 1×1 conv).
     Cols(Rc<Buf>),
+    /// A convolution whose forward ran in the device's library: nothing is kept but its
+    /// filter in the library's (Cout, kh, kw, C/G) order. The backward takes the input from
+    /// the record, and makes its im2col matrix afresh where it runs as gemm.
+    Lib(Buf),
     /// A pool's im2col matrix is not needed: its winning taps are.
     Arg(Buf),
     Bn {
@@ -226,6 +232,17 @@ impl<B: Backend> KernelNet<B> {
         })
     }
 
+    /// Conv weight `w` in the convolution library's order: Keras' (kh, kw, C/G, Cout) is a
+    /// (taps, Cout) matrix, the library wants its transpose.
+    fn lib_filter(&self, w: usize, s: &ConvShape) -> B::Buf {
+        let be = &self.be;
+        let src = &self.params[w].buf;
+        let n = be.len(src);
+        let mut out = be.alloc(n);
+        be.transpose(src, n / s.cout, s.cout, &mut out, false);
+        out
+    }
+
     fn conv_gemm(&self, s: &ConvShape, rows: usize) -> Gemm {
         // Group g reads its columns of the im2col matrix and its output columns of the Keras
         // kernel (kh, kw, C/G, Cout): a strided batch of one matmul per group.
@@ -266,6 +283,17 @@ impl<B: Backend> KernelNet<B> {
             Layer::Input => return (x.clone(), Saved::None),
             Layer::Conv { op, w, b, .. } => {
                 let s = conv_shape(&op, &x.shape, &out_shape);
+                let geom = Geom::of(&s.win, s.groups);
+                let lib = be.conv_lib();
+                if let Some(lib) = lib.filter(|l| l.supports(&geom, s.cout, ConvDir::Forward)) {
+                    let wk = self.lib_filter(w, &s);
+                    let mut y = be.alloc(total);
+                    lib.forward(&geom, s.cout, &x.buf, &wk, &mut y);
+                    if let Some(b) = b {
+                        be.add_bias(&mut y, &self.params[b].buf);
+                    }
+                    return (self.fresh(out_shape, y), Saved::Lib(wk));
+                }
                 let cols = if s.direct() {
                     x.buf.clone()
                 } else {
@@ -541,9 +569,41 @@ impl<B: Backend> KernelNet<B> {
             Layer::Input => {}
             Layer::Conv { op, w, b, .. } => {
                 let s = conv_shape(&op, &x.shape, &rec.out.shape);
-                let Saved::Cols(cols) = rec.saved else {
-                    unreachable!("conv saves its columns")
+                let g = Geom::of(&s.win, s.groups);
+                let (cols, wk) = match rec.saved {
+                    Saved::Cols(cols) => (Some(cols), None),
+                    Saved::Lib(wk) => (None, Some(wk)),
+                    _ => unreachable!("conv saves its columns or its library's filter"),
                 };
+                // The library's gradients, where it ran the forward and takes them too.
+                let lib = wk.as_ref().and_then(|wk| be.conv_lib().map(|l| (l, wk)));
+                let lib_filter = lib.filter(|(l, _)| l.supports(&g, cout, ConvDir::Filter));
+                let lib_data = lib.filter(|(l, _)| l.supports(&g, cout, ConvDir::Data));
+                if let (Some((lib, wk)), Some(_)) = (lib_filter, lib_data) {
+                    if let Some(b) = b {
+                        let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
+                        be.axpy(&db, 1.0, &mut pgrads[b]);
+                    }
+                    let mut dwk = be.alloc(be.len(wk));
+                    lib.backward_filter(&g, cout, &x.buf, &dy, &mut dwk);
+                    be.transpose(&dwk, cout, be.len(wk) / cout, &mut pgrads[w], true);
+                    drop(dwk);
+                    if xi != 0 {
+                        self.add_grad(grads, xi, xlen, |dx, acc| {
+                            lib.backward_data(&g, cout, &dy, wk, dx, acc)
+                        });
+                    }
+                    return;
+                }
+                drop(wk);
+                // Gemm: the im2col matrix kept by the forward, or made afresh.
+                let cols = cols.unwrap_or_else(|| {
+                    if s.direct() {
+                        x.buf.clone()
+                    } else {
+                        Rc::new(be.im2col(&x.buf, &g, 0.0))
+                    }
+                });
                 if let Some(b) = b {
                     let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
                     be.axpy(&db, 1.0, &mut pgrads[b]);
@@ -966,5 +1026,8 @@ impl<B: Backend> Model for KernelNet<B> {
     }
     fn synchronize(&self) {
         self.be.synchronize();
+    }
+    fn memory_peak(&self) -> Option<(u64, u64)> {
+        self.be.memory_peak()
     }
 }
