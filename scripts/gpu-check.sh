@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a GPU machine with no cargo (GPU time is scarce), for both
-# GPU networks: `cuda` (dfdx composites) and `cuda-kernelnet` (the project's CUDA kernels):
-#   1. parity: each layer kind, CPU kernels vs the GPU network, forward and gradients;
-#   2. loss curves: se_resnet_mini trained on the bundled data on the CPU and on each GPU
-#      network, same seed, compared step by step;
+# Every GPU check in one run, for a GPU machine with no cargo (GPU time is scarce), for the GPU
+# network (`--device cuda`: the project's CUDA kernels, cuBLAS and cuDNN):
+#   1. parity: each layer kind, CPU kernels vs the GPU network, forward and gradients, with
+#      cuDNN's convolutions as chosen by default and with cuDNN for every convolution;
+#   2. loss curves: se_resnet_mini trained on the bundled data on the CPU and on the GPU,
+#      same seed, compared step by step;
 #   3. speed: SE-ResNet-50 (the seed's) at 224x224, batch 64, train and inference images/s,
 #      with a per-layer-kind time profile;
 #   3b. PyTorch (timm seresnet50, same setting) on the same card, where the venv has it;
 #   4. one summary table.
-# DEVICES="cuda-kernelnet" checks one network only.
+# DEVICES="cuda:1" checks another GPU.
 # Usage, from the repo root after scripts/build-cuda.sh:  bash .gpu/gpu-check.sh [OUT_DIR]
 set -u
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ RUN="bash .gpu/run-on-gpu.sh .gpu/se-compile"
 EPOCHS=${EPOCHS:-4}
 BATCH=${BATCH:-16}
 STEPS=${STEPS:-10}
-DEVICES=${DEVICES:-cuda cuda-kernelnet}
+DEVICES=${DEVICES:-cuda}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTD/gpu.txt"
 
 PY=$(command -v python3 || ls "${TORCH_VENV:-/opt/torch/.venv}"/bin/python3)
@@ -31,6 +32,9 @@ for dev in $DEVICES; do
 echo "== 1. parity (CPU kernels vs $dev) =="
 $RUN parity --device "$dev" 2>&1 | tee "$OUTD/parity-$dev.txt"
 parity_rc[$dev]=${PIPESTATUS[0]}
+echo "== 1b. parity (CPU kernels vs $dev, cuDNN for every convolution) =="
+SE_COMPILE_CONV=cudnn $RUN parity --device "$dev" 2>&1 | tee "$OUTD/parity-$dev-cudnn.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || parity_rc[$dev]=1
 done
 
 echo "== 2. loss curves: se_resnet_mini, $EPOCHS epochs, batch $BATCH =="
@@ -93,50 +97,17 @@ SE_COMPILE_PROFILE=1 $RUN bench models/se_resnet50.yaml --device "$dev" --input 
 done
 
 echo "== 3b. PyTorch on this card (the baseline; skipped where the venv lacks torch or timm) =="
-# Same setting as ../shared/cuda/README.md: timm seresnet50, 224², batch 64, fp32 with TF32
-# off, Adam, median of 20 steps after 5 warm-up steps.
+# Same setting: timm seresnet50, 224², batch 64, fp32 with TF32 off, Adam, median of 20 steps
+# after 5 warm-up steps (scripts/torch_bench.py).
 TPY="${TORCH_VENV:-/opt/torch/.venv}/bin/python3"
 [ -x "$TPY" ] || TPY="$PY"
 if "$TPY" -c "import torch, timm" 2>/dev/null; then
-"$TPY" - <<'PY' 2>&1 | tee "$OUTD/pytorch.txt"
-import statistics, time, torch, timm
-torch.backends.cuda.matmul.allow_tf32 = False
-torch.backends.cudnn.allow_tf32 = False
-torch.backends.cudnn.benchmark = True
-m = timm.create_model("seresnet50", num_classes=17).cuda()
-opt = torch.optim.Adam(m.parameters(), 1e-4)
-x = torch.randn(64, 3, 224, 224, device="cuda")
-y = torch.randint(0, 17, (64,), device="cuda")
-loss_fn = torch.nn.CrossEntropyLoss()
-def train_step():
-    opt.zero_grad(set_to_none=True)
-    loss_fn(m(x), y).backward()
-    opt.step()
-def median_seconds(f):
-    for _ in range(5):
-        f()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(20):
-        t = time.perf_counter()
-        f()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-m.train()
-tr = 64 / median_seconds(train_step)
-m.eval()
-with torch.no_grad():
-    inf = 64 / median_seconds(lambda: m(x))
-print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, timm {timm.__version__}")
-print(f"pytorch train: {tr:.1f} images/s")
-print(f"pytorch inference: {inf:.1f} images/s")
-PY
+  timeout 120 "$TPY" "$(dirname "$0")/torch_bench.py" --input 224 --batch 64 2>&1 | tee "$OUTD/pytorch.txt"
 else
-  echo "no torch + timm here: the targets below use the H200 figures of ../shared/cuda/README.md"
+  echo "no torch + timm here: the ratios below use the H200 figures of ../shared/cuda/README.md"
 fi
-pt_tr=$(awk '/^pytorch train:/{print $3}' "$OUTD/pytorch.txt" 2>/dev/null)
-pt_inf=$(awk '/^pytorch inference:/{print $3}' "$OUTD/pytorch.txt" 2>/dev/null)
+pt_tr=$(sed -n 's/^pytorch fp32 224 64: train \([0-9.]*\) img\/s.*/\1/p' "$OUTD/pytorch.txt" 2>/dev/null)
+pt_inf=$(sed -n 's/^pytorch fp32 224 64: .*inference \([0-9.]*\) img\/s.*/\1/p' "$OUTD/pytorch.txt" 2>/dev/null)
 pt_src="PyTorch on this card"
 if [ -z "$pt_tr" ] || [ -z "$pt_inf" ]; then pt_tr=807; pt_inf=2884; pt_src="PyTorch on the H200 (shared README)"; fi
 
@@ -149,8 +120,8 @@ all=0
     tr=$(awk '/^train:/{print $2}' "$OUTD/bench-$dev.txt"); inf=$(awk '/^inference:/{print $2}' "$OUTD/bench-$dev.txt")
     echo "| $dev: parity, $(grep -c ' ok$' "$OUTD/parity-$dev.txt") layer kinds ok | $([ "${parity_rc[$dev]}" = 0 ] && echo pass || echo FAIL) |"
     echo "| $dev: se_resnet_mini loss curve vs cpu | $([ "${curves_rc[$dev]}" = 0 ] && echo pass || echo FAIL) |"
-    echo "| $dev: SE-ResNet-50 train, 224², batch 64 | ${tr:-?} img/s; $pt_src, fp32, TF32 off: $pt_tr; target >= $(awk -v p="$pt_tr" 'BEGIN{print p/2}') |"
-    echo "| $dev: SE-ResNet-50 inference, 224², batch 64 | ${inf:-?} img/s; $pt_src: $pt_inf; target >= $(awk -v p="$pt_inf" 'BEGIN{print p/2}') |"
+    echo "| $dev: SE-ResNet-50 train, 224², batch 64 | ${tr:-?} img/s; $pt_src, fp32, TF32 off: $pt_tr; ratio $(awk -v a="$tr" -v p="$pt_tr" 'BEGIN{ if (a == "") print "?"; else printf "%.2f", a/p }') |"
+    echo "| $dev: SE-ResNet-50 inference, 224², batch 64 | ${inf:-?} img/s; $pt_src: $pt_inf; ratio $(awk -v a="$inf" -v p="$pt_inf" 'BEGIN{ if (a == "") print "?"; else printf "%.2f", a/p }') |"
   done
 } | tee "$OUTD/summary.md"
 for dev in $DEVICES; do

@@ -5,14 +5,14 @@
 #   ratio | train memory: se-compile pool peak reserved / PyTorch max reserved
 # Both fp32 with TF32 off, Adam. Every command has a timeout, so a slow row costs only itself.
 # Usage, on the GPU machine from the repo root after scripts/build-cuda.sh:
-#   bash .gpu/gpu-speed.sh [OUT_DIR]      ROWS="224:32 224:64" DEVICE=cuda-kernelnet STEPS=10
+#   bash .gpu/gpu-speed.sh [OUT_DIR]      ROWS="224:32 224:64" DEVICE=cuda STEPS=10
 set -u
 cd "$(dirname "$0")/.."
 OUTD=${1:-${OUT:-/tmp/gpu-speed}}
 mkdir -p "$OUTD"
 RUN="bash .gpu/run-on-gpu.sh .gpu/se-compile"
 ROWS=${ROWS:-224:32 224:64 224:128 224:256 64:32 64:256}
-DEVICE=${DEVICE:-cuda-kernelnet}
+DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-10}
 T=${ROW_TIMEOUT:-120}
 TPY="${TORCH_VENV:-/opt/torch/.venv}/bin/python3"

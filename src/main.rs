@@ -140,8 +140,8 @@ enum Cmd {
         after_help = "Example:\n  se-compile parity --device cuda\n  (exit code 1 if any layer kind differs by more than --tolerance)"
     )]
     Parity {
-        /// cpu-composite, cpu-kernelnet, cuda[:N] or cuda-kernelnet[:N].
-        #[arg(long, default_value = "cpu-composite")]
+        /// cuda or cuda:N (N = GPU index), in a build with `--features cuda`.
+        #[arg(long, default_value = "cuda")]
         device: String,
         /// Largest allowed difference (probabilities, loss; gradients relative to the
         /// largest gradient of their parameter).
@@ -416,9 +416,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Parity { device, tolerance } => {
             let dev = device_of(&device)?;
             if dev == DeviceSpec::Cpu {
-                eprintln!(
-                    "error: --device cpu is the reference; compare cpu-composite, cpu-kernelnet, cuda[:N] or cuda-kernelnet[:N]"
-                );
+                eprintln!("error: --device cpu is the reference; compare cuda or cuda:N with it");
                 return Err(EXIT_USAGE);
             }
             let opened = open_device(dev)?;

@@ -24,8 +24,8 @@ pub struct TrainArgs {
     /// Continue the run in RUN_DIR from its last epoch, optimizer state included.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<String>,
-    /// cpu, or cuda[:N] in a build with `--features cuda` (cuda-kernelnet[:N]: the
-    /// project's own CUDA kernels, see README).
+    /// cpu, or cuda[:N] in a build with `--features cuda` (the project's own CUDA kernels,
+    /// cuBLAS and cuDNN; see docs, "GPU").
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Keep decoded images in memory when the whole decoded dataset fits this many MB

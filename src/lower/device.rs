@@ -1,6 +1,8 @@
 //! `--device cpu | cuda[:N]`: parsing, opening the device, and building the network on it.
+//! `cuda` is the kernel network (`kernelnet`: the project's CUDA kernels, cuBLAS and cuDNN).
+//! The same network with host loops for kernels (`cpu-kernelnet`) is a check without a GPU,
+//! for `parity` and the tests; `--help` does not offer it.
 
-use super::composite::CompositeNet;
 #[cfg(feature = "cuda")]
 use super::kernelnet::cuda::CudaKernels;
 use super::kernelnet::{host::Host, KernelNet};
@@ -11,13 +13,10 @@ use super::model::Model;
 pub enum DeviceSpec {
     /// The project's own CPU kernels.
     Cpu,
-    /// dfdx's ops on the CPU: the GPU's code path, for checking it without a GPU.
-    CpuComposite,
-    /// The kernel network's wiring run with host loops: its GPU kernels' reference.
-    KernelNetHost,
+    /// The kernel network on GPU N: the project's own CUDA kernels, cuBLAS and cuDNN.
     Cuda(usize),
-    /// The kernel network on GPU N: the project's own CUDA kernels and cuBLAS.
-    CudaKernelNet(usize),
+    /// The kernel network's wiring run with host loops: its GPU kernels' reference (checks).
+    KernelNetHost,
 }
 
 /// Why a device cannot be used; `Usage` errors are the caller's to fix on the command line.
@@ -38,23 +37,15 @@ impl std::fmt::Display for DeviceError {
 pub fn parse(s: &str) -> Result<DeviceSpec, DeviceError> {
     let bad = || {
         DeviceError::Usage(format!(
-            "--device {s}: unknown device; use cpu, cuda or cuda:N (N = GPU index), or for checks cpu-composite, cpu-kernelnet, cuda-kernelnet[:N]"
+            "--device {s}: unknown device; use cpu, cuda or cuda:N (N = GPU index)"
         ))
-    };
-    let gpu = |rest: &str, make: fn(usize) -> DeviceSpec| match rest {
-        "" => Ok(make(0)),
-        _ => match rest.strip_prefix(':') {
-            Some(n) => n.parse().map(make).map_err(|_| bad()),
-            None => Err(bad()),
-        },
     };
     match s {
         "cpu" => Ok(DeviceSpec::Cpu),
-        "cpu-composite" => Ok(DeviceSpec::CpuComposite),
         "cpu-kernelnet" => Ok(DeviceSpec::KernelNetHost),
-        _ => match (s.strip_prefix("cuda-kernelnet"), s.strip_prefix("cuda")) {
-            (Some(rest), _) => gpu(rest, DeviceSpec::CudaKernelNet),
-            (None, Some(rest)) => gpu(rest, DeviceSpec::Cuda),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
             _ => Err(bad()),
         },
     }
@@ -65,14 +56,14 @@ pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 fn not_built(flag: &str) -> DeviceError {
     DeviceError::Usage(format!(
-        "--device {flag}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (scripts/build-cuda.sh does it without a local GPU; see README, \"Training on a GPU\")"
+        "--device {flag}: this se-compile was built without CUDA; rebuild with `cargo build --release --features cuda` (scripts/build-cuda.sh does it without a local GPU; see docs, \"GPU\")"
     ))
 }
 
 /// Checks that the device can exist in this build, before any work is done.
 pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
     match spec {
-        DeviceSpec::Cuda(_) | DeviceSpec::CudaKernelNet(_) if !CUDA_BUILT => Err(not_built(flag)),
+        DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(not_built(flag)),
         _ => Ok(()),
     }
 }
@@ -80,43 +71,33 @@ pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
 /// A device opened once, on which any number of networks are placed.
 pub enum Opened {
     Cpu,
-    CpuComposite,
     KernelNetHost,
     #[cfg(feature = "cuda")]
-    Cuda(dfdx::tensor::Cuda, usize),
-    #[cfg(feature = "cuda")]
-    CudaKernelNet(std::sync::Arc<cudarc::driver::CudaDevice>, usize),
+    Cuda(std::sync::Arc<cudarc::driver::CudaDevice>, usize),
 }
 
 /// Opens the device; an unavailable GPU is an error here, before any work starts.
 pub fn open(spec: DeviceSpec) -> Result<Opened, DeviceError> {
     match spec {
         DeviceSpec::Cpu => Ok(Opened::Cpu),
-        DeviceSpec::CpuComposite => Ok(Opened::CpuComposite),
         DeviceSpec::KernelNetHost => Ok(Opened::KernelNetHost),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(i) => open_cuda(i).map(|d| Opened::Cuda(d, i)),
-        #[cfg(feature = "cuda")]
-        DeviceSpec::CudaKernelNet(i) => {
+        DeviceSpec::Cuda(i) => {
             // dfdx opens the GPU (and reports a missing one in words); the kernel network
-            // runs on the same CUDA context and stream.
+            // keeps its own buffers on the same CUDA context and stream.
             let d = open_cuda(i)?;
             let buf = <dfdx::tensor::Cuda as dfdx::tensor::Storage<f32>>::try_alloc_len(&d, 1)
-                .map_err(|e| {
-                    DeviceError::Unavailable(format!("--device cuda-kernelnet:{i}: {e:?}"))
-                })?;
-            Ok(Opened::CudaKernelNet(buf.device(), i))
+                .map_err(|e| DeviceError::Unavailable(format!("--device cuda:{i}: {e:?}")))?;
+            Ok(Opened::Cuda(buf.device(), i))
         }
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(i) => Err(not_built(&format!("cuda:{i}"))),
-        #[cfg(not(feature = "cuda"))]
-        DeviceSpec::CudaKernelNet(i) => Err(not_built(&format!("cuda-kernelnet:{i}"))),
     }
 }
 
 impl Opened {
-    /// The network `net` on this device: the CPU network itself, its composite, or the
-    /// kernel network (which fails for a broadcast it has no kernel for).
+    /// The network `net` on this device: the CPU network itself, or the kernel network
+    /// (which fails for a broadcast it has no kernel for).
     pub fn place(&self, net: Net) -> Result<Box<dyn Model>, DeviceError> {
         Ok(match self {
             // The CPU network runs activations after BatchNorms and Adds inside them, and
@@ -127,21 +108,14 @@ impl Opened {
                     .with_fused_se_tails()
                     .0,
             ),
-            Opened::CpuComposite => Box::new(composite_cpu(&net)),
             Opened::KernelNetHost => Box::new(
                 KernelNet::from_net(&net, Host, "cpu-kernelnet".into())
                     .map_err(DeviceError::Unavailable)?,
             ),
             #[cfg(feature = "cuda")]
-            Opened::Cuda(dev, i) => Box::new(CompositeNet::from_net(
-                &net,
-                dev.clone(),
-                format!("cuda:{i}"),
-            )),
-            #[cfg(feature = "cuda")]
-            Opened::CudaKernelNet(dev, i) => {
+            Opened::Cuda(dev, i) => {
                 let be = CudaKernels::open(dev.clone()).map_err(DeviceError::Unavailable)?;
-                let name = format!("cuda-kernelnet:{i}, convolutions by {}", be.conv_engine());
+                let name = format!("cuda:{i}, convolutions by {}", be.conv_engine());
                 Box::new(KernelNet::from_net(&net, be, name).map_err(DeviceError::Unavailable)?)
             }
         })
@@ -180,11 +154,6 @@ pub fn open_cuda(i: usize) -> Result<dfdx::tensor::Cuda, DeviceError> {
     };
     dev.enable_cache();
     Ok(dev)
-}
-
-/// The composite network on the CPU: the same code path as on the GPU, for tests and checks.
-pub fn composite_cpu(net: &Net) -> CompositeNet<dfdx::tensor::Cpu> {
-    CompositeNet::from_net(net, dfdx::tensor::Cpu::default(), "cpu-composite".into())
 }
 
 #[cfg(feature = "cuda")]

@@ -1,8 +1,8 @@
-//! The dfdx back end: the runtime networks (the project's own CPU kernels, and dfdx composites
-//! for any dfdx device), autodiff wiring, devices.
+//! The back ends that run a network: the CPU network (the project's own kernels on dfdx's
+//! tape) and the kernel network (the project's CUDA kernels, cuBLAS and cuDNN), the plan both
+//! execute, devices.
 
 pub mod autodiff;
-pub mod composite;
 pub mod device;
 pub mod fold;
 pub mod kernelnet;

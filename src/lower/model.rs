@@ -1,8 +1,8 @@
 //! What the training loop, `eval`, `predict` and `bench` see of a lowered network, whatever
 //! device it runs on: batches in as host vectors, loss and class probabilities out, parameters
 //! and optimizer state by name for checkpoints. The CPU network (`layers::Net`, the project's own
-//! kernels) and the composite network (`composite::CompositeNet`, dfdx ops on any dfdx device,
-//! CUDA included) both implement it.
+//! kernels) and the kernel network (`kernelnet::KernelNet`, on a GPU or, for checks, with host
+//! loops) both implement it.
 
 use super::profile::Profile;
 use crate::ir::Graph;
@@ -122,18 +122,6 @@ impl DeviceBuffers for Cpu {
     }
     fn write_buffer(&self, v: &mut <Self as Storage<f32>>::Vec, src: &[f32]) {
         v.copy_from_slice(src);
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl DeviceBuffers for Cuda {
-    fn read_buffer(&self, v: &<Self as Storage<f32>>::Vec) -> Vec<f32> {
-        v.device().dtoh_sync_copy(v).expect("copy from the GPU")
-    }
-    fn write_buffer(&self, v: &mut <Self as Storage<f32>>::Vec, src: &[f32]) {
-        v.device()
-            .htod_sync_copy_into(src, v)
-            .expect("copy to the GPU");
     }
 }
 

@@ -2,7 +2,8 @@
 //! reference checked against direct loops and finite differences in tests/numerics.rs) and by
 //! another network on random inputs, compared on the loss, the class probabilities and every
 //! parameter's gradient, in training and inference mode. `se-compile parity --device cuda`
-//! runs it on the GPU; the tests run it on the CPU composite, the same code as the GPU's.
+//! runs it on the GPU; the tests run it on the kernel network with host loops and with the
+//! CUDA kernels compiled as C (tests/device_parity.rs), the same wiring as the GPU's.
 
 use super::layers::Net;
 use super::model::{Batch, Model};

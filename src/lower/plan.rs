@@ -1,4 +1,4 @@
-//! What both runtime networks (CPU kernels, dfdx composites) execute: the validated graph, one
+//! What both runtime networks (the CPU network, the kernel network) execute: the validated graph, one
 //! runtime layer per node, and the order and lifetimes of the values between them.
 
 use super::layers::Layer;

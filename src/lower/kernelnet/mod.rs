@@ -2,9 +2,9 @@
 //! network, run on raw device buffers with the project's own kernels and matmuls (see
 //! `backend`), and its own tape: the training forward keeps each layer's inputs and what its
 //! backward needs, and the backward walks the layers in reverse, accumulating one gradient
-//! buffer per node. On a GPU this replaces dfdx's composites (gather + scatter-add per
-//! window, matmul-with-ones reductions) by a kernel or two per operation; dfdx's public API
-//! gives no access to a tensor's device buffer, so such kernels cannot work on dfdx's tensors.
+//! buffer per node. It is `--device cuda`: a kernel or two per operation, where dfdx's
+//! own ops would gather and scatter-add per window; dfdx's public API gives no access to a
+//! tensor's device buffer, so such kernels cannot work on dfdx's tensors.
 
 pub mod backend;
 #[cfg(feature = "cuda")]
@@ -172,7 +172,7 @@ impl<B: Backend> KernelNet<B> {
                             || (shapes[1] == out && se_gate(&shapes[0], &out))));
                 if !ok {
                     return Err(format!(
-                        "layer `{}`: the kernel network multiplies equal shapes or an SE gate (N, 1, 1, C) with (N, H, W, C) only; use --device cuda (dfdx composites) for this model",
+                        "layer `{}`: the kernel network multiplies equal shapes or an SE gate (N, 1, 1, C) with (N, H, W, C) only; train this model with --device cpu",
                         node.name
                     ));
                 }
