@@ -392,7 +392,7 @@ impl Net {
                                     dz = dy
                                         .par_iter()
                                         .zip(z.par_iter())
-                                        .map(|(d, &z)| d * act_grad(*f, z, act_value(*f, z)))
+                                        .map(|(d, &z)| d * f.grad(z, f.value(z)))
                                         .collect();
                                     &dz[..]
                                 }
@@ -470,7 +470,7 @@ impl Net {
                             let z = |j: usize, x: f32| x * scale[j] + shift[j];
                             let other = |z: f32, g: f32| {
                                 let f = act.expect("a fused activation");
-                                g * act_grad(f, z, act_value(f, z))
+                                g * f.grad(z, f.value(z))
                             };
                             if train {
                                 let dx = g.dst(0);
@@ -928,10 +928,6 @@ fn pool<T: Tape<f32, Cpu>>(
     })
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// Elementwise activations, and softmax over the last axis.
 pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f: ActFn) -> Act<T> {
     let last = *out_shape.last().expect("rank >= 1");
@@ -971,7 +967,7 @@ pub fn activation<T: Tape<f32, Cpu>>(ins: Vec<Act<T>>, out_shape: Vec<usize>, f:
                             let v = it.map(|(g, x)| if *x > 0.0 { *g } else { 0.0 });
                             kernels::store(d, add, v);
                         } else {
-                            let v = it.map(|(g, &x)| g * act_grad(f, x, act_value(f, x)));
+                            let v = it.map(|(g, &x)| g * f.grad(x, f.value(x)));
                             kernels::store(d, add, v);
                         }
                     });
@@ -1018,64 +1014,7 @@ pub fn act_serial(f: ActFn, c: &mut [f32]) {
         ActFn::Linear => {}
         ActFn::Relu => c.iter_mut().for_each(|x| *x = x.max(0.0)),
         ActFn::Relu6 => c.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
-        _ => c.iter_mut().for_each(|x| *x = act_value(f, *x)),
-    }
-}
-
-pub fn act_value(f: ActFn, v: f32) -> f32 {
-    match f {
-        ActFn::Linear => v,
-        ActFn::Relu => v.max(0.0),
-        ActFn::Relu6 => v.clamp(0.0, 6.0),
-        ActFn::Sigmoid => sigmoid(v),
-        ActFn::HardSigmoid => (0.2 * v + 0.5).clamp(0.0, 1.0),
-        ActFn::Tanh => v.tanh(),
-        ActFn::Swish => v * sigmoid(v),
-        ActFn::Gelu => 0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044715 * v * v * v)).tanh()),
-        ActFn::Elu => {
-            if v > 0.0 {
-                v
-            } else {
-                v.exp() - 1.0
-            }
-        }
-        ActFn::Softmax => unreachable!("softmax is not elementwise"),
-    }
-}
-
-/// d(activation)/dx at input x with output y.
-pub fn act_grad(f: ActFn, x: f32, y: f32) -> f32 {
-    match f {
-        ActFn::Linear => 1.0,
-        ActFn::Relu => (x > 0.0) as i32 as f32,
-        ActFn::Relu6 => (x > 0.0 && x < 6.0) as i32 as f32,
-        ActFn::Sigmoid => y * (1.0 - y),
-        ActFn::HardSigmoid => {
-            if x > -2.5 && x < 2.5 {
-                0.2
-            } else {
-                0.0
-            }
-        }
-        ActFn::Tanh => 1.0 - y * y,
-        ActFn::Swish => {
-            let s = sigmoid(x);
-            s + x * s * (1.0 - s)
-        }
-        ActFn::Gelu => {
-            let k = 0.797_884_6f32;
-            let u = k * (x + 0.044715 * x * x * x);
-            let t = u.tanh();
-            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
-        }
-        ActFn::Elu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                y + 1.0
-            }
-        }
-        ActFn::Softmax => unreachable!("softmax is not elementwise"),
+        _ => c.iter_mut().for_each(|x| *x = f.value(*x)),
     }
 }
 

@@ -8,10 +8,13 @@
 use super::layers::Net;
 use super::model::{Batch, Model};
 use super::rng::Rng;
+use crate::ir::ops::ActFn;
 
-/// (name, layers between a 1×1 conv `pre` and the flatten + dense head). The conv in front
-/// carries gradients through each kind's backward into parameters.
-pub const CASES: &[(&str, &str)] = &[
+/// The written cases: (name, layers between a 1×1 conv `pre` and the flatten + dense head).
+/// The conv in front carries gradients through each kind's backward into parameters. Every
+/// activation gets a case of its own from the IR's list (`cases`), and a test checks that
+/// every layer kind the IR knows appears in some case.
+const WRITTEN: &[(&str, &str)] = &[
     ("conv2d 3x3 same", "- conv2d: {filters: 6, kernel: 3, padding: same}"),
     ("conv2d 3x3/2 valid, no bias", "- conv2d: {filters: 5, kernel: 3, stride: 2, use_bias: false}"),
     ("conv2d 5x5/2 same (asymmetric pad)", "- conv2d: {filters: 4, kernel: 5, stride: 2, padding: same}"),
@@ -20,15 +23,6 @@ pub const CASES: &[(&str, &str)] = &[
     ("conv2d 1x1/2", "- conv2d: {filters: 8, kernel: 1, stride: 2}"),
     ("conv2d 1x1", "- conv2d: {filters: 8, kernel: 1}"),
     ("batch_norm", "- batch_norm"),
-    ("relu", "- activation: relu"),
-    ("relu6", "- activation: relu6"),
-    ("sigmoid", "- activation: sigmoid"),
-    ("hard_sigmoid", "- activation: hard_sigmoid"),
-    ("tanh", "- activation: tanh"),
-    ("swish", "- activation: swish"),
-    ("gelu", "- activation: gelu"),
-    ("elu", "- activation: elu"),
-    ("softmax", "- activation: softmax"),
     ("zero_padding2d", "- zero_padding2d: [[1, 2], [0, 3]]"),
     ("max_pool2d 3x3/2 same", "- max_pool2d: {size: 3, stride: 2, padding: same}"),
     ("max_pool2d 2x2", "- max_pool2d: {size: 2}"),
@@ -49,6 +43,22 @@ pub const CASES: &[(&str, &str)] = &[
     ("SE block, hard_sigmoid gate, 3 channels", "- se: {form: dense, gate: hard_sigmoid, channels: 3}"),
     ("SE tail: BN, SE, add, relu", "- batch_norm\n  - se: {r: 2}\n    id: s\n  - add: {}\n    from: [pre, s]\n  - relu"),
 ];
+
+/// Every case: the written ones, then one per activation of `ActFn::ALL` (in the shorthand
+/// form where the activation is also a layer kind, e.g. `- relu`).
+pub fn cases() -> Vec<(String, String)> {
+    let written = WRITTEN.iter().map(|(n, l)| (n.to_string(), l.to_string()));
+    let acts = ActFn::ALL.iter().filter(|f| **f != ActFn::Linear).map(|f| {
+        let n = f.name();
+        let layer = if crate::ir::ops::LAYER_KINDS.contains(&n) {
+            format!("- {n}")
+        } else {
+            format!("- activation: {n}")
+        };
+        (n.to_string(), layer)
+    });
+    written.chain(acts).collect()
+}
 
 /// The spec text of one case: input 6×5×4, batch 3 in the check.
 pub fn case_spec(layers: &str) -> String {
@@ -138,7 +148,7 @@ pub fn compare(name: &str, reference: &mut Net, other: &mut dyn Model, batch: us
 
 /// Runs every case; `make` builds the network to compare from the CPU one.
 pub fn run_all(make: &mut dyn FnMut(&Net) -> Box<dyn Model>) -> Vec<Row> {
-    CASES
+    cases()
         .iter()
         .map(|(name, layers)| {
             let spec = case_spec(layers);
@@ -185,4 +195,46 @@ pub fn table(rows: &[Row], device: &str, tol: f32) -> String {
         rows.len()
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{case_spec, cases};
+    use crate::ir::ops::{ActFn, LAYER_KINDS};
+
+    /// The kinds a spec's text uses: `- kind` or `- kind: …` items.
+    fn kinds_in(spec: &str) -> Vec<String> {
+        spec.lines()
+            .filter_map(|l| l.trim().strip_prefix("- "))
+            .map(|item| item.split(':').next().unwrap_or("").trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_layer_kind_and_activation_has_a_case() {
+        let all = cases();
+        let used: Vec<String> = all
+            .iter()
+            .flat_map(|(_, l)| kinds_in(&case_spec(l)))
+            .collect();
+        for k in LAYER_KINDS {
+            assert!(
+                used.iter().any(|u| u == k),
+                "no parity case uses the layer kind `{k}`: add one to parity.rs's WRITTEN"
+            );
+        }
+        for f in ActFn::ALL.iter().filter(|f| **f != ActFn::Linear) {
+            assert!(all.iter().any(|(n, _)| n == f.name()), "{f:?}");
+        }
+        let mut names: Vec<&String> = all.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "case names are unique");
+    }
+
+    #[test]
+    fn the_kind_check_sees_a_missing_kind() {
+        assert!(!kinds_in(&case_spec("- relu")).contains(&"concatenate".to_string()));
+        assert!(kinds_in(&case_spec("- concatenate: {}")).contains(&"concatenate".to_string()));
+    }
 }

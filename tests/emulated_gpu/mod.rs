@@ -107,7 +107,12 @@ fn compile_and_open() -> *mut c_void {
     );
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let c_file = dir.join(format!("kernelnet_emulated_{}.c", std::process::id()));
-    std::fs::write(&c_file, format!("{SHIM}\n{SOURCE}\n{}", wrappers(&sigs))).expect("write C");
+    let defines = se_compile::lower::kernelnet::backend::kernel_defines();
+    std::fs::write(
+        &c_file,
+        format!("{SHIM}\n{defines}{SOURCE}\n{}", wrappers(&sigs)),
+    )
+    .expect("write C");
     let so = dir.join(format!("libkernelnet_emulated_{}.so", std::process::id()));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let out = std::process::Command::new(&cc)
@@ -216,4 +221,65 @@ fn every_kernel_fits_a_cudarc_launch() {
         assert!(types.len() <= 12, "{name}: {} parameters", types.len());
         assert_eq!(types.last().map(String::as_str), Some("int"), "{name}");
     }
+}
+
+/// The body of `__device__ float NAME(` in kernels.cu, up to the next function.
+fn device_fn(name: &str) -> &'static str {
+    let start = SOURCE
+        .find(&format!("__device__ float {name}("))
+        .unwrap_or_else(|| panic!("kernels.cu has no {name}"));
+    let rest = &SOURCE[start..];
+    let end = rest[1..]
+        .find("\n__device__")
+        .or_else(|| rest[1..].find("\nKERNEL"));
+    &rest[..end.map_or(rest.len(), |e| e + 1)]
+}
+
+#[test]
+fn kernels_have_a_case_for_every_activation_and_no_default() {
+    use se_compile::ir::ops::ActFn;
+    for func in ["act_value", "act_grad"] {
+        let body = device_fn(func);
+        assert!(!body.contains("default:"), "{func} has a default branch");
+        for f in ActFn::ALL {
+            // Softmax is not elementwise: softmax_rows computes it.
+            let case = format!("case ACT_{}:", f.name().to_uppercase());
+            assert_eq!(
+                body.contains(&case),
+                *f != ActFn::Softmax,
+                "{func}: `{case}` in kernels.cu (ActFn::{f:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn activation_kernels_match_the_cpu_for_every_activation() {
+    use se_compile::ir::ops::ActFn;
+    let k = build();
+    let x: Vec<f32> = (0..41).map(|i| (i as f32 - 20.0) * 0.37).collect();
+    let xb = k.upload(&x);
+    let dy = k.upload(&vec![1.0; x.len()]);
+    for f in ActFn::ALL.iter().copied().filter(|f| *f != ActFn::Softmax) {
+        let y = k.act(&xb, f.code());
+        let mut dx = k.alloc(x.len());
+        k.act_back(&xb, &y, &dy, f.code(), &mut dx, false);
+        let (y, dx) = (k.download(&y), k.download(&dx));
+        for (i, &v) in x.iter().enumerate() {
+            let (want_y, want_g) = (f.value(v), f.grad(v, f.value(v)));
+            assert!(
+                (y[i] - want_y).abs() <= 1e-5 * want_y.abs().max(1.0),
+                "{f:?}({v}) = {} not {want_y}",
+                y[i]
+            );
+            assert!(
+                (dx[i] - want_g).abs() <= 1e-4 * want_g.abs().max(1.0),
+                "{f:?}'({v}) = {} not {want_g}",
+                dx[i]
+            );
+        }
+    }
+    // A code the kernels have no case for gives NaN, not a value.
+    let y = k.download(&k.act(&xb, ActFn::ALL.len() as i32));
+    assert!(y.iter().all(|v| v.is_nan()));
 }

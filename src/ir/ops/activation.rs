@@ -6,22 +6,46 @@ use crate::ir::args::Args;
 use crate::ir::Shape;
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActFn {
-    Linear,
-    Relu,
-    Relu6,
-    Sigmoid,
-    HardSigmoid,
-    Softmax,
-    Tanh,
-    Swish,
-    Gelu,
-    Elu,
+/// The one list of activation functions: the enum, its names, and its codes (the position in
+/// the list, which the CUDA kernels receive as `ACT_<NAME>` constants generated from it; see
+/// `lower::kernelnet::backend::kernel_defines`).
+macro_rules! act_fns {
+    ($($v:ident => $name:literal),* $(,)?) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        #[repr(i32)]
+        pub enum ActFn {
+            $($v),*
+        }
+
+        impl ActFn {
+            /// Every activation, in code order.
+            pub const ALL: &'static [ActFn] = &[$(ActFn::$v),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ActFn::$v => $name),*
+                }
+            }
+        }
+    };
+}
+
+act_fns! {
+    Linear => "linear",
+    Relu => "relu",
+    Relu6 => "relu6",
+    Sigmoid => "sigmoid",
+    HardSigmoid => "hard_sigmoid",
+    Softmax => "softmax",
+    Tanh => "tanh",
+    Swish => "swish",
+    Gelu => "gelu",
+    Elu => "elu",
 }
 
 impl ActFn {
+    /// The words a spec may write: every name, and `silu` for swish.
     pub const NAMES: &'static [&'static str] = &[
         "linear",
         "relu",
@@ -37,32 +61,78 @@ impl ActFn {
     ];
 
     pub fn from_name(s: &str) -> Option<ActFn> {
-        Some(match s {
-            "linear" => ActFn::Linear,
-            "relu" => ActFn::Relu,
-            "relu6" => ActFn::Relu6,
-            "sigmoid" => ActFn::Sigmoid,
-            "hard_sigmoid" => ActFn::HardSigmoid,
-            "softmax" => ActFn::Softmax,
-            "tanh" => ActFn::Tanh,
-            "swish" | "silu" => ActFn::Swish,
-            "gelu" => ActFn::Gelu,
-            "elu" => ActFn::Elu,
-            _ => return None,
-        })
+        match s {
+            "silu" => Some(ActFn::Swish),
+            _ => ActFn::ALL.iter().copied().find(|f| f.name() == s),
+        }
     }
-    pub fn name(self) -> &'static str {
+
+    /// The code the kernels receive: the position in `ALL`.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    pub fn from_code(code: i32) -> Option<ActFn> {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| ActFn::ALL.get(i).copied())
+    }
+
+    /// The activation of v (softmax is not elementwise: `softmax_rows`).
+    pub fn value(self, v: f32) -> f32 {
         match self {
-            ActFn::Linear => "linear",
-            ActFn::Relu => "relu",
-            ActFn::Relu6 => "relu6",
-            ActFn::Sigmoid => "sigmoid",
-            ActFn::HardSigmoid => "hard_sigmoid",
-            ActFn::Softmax => "softmax",
-            ActFn::Tanh => "tanh",
-            ActFn::Swish => "swish",
-            ActFn::Gelu => "gelu",
-            ActFn::Elu => "elu",
+            ActFn::Linear => v,
+            ActFn::Relu => v.max(0.0),
+            ActFn::Relu6 => v.clamp(0.0, 6.0),
+            ActFn::Sigmoid => sigmoid(v),
+            ActFn::HardSigmoid => (0.2 * v + 0.5).clamp(0.0, 1.0),
+            ActFn::Tanh => v.tanh(),
+            ActFn::Swish => v * sigmoid(v),
+            ActFn::Gelu => 0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044715 * v * v * v)).tanh()),
+            ActFn::Elu => {
+                if v > 0.0 {
+                    v
+                } else {
+                    v.exp() - 1.0
+                }
+            }
+            ActFn::Softmax => unreachable!("softmax is not elementwise"),
+        }
+    }
+
+    /// d(activation)/dx at input x with output y.
+    pub fn grad(self, x: f32, y: f32) -> f32 {
+        match self {
+            ActFn::Linear => 1.0,
+            ActFn::Relu => (x > 0.0) as i32 as f32,
+            ActFn::Relu6 => (x > 0.0 && x < 6.0) as i32 as f32,
+            ActFn::Sigmoid => y * (1.0 - y),
+            ActFn::HardSigmoid => {
+                if x > -2.5 && x < 2.5 {
+                    0.2
+                } else {
+                    0.0
+                }
+            }
+            ActFn::Tanh => 1.0 - y * y,
+            ActFn::Swish => {
+                let s = sigmoid(x);
+                s + x * s * (1.0 - s)
+            }
+            ActFn::Gelu => {
+                let k = 0.797_884_6f32;
+                let u = k * (x + 0.044715 * x * x * x);
+                let t = u.tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            ActFn::Elu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    y + 1.0
+                }
+            }
+            ActFn::Softmax => unreachable!("softmax is not elementwise"),
         }
     }
 
@@ -71,6 +141,10 @@ impl ActFn {
         Ok(a.word(key, ActFn::NAMES)?
             .and_then(|(s, _)| ActFn::from_name(&s)))
     }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -107,5 +181,25 @@ impl LayerKind for Activation {
     }
     fn config(&self) -> String {
         self.function.name().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActFn;
+
+    #[test]
+    fn names_and_codes_round_trip() {
+        for (i, f) in ActFn::ALL.iter().enumerate() {
+            assert_eq!(f.code(), i as i32);
+            assert_eq!(ActFn::from_code(f.code()), Some(*f));
+            assert_eq!(ActFn::from_name(f.name()), Some(*f));
+            assert!(ActFn::NAMES.contains(&f.name()), "{f:?}");
+        }
+        for n in ActFn::NAMES {
+            assert!(ActFn::from_name(n).is_some(), "{n}");
+        }
+        assert_eq!(ActFn::from_code(ActFn::ALL.len() as i32), None);
+        assert_eq!(ActFn::from_code(-1), None);
     }
 }

@@ -124,21 +124,20 @@ impl Gemm {
     }
 }
 
-/// Activation codes shared with `kernels.cu`.
-pub fn act_code(f: crate::ir::ops::ActFn) -> i32 {
-    use crate::ir::ops::ActFn::*;
-    match f {
-        Linear => 0,
-        Relu => 1,
-        Relu6 => 2,
-        Sigmoid => 3,
-        HardSigmoid => 4,
-        Tanh => 5,
-        Swish => 6,
-        Gelu => 7,
-        Elu => 8,
-        Softmax => 9,
+/// The constants `kernels.cu` is compiled with, generated from the IR's lists so that the two
+/// cannot disagree: `ACT_<NAME>` for each activation's code. A kernel that meets a code it has
+/// no case for returns `NOT_A_CASE` (NaN), which parity and the training loop's loss check
+/// report, instead of computing something.
+pub fn kernel_defines() -> String {
+    let mut s = String::from("#define NOT_A_CASE nanf(\"\")\n");
+    for f in crate::ir::ops::ActFn::ALL {
+        s.push_str(&format!(
+            "#define ACT_{} {}\n",
+            f.name().to_uppercase(),
+            f.code()
+        ));
     }
+    s
 }
 
 /// A BatchNorm layer's γ and β (absent: 1 and 0), ε, and the moving averages' momentum.

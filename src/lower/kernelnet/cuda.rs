@@ -29,7 +29,7 @@ pub fn kernel_names() -> Vec<&'static str> {
 
 /// Compiles the kernels to PTX: needs only libnvrtc, no GPU (the tests do it).
 pub fn compile() -> Result<cudarc::nvrtc::Ptx, String> {
-    cudarc::nvrtc::compile_ptx(SOURCE)
+    cudarc::nvrtc::compile_ptx(format!("{}{SOURCE}", super::backend::kernel_defines()))
         .map_err(|e| format!("compiling the kernel network's CUDA kernels: {e:?}"))
 }
 

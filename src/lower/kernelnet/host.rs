@@ -3,7 +3,7 @@
 //! matmul layouts, gradient flow) is checked against the CPU network without a GPU.
 
 use super::backend::{Backend, BnParams, Gemm, Geom, Update, UpdateCfg};
-use crate::lower::layers::{act_grad, act_value, softmax_backward, softmax_rows};
+use crate::lower::layers::{softmax_backward, softmax_rows};
 
 pub struct Host;
 
@@ -32,19 +32,8 @@ fn for_each_tap(g: &Geom, mut f: impl FnMut(usize, Option<usize>)) {
 }
 
 fn act_of(code: i32) -> crate::ir::ops::ActFn {
-    use crate::ir::ops::ActFn::*;
-    [
-        Linear,
-        Relu,
-        Relu6,
-        Sigmoid,
-        HardSigmoid,
-        Tanh,
-        Swish,
-        Gelu,
-        Elu,
-        Softmax,
-    ][code as usize]
+    crate::ir::ops::ActFn::from_code(code)
+        .unwrap_or_else(|| panic!("activation code {code}: not in ActFn::ALL"))
 }
 
 impl Backend for Host {
@@ -278,7 +267,7 @@ impl Backend for Host {
 
     fn act(&self, x: &Vec<f32>, code: i32) -> Vec<f32> {
         let f = act_of(code);
-        x.iter().map(|v| act_value(f, *v)).collect()
+        x.iter().map(|v| f.value(*v)).collect()
     }
     fn act_back(
         &self,
@@ -291,7 +280,7 @@ impl Backend for Host {
     ) {
         let f = act_of(code);
         for i in 0..x.len() {
-            let v = dy[i] * act_grad(f, x[i], y[i]);
+            let v = dy[i] * f.grad(x[i], y[i]);
             dx[i] = if acc { dx[i] + v } else { v };
         }
     }

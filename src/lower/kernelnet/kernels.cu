@@ -236,40 +236,46 @@ KERNEL void bn_back_coeffs(const float* sdy, const float* sdyx, const float* mea
 
 __device__ float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+// `f` is an activation's code: the ACT_<NAME> constants are generated from the IR's list of
+// activations and put in front of this file when it is compiled (backend.rs, kernel_defines).
+// Softmax is not elementwise (softmax_rows). No default case: a code without a case gives
+// NOT_A_CASE (NaN), which parity and the loss check report.
 __device__ float act_value(int f, float v) {
     switch (f) {
-        case 1: return fmaxf(v, 0.0f);
-        case 2: return fminf(fmaxf(v, 0.0f), 6.0f);
-        case 3: return sigmoidf(v);
-        case 4: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
-        case 5: return tanhf(v);
-        case 6: return v * sigmoidf(v);
-        case 7: return 0.5f * v * (1.0f + tanhf(0.7978846f * (v + 0.044715f * v * v * v)));
-        case 8: return v > 0.0f ? v : expf(v) - 1.0f;
-        default: return v;
+        case ACT_LINEAR: return v;
+        case ACT_RELU: return fmaxf(v, 0.0f);
+        case ACT_RELU6: return fminf(fmaxf(v, 0.0f), 6.0f);
+        case ACT_SIGMOID: return sigmoidf(v);
+        case ACT_HARD_SIGMOID: return fminf(fmaxf(0.2f * v + 0.5f, 0.0f), 1.0f);
+        case ACT_TANH: return tanhf(v);
+        case ACT_SWISH: return v * sigmoidf(v);
+        case ACT_GELU: return 0.5f * v * (1.0f + tanhf(0.7978846f * (v + 0.044715f * v * v * v)));
+        case ACT_ELU: return v > 0.0f ? v : expf(v) - 1.0f;
     }
+    return NOT_A_CASE;
 }
 
 __device__ float act_grad(int f, float x, float y) {
     switch (f) {
-        case 1: return x > 0.0f ? 1.0f : 0.0f;
-        case 2: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
-        case 3: return y * (1.0f - y);
-        case 4: return (x > -2.5f && x < 2.5f) ? 0.2f : 0.0f;
-        case 5: return 1.0f - y * y;
-        case 6: {
+        case ACT_LINEAR: return 1.0f;
+        case ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
+        case ACT_RELU6: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
+        case ACT_SIGMOID: return y * (1.0f - y);
+        case ACT_HARD_SIGMOID: return (x > -2.5f && x < 2.5f) ? 0.2f : 0.0f;
+        case ACT_TANH: return 1.0f - y * y;
+        case ACT_SWISH: {
             float s = sigmoidf(x);
             return s + x * s * (1.0f - s);
         }
-        case 7: {
+        case ACT_GELU: {
             const float k = 0.7978846f;
             float u = k * (x + 0.044715f * x * x * x);
             float t = tanhf(u);
             return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
         }
-        case 8: return x > 0.0f ? 1.0f : y + 1.0f;
-        default: return 1.0f;
+        case ACT_ELU: return x > 0.0f ? 1.0f : y + 1.0f;
     }
+    return NOT_A_CASE;
 }
 
 KERNEL void act_fwd(const float* x, float* y, int f, int total) {

@@ -26,7 +26,7 @@ use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
 use crate::train::config::Optimizer;
-use backend::{act_code, split_k, Backend, BnParams, ConvDir, Gemm, Geom, Update};
+use backend::{split_k, Backend, BnParams, ConvDir, Gemm, Geom, Update};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -345,7 +345,7 @@ impl<B: Backend> KernelNet<B> {
                 (y, Saved::Bn { mean: m, inv_std })
             }
             Layer::Activation(ActFn::Softmax) => (be.softmax(&x.buf, cout), Saved::None),
-            Layer::Activation(f) => (be.act(&x.buf, act_code(f)), Saved::None),
+            Layer::Activation(f) => (be.act(&x.buf, f.code()), Saved::None),
             Layer::ZeroPad(p) => {
                 let g = pad_geom(p, &x.shape, &out_shape);
                 (be.im2col(&x.buf, &g, 0.0), Saved::None)
@@ -387,7 +387,7 @@ impl<B: Backend> KernelNet<B> {
                         let y = if f == ActFn::Softmax {
                             be.softmax(&z, cout)
                         } else {
-                            be.act(&z, act_code(f))
+                            be.act(&z, f.code())
                         };
                         (y, Saved::PreAct(z))
                     }
@@ -700,7 +700,7 @@ impl<B: Backend> KernelNet<B> {
                     if f == ActFn::Softmax {
                         be.softmax_back(&rec.out.buf, &dy, cout, dx, acc);
                     } else {
-                        be.act_back(&x.buf, &rec.out.buf, &dy, act_code(f), dx, acc);
+                        be.act_back(&x.buf, &rec.out.buf, &dy, f.code(), dx, acc);
                     }
                 });
             }
@@ -747,7 +747,7 @@ impl<B: Backend> KernelNet<B> {
                         if f == ActFn::Softmax {
                             be.softmax_back(&rec.out.buf, &dy, cout, &mut dz, false);
                         } else {
-                            be.act_back(&z, &rec.out.buf, &dy, act_code(f), &mut dz, false);
+                            be.act_back(&z, &rec.out.buf, &dy, f.code(), &mut dz, false);
                         }
                         dz
                     }
