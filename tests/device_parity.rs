@@ -43,7 +43,7 @@ fn the_fused_cpu_network_matches_the_plain_one_for_every_layer_kind() {
             .plan
             .layers
             .iter()
-            .filter(|l| matches!(l, se_compile::lower::layers::Layer::GatedAdd { .. }))
+            .filter(|l| matches!(l, se_compile::lower::plan::Layer::GatedAdd { .. }))
             .count(),
         1
     );

@@ -987,8 +987,8 @@ fn se_pools_from_the_producing_kernel_match_a_pool_of_their_own() {
         let kinds: Vec<&str> = (0..p.layers.len())
             .filter(|&i| p.pooled(i))
             .map(|i| match p.layers[i] {
-                se_compile::lower::layers::Layer::BatchNorm { .. } => "bn",
-                se_compile::lower::layers::Layer::Conv { .. } => "conv",
+                se_compile::lower::plan::Layer::BatchNorm { .. } => "bn",
+                se_compile::lower::plan::Layer::Conv { .. } => "conv",
                 _ => "other",
             })
             .collect();

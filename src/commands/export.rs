@@ -3,8 +3,7 @@
 use crate::{load_weights, Ctx, EXIT_INVALID, EXIT_USAGE};
 use se_compile::export::{self, onnx, pytorch, Weights};
 use se_compile::lower::device::DeviceSpec;
-use se_compile::lower::layers::Net;
-use se_compile::lower::model::Model;
+use se_compile::lower::plan;
 use se_compile::train::checkpoint::write_atomic;
 use se_compile::train::config::TrainConfig;
 use se_compile::{SourceFile, ValidGraph};
@@ -91,15 +90,14 @@ pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
     check_parent(&out)?;
     let (src, spec, vg) = cx.build_full(&a.spec, a.input.map(|i| (i, i)))?;
     let t0 = std::time::Instant::now();
-    let net: Box<dyn Model> = match &a.weights {
-        Some(w) => load_weights(&vg, w, DeviceSpec::Cpu)?,
+    let w = match &a.weights {
+        Some(w) => Weights::from_model(load_weights(&vg, w, DeviceSpec::Cpu)?.as_ref()),
         None => {
             // The values `train` starts from: the recipe's seed.
             let seed = TrainConfig::from_spec(&spec).map(|c| c.seed).unwrap_or(0);
-            Box::new(Net::new(&vg, seed))
+            Weights::from_params(&plan::lower(&vg, seed).params)
         }
     };
-    let w = Weights::from_model(net.as_ref());
     match a.format {
         ExportFormat::Onnx => {
             let opts = onnx::Options {
@@ -178,12 +176,10 @@ pub fn run_import(cx: &Ctx, spec: &str, from: &str, map: MapArg, output: &str) -
         MapArg::Timm => export::import::Mapping::Timm,
         MapArg::Keras => export::import::Mapping::Keras,
     };
-    let net = Net::new(&vg, 0);
-    let imported = export::import::import(&vg, &src, &net, &bytes, from, map).map_err(fail)?;
-    let mut net: Box<dyn Model> = Box::new(net);
-    for (i, values) in imported.values.into_iter().enumerate() {
-        net.set_param(i, values);
-    }
+    let lowered = plan::lower(&vg, 0);
+    let imported =
+        export::import::import(&vg, &src, &lowered.params, &bytes, from, map).map_err(fail)?;
+    let names = lowered.params.into_iter().map(|p| p.name);
     let meta = [
         ("model".to_string(), vg.graph().model.clone()),
         ("imported_from".to_string(), from.to_string()),
@@ -191,7 +187,8 @@ pub fn run_import(cx: &Ctx, spec: &str, from: &str, map: MapArg, output: &str) -
     ]
     .into_iter()
     .collect();
-    se_compile::train::checkpoint::save(&out, net.as_ref(), &[], meta).map_err(fail)?;
+    se_compile::train::checkpoint::save_params(&out, names.zip(imported.values), &[], meta)
+        .map_err(fail)?;
     eprintln!(
         "wrote {} ({} tensors from {from}, {} mapping)",
         out.display(),

@@ -14,8 +14,7 @@
 use super::{in_channels, oihw_to_hwio, place, transpose2, ExportError};
 use crate::ir::ops::{MergeKind, Op};
 use crate::ir::{Graph, NodeId};
-use crate::lower::layers::Net;
-use crate::lower::model::Model;
+use crate::lower::plan::ParamInit;
 use crate::source::SourceFile;
 use crate::validate::ValidGraph;
 use std::collections::{HashMap, HashSet};
@@ -203,10 +202,9 @@ fn timm_names(g: &Graph) -> HashMap<NodeId, String> {
     names
 }
 
-/// Every parameter of `net` with its key, shape and conversion under `map`.
-fn entries(g: &Graph, net: &Net, map: Mapping) -> Vec<Entry> {
-    let by_name: HashMap<String, usize> = net
-        .param_info()
+/// Every parameter of the network with its key, shape and conversion under `map`.
+fn entries(g: &Graph, params: &[ParamInit], map: Mapping) -> Vec<Entry> {
+    let by_name: HashMap<String, usize> = params
         .iter()
         .enumerate()
         .map(|(i, p)| (p.name.clone(), i))
@@ -289,11 +287,12 @@ fn entries(g: &Graph, net: &Net, map: Mapping) -> Vec<Entry> {
     out
 }
 
-/// Reads `bytes` (a safetensors state dict) for the network of `vg`.
+/// Reads `bytes` (a safetensors state dict) for the network of `vg`, whose parameters (names
+/// and initial values, in order) are `params` (`plan::lower`).
 pub fn import(
     vg: &ValidGraph,
     src: &SourceFile,
-    net: &Net,
+    params: &[ParamInit],
     bytes: &[u8],
     file: &str,
     map: Mapping,
@@ -307,7 +306,7 @@ pub fn import(
         Mapping::Auto => Mapping::Timm,
         m => m,
     };
-    let entries = entries(g, net, map);
+    let entries = entries(g, params, map);
     let wanted: HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
     // Every file tensor must feed a layer (BN's step counter is the one exception).
     let mut sorted = names.clone();
@@ -320,7 +319,7 @@ pub fn import(
             });
         }
     }
-    let mut values: Vec<Vec<f32>> = net.param_values();
+    let mut values: Vec<Vec<f32>> = params.iter().map(|p| p.values.clone()).collect();
     for e in &entries {
         let layer = g.node(e.layer).name.clone();
         let at = place(g, e.layer, src);
@@ -361,8 +360,7 @@ pub fn import(
     }
     // Every parameter of the network is covered by an entry.
     let covered: HashSet<usize> = entries.iter().map(|e| e.param).collect();
-    if let Some((i, p)) = net
-        .param_info()
+    if let Some((i, p)) = params
         .iter()
         .enumerate()
         .find(|(i, _)| !covered.contains(i))

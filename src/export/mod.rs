@@ -98,6 +98,15 @@ impl Weights {
                 .collect(),
         )
     }
+    /// The initial values of a lowered network (`plan::lower`).
+    pub fn from_params(params: &[crate::lower::plan::ParamInit]) -> Weights {
+        Weights(
+            params
+                .iter()
+                .map(|p| (p.name.clone(), p.values.clone()))
+                .collect(),
+        )
+    }
     pub fn new(map: HashMap<String, Vec<f32>>) -> Weights {
         Weights(map)
     }

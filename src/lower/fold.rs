@@ -6,8 +6,9 @@
 //! so the training network is never folded.
 
 use super::autodiff::Param;
-use super::layers::{se_gate, Layer, Net};
+use super::layers::Net;
 use super::plan::Plan;
+use super::plan::{se_gate, Layer};
 use crate::ir::ops::{ActFn, Conv2d, MergeKind};
 use crate::ir::{Graph, NodeId};
 use std::sync::Arc;

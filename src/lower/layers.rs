@@ -2,75 +2,20 @@
 //! kind's lowering lives here, in one match arm of `Layer::forward`.
 
 use super::autodiff::{apply, cross_entropy, owned, Act, BackwardFn, Grads, InGrad, Param};
-use super::kernels::{self, ConvShape, Window};
+use super::kernels::{self, Window};
 use super::model::{
     host_gradients, opt_state_of, Batch, Model, OptSettings, Optim, ParamInfo, StepResult,
 };
-use super::plan::Plan;
+use super::plan::{conv_shape, pool_window, se_gate, Layer, Plan};
 use super::profile::{self, kind_label, span_end, span_start, Profile};
 use super::rng::Rng;
-use crate::ir::ops::{ActFn, MergeKind, Op, PoolKind};
+use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
 use crate::validate::ValidGraph;
 use dfdx::prelude::*;
 use dfdx::tensor::Tape;
 use rayon::prelude::*;
 use std::sync::Arc;
-
-/// Indices into `Net::params`.
-#[derive(Clone, Debug)]
-pub enum Layer {
-    Input,
-    Conv {
-        op: crate::ir::ops::Conv2d,
-        w: usize,
-        b: Option<usize>,
-        /// An elementwise activation fused into the convolution's epilogue: only the CPU
-        /// inference lowering sets it (`Net::with_fused_activations`).
-        act: Option<ActFn>,
-    },
-    BatchNorm {
-        gamma: Option<usize>,
-        beta: Option<usize>,
-        mean: usize,
-        var: usize,
-        eps: f32,
-        momentum: f32,
-        /// An elementwise activation fused into the BatchNorm: only the CPU training lowering
-        /// sets it (`Net::with_fused_bn_activations`).
-        act: Option<ActFn>,
-    },
-    Activation(ActFn),
-    ZeroPad([[usize; 2]; 2]),
-    Pool {
-        max: bool,
-        op: crate::ir::ops::Pool2d,
-    },
-    GlobalPool {
-        max: bool,
-    },
-    Dense {
-        w: usize,
-        b: Option<usize>,
-        act: Option<ActFn>,
-    },
-    Dropout(f32),
-    /// Flatten and Reshape: the data is already flat; only the logical shape changes.
-    Reshape,
-    Merge {
-        kind: MergeKind,
-        /// A ReLU fused into an Add: only the CPU lowering sets it
-        /// (`Net::with_fused_bn_and_add_activations`).
-        act: Option<ActFn>,
-    },
-    /// The SE tail as one op, act(x · gate + the other inputs), reading [x (N, H, W, C), gate
-    /// (N, 1, 1, C), others...]: an Add whose SE multiply was absorbed into it. Only the CPU
-    /// lowering makes it (`Net::with_fused_se_tails`).
-    GatedAdd {
-        /// A ReLU fused into the Add, or none.
-        act: Option<ActFn>,
-    },
-}
 
 pub struct Net {
     /// The graph and its layers, shared with the same network on another device.
@@ -83,154 +28,25 @@ pub struct Net {
     profile: Option<Profile>,
 }
 
-/// The convolution geometry of a conv layer between two batch shapes (N, H, W, C).
-pub fn conv_shape(op: &crate::ir::ops::Conv2d, ins: &[usize], outs: &[usize]) -> ConvShape {
-    let pads = op.pads([ins[1], ins[2]]);
-    ConvShape {
-        win: Window::between(
-            ins,
-            outs,
-            op.kernel,
-            op.stride,
-            op.dilation,
-            [pads[0][0], pads[1][0]],
-        ),
-        cout: op.filters,
-        groups: op.groups,
-    }
-}
-
-pub fn pool_window(op: &crate::ir::ops::Pool2d, ins: &[usize], outs: &[usize]) -> Window {
-    let pads = op.pads([ins[1], ins[2]]);
-    Window::between(
-        ins,
-        outs,
-        op.size,
-        op.stride,
-        [1, 1],
-        [pads[0][0], pads[1][0]],
-    )
-}
-
-/// A global pool is a pool whose window is the whole image.
-pub fn global_window(ins: &[usize]) -> Window {
-    let outs = [ins[0], 1, 1, ins[3]];
-    Window::between(ins, &outs, [ins[1], ins[2]], [1, 1], [1, 1], [0, 0])
-}
-
-/// The parameters being created, in order, and the initialiser's random stream.
-struct Init {
-    dev: Cpu,
-    rng: Rng,
-    params: Vec<Param>,
-}
-
-impl Init {
-    fn add(&mut self, name: String, values: Vec<f32>, trainable: bool) -> usize {
-        self.params
-            .push(Param::new(&self.dev, name, values, trainable));
-        self.params.len() - 1
-    }
-
-    /// A He-normal kernel of `fan_in` × `units` and, when `bias`, a zero bias of `units`.
-    fn kernel_and_bias(
-        &mut self,
-        node: &str,
-        fan_in: usize,
-        units: usize,
-        bias: bool,
-    ) -> (usize, Option<usize>) {
-        let std = (2.0 / fan_in.max(1) as f32).sqrt();
-        let kernel = (0..fan_in * units)
-            .map(|_| self.rng.normal() * std)
-            .collect();
-        let w = self.add(format!("{node}/kernel"), kernel, true);
-        let b = bias.then(|| self.add(format!("{node}/bias"), vec![0.0; units], true));
-        (w, b)
-    }
-}
-
 impl Net {
-    /// Builds the runtime network; weights are He-normal (fan in), biases 0, BN gamma 1, beta 0,
-    /// moving mean 0, moving variance 1.
+    /// Builds the runtime network from the plan and initial values of `plan::lower`.
     pub fn new(vg: &ValidGraph, seed: u64) -> Net {
-        let g = vg.graph().clone();
-        let mut init = Init {
-            dev: Cpu::default(),
-            rng: Rng::new(seed),
-            params: vec![],
-        };
-        let mut layers = vec![];
-        for id in g.ids() {
-            let node = g.node(id);
-            let cin = node
-                .inputs
-                .first()
-                .map(|&i| *g.node(i).shape.last().unwrap_or(&1))
-                .unwrap_or(0);
-            let n = &node.name;
-            let layer = match &node.op {
-                Op::Input(_) => Layer::Input,
-                Op::Conv2d(c) => {
-                    let fan_in = c.kernel[0] * c.kernel[1] * (cin / c.groups);
-                    let (w, b) = init.kernel_and_bias(n, fan_in, c.filters, c.use_bias);
-                    Layer::Conv {
-                        op: c.clone(),
-                        w,
-                        b,
-                        act: None,
-                    }
-                }
-                Op::BatchNorm(b) => {
-                    let gamma = b
-                        .scale
-                        .then(|| init.add(format!("{n}/gamma"), vec![1.0; cin], true));
-                    let beta = b
-                        .center
-                        .then(|| init.add(format!("{n}/beta"), vec![0.0; cin], true));
-                    let mean = init.add(format!("{n}/moving_mean"), vec![0.0; cin], false);
-                    let var = init.add(format!("{n}/moving_variance"), vec![1.0; cin], false);
-                    Layer::BatchNorm {
-                        gamma,
-                        beta,
-                        mean,
-                        var,
-                        eps: b.epsilon as f32,
-                        momentum: b.momentum as f32,
-                        act: None,
-                    }
-                }
-                Op::Activation(a) => Layer::Activation(a.function),
-                Op::ZeroPadding2d(z) => Layer::ZeroPad(z.padding),
-                Op::Pool2d(p) => Layer::Pool {
-                    max: p.kind == PoolKind::Max,
-                    op: p.clone(),
-                },
-                Op::GlobalPool(p) => Layer::GlobalPool {
-                    max: p.kind == PoolKind::Max,
-                },
-                Op::Dense(d) => {
-                    let (w, b) = init.kernel_and_bias(n, cin, d.units, d.use_bias);
-                    Layer::Dense {
-                        w,
-                        b,
-                        act: d.activation,
-                    }
-                }
-                Op::Dropout(d) => Layer::Dropout(d.rate as f32),
-                Op::Flatten(_) | Op::Reshape(_) => Layer::Reshape,
-                Op::Merge(m) => Layer::Merge {
-                    kind: m.kind,
-                    act: None,
-                },
-            };
-            layers.push(layer);
-        }
+        Net::from_lowered(super::plan::lower(vg, seed))
+    }
+
+    /// The CPU network of a lowered plan, with its parameters' initial values.
+    pub fn from_lowered(l: super::plan::Lowered) -> Net {
+        let dev = Cpu::default();
+        let params = l
+            .params
+            .into_iter()
+            .map(|p| Param::new(&dev, p.name, p.values, p.trainable))
+            .collect();
         Net {
-            plan: Arc::new(Plan::new(g, layers)),
-            params: init.params,
-            dev: init.dev,
-            dropout_rng: init.rng.fork(7),
+            plan: Arc::new(l.plan),
+            params,
+            dev,
+            dropout_rng: l.dropout_rng,
             opt: None,
             profile: Profile::from_env(),
         }
@@ -1265,20 +1081,6 @@ pub fn dropout_mask(rng: &mut Rng, n: usize, keep: f32) -> Vec<f32> {
             }
         })
         .collect()
-}
-
-/// (rows, last axis) of a batch shape: the 2-D view of an activation.
-pub fn rows_of(shape: &[usize]) -> (usize, usize) {
-    let last = *shape.last().expect("rank >= 1");
-    (shape.iter().product::<usize>() / last.max(1), last)
-}
-
-/// (N, 1, 1, C) against (N, H, W, C): the SE gate.
-pub fn se_gate(gate: &[usize], x: &[usize]) -> bool {
-    gate.len() == x.len()
-        && gate[0] == x[0]
-        && gate[gate.len() - 1] == x[x.len() - 1]
-        && gate[1..gate.len() - 1].iter().all(|&d| d == 1)
 }
 
 /// Wraps a batch (N, H, W, C) as the network input; its gradient is never computed.

@@ -4,7 +4,7 @@
 //! (run later, by dfdx's tape) under the label its layer had when it was recorded
 //! (`record_backward`), collected per thread and drained into the profile after the backward.
 
-use super::layers::Layer;
+use super::plan::Layer;
 use std::cell::RefCell;
 use std::time::Instant;
 

@@ -29,12 +29,20 @@ pub fn save(
     extra: &[(String, Vec<f32>)],
     meta: HashMap<String, String>,
 ) -> Result<(), String> {
+    let params = net.param_info().into_iter().map(|p| p.name);
+    save_params(path, params.zip(net.param_values()), extra, meta)
+}
+
+/// `save` for parameters given by name and values, in the network's order.
+pub fn save_params(
+    path: &Path,
+    params: impl Iterator<Item = (String, Vec<f32>)>,
+    extra: &[(String, Vec<f32>)],
+    meta: HashMap<String, String>,
+) -> Result<(), String> {
     let f32 = safetensors::Dtype::F32;
-    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = net
-        .param_info()
-        .into_iter()
-        .zip(net.param_values())
-        .map(|(p, v)| (p.name, f32, vec![p.len], to_bytes(&v)))
+    let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = params
+        .map(|(n, v)| (n, f32, vec![v.len()], to_bytes(&v)))
         .chain(
             extra
                 .iter()

@@ -16,11 +16,10 @@ pub mod launch;
 
 use super::autodiff::{cross_entropy_grad, softmax_cross_entropy};
 use super::kernels::ConvShape;
-use super::layers::{
-    conv_shape, dropout_mask, global_window, pool_window, rows_of, se_gate, Layer, Net,
-};
+use super::layers::{dropout_mask, Net};
 use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
 use super::plan::Plan;
+use super::plan::{conv_shape, global_window, pool_window, rows_of, se_gate, Layer};
 use super::profile::{self, kind_label, Profile};
 use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};

@@ -1,9 +1,16 @@
-//! What both runtime networks (the CPU network, the kernel network) execute: the validated graph, one
-//! runtime layer per node, and the order and lifetimes of the values between them.
+//! What both runtime networks (the CPU network, the kernel network) execute, and what exports
+//! and imports read: the validated graph, one lowered layer per node (`layer`), every
+//! parameter's name and initial value (`init`), and the order and lifetimes of the values
+//! between the layers. BatchNorm folding and the CPU network's fusions are passes over it
+//! (`fold`).
 
-use super::layers::Layer;
+mod init;
+mod layer;
+
 use crate::ir::ops::ActFn;
 use crate::ir::{Graph, NodeId};
+pub use init::{lower, Lowered, ParamInit};
+pub use layer::{conv_shape, global_window, pool_window, rows_of, se_gate, Layer};
 
 pub struct Plan {
     /// The spec's graph, as validated: names, shapes and the spec's wiring, which exports,
