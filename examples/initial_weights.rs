@@ -27,7 +27,9 @@ fn main() {
     };
     let spec = se_compile::spec::parse(&src).unwrap_or_else(|d| fail(d));
     let graph = se_compile::compile(&src).unwrap_or_else(|d| fail(d));
-    let seed = TrainConfig::from_spec(&spec).unwrap_or_else(|d| fail(d)).seed;
+    let seed = TrainConfig::from_spec(&spec)
+        .unwrap_or_else(|d| fail(d))
+        .seed;
     if let Err(e) = checkpoint::save(Path::new(out), &Net::new(&graph, seed), &[], HashMap::new()) {
         eprintln!("error: {e}");
         std::process::exit(1);
