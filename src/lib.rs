@@ -9,6 +9,7 @@ pub mod ir;
 pub mod report;
 pub mod source;
 pub mod spec;
+pub mod util;
 pub mod validate;
 pub mod zoo;
 

@@ -7,8 +7,8 @@ use se_compile::lower::kernelnet::{host::Host, KernelNet};
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::{Batch, Model, OptSettings};
 use se_compile::lower::parity;
-use se_compile::lower::rng::Rng;
 use se_compile::train::config::TrainConfig;
+use se_compile::util::rng::Rng;
 
 #[test]
 fn composite_matches_the_cpu_kernels_for_every_layer_kind() {

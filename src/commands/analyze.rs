@@ -5,8 +5,8 @@
 use super::eval::{eval_data, eval_split};
 use super::shared::{load_cpu_net, Ctx, EXIT_INVALID, EXIT_USAGE};
 use se_compile::report::excitation::{self, Analysis, BlockStats, Excitations, SeBlock};
-use se_compile::train::checkpoint::write_atomic;
 use se_compile::train::plot::{self, Panel, Series};
+use se_compile::util::atomic::write_atomic;
 use std::path::{Path, PathBuf};
 
 /// `se-compile analyze --help`, after the options.

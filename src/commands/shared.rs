@@ -6,6 +6,7 @@ use se_compile::lower::device::{self, DeviceSpec};
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::Model;
 use se_compile::report::summary::{Depth, Format};
+use se_compile::util::atomic::write_atomic;
 use se_compile::{load, SourceFile, ValidGraph};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -242,15 +243,10 @@ pub fn write_out(path: &str, text: &str) -> Result<(), u8> {
         print!("{text}");
         return Ok(());
     }
-    // Write to a temporary file and rename, so an interrupted run never leaves half a file.
-    let tmp = format!("{path}.tmp-{}", std::process::id());
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            eprintln!("error: cannot write {path}: {e}");
-            EXIT_USAGE
-        })?;
+    write_atomic(Path::new(path), text.as_bytes()).map_err(|e| {
+        eprintln!("error: cannot write {path}: {e}");
+        EXIT_USAGE
+    })?;
     eprintln!("wrote {path}");
     Ok(())
 }

@@ -13,9 +13,9 @@ use super::model::{
 };
 use super::plan::Plan;
 use super::profile::{kind_label, span_end, span_start, Profile};
-use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::Graph;
+use crate::util::rng::Rng;
 use dfdx::prelude::*;
 use dfdx::tensor::{Gradients, Tape};
 use std::collections::HashMap;

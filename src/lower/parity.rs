@@ -6,7 +6,7 @@
 
 use super::layers::Net;
 use super::model::{Batch, Model};
-use super::rng::Rng;
+use crate::util::rng::Rng;
 
 /// (name, layers between a 1×1 conv `pre` and the flatten + dense head). The conv in front
 /// carries gradients through each kind's backward into parameters.

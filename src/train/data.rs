@@ -10,7 +10,7 @@
 //! in; [`Dataset::warn_once`] reports it once.
 
 use super::config::Augment;
-use crate::lower::rng::Rng;
+use crate::util::rng::Rng;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::HashSet;

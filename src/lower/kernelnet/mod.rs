@@ -22,10 +22,10 @@ use super::layers::{
 use super::model::{Batch, Model, OptSettings, ParamInfo, StepResult};
 use super::plan::Plan;
 use super::profile::{self, kind_label, Profile};
-use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
 use crate::train::config::Optimizer;
+use crate::util::rng::Rng;
 use backend::{act_code, split_k, Backend, BnParams, ConvDir, Gemm, Geom, Update};
 use std::rc::Rc;
 use std::sync::Arc;
