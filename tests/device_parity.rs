@@ -7,7 +7,7 @@ use se_compile::lower::kernelnet::{host::Host, KernelNet};
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::{Batch, Model, OptSettings};
 use se_compile::lower::parity;
-use se_compile::train::config::TrainConfig;
+use se_compile::spec::recipe::TrainConfig;
 use se_compile::util::rng::Rng;
 
 #[test]

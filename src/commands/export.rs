@@ -5,7 +5,7 @@ use se_compile::export::{onnx, pytorch, Weights};
 use se_compile::lower::device::DeviceSpec;
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::Model;
-use se_compile::train::config::TrainConfig;
+use se_compile::spec::recipe::TrainConfig;
 use se_compile::util::atomic::write_atomic;
 use se_compile::{SourceFile, ValidGraph};
 use std::path::{Path, PathBuf};

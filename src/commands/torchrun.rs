@@ -6,7 +6,7 @@
 use super::shared::{EXIT_INVALID, EXIT_USAGE};
 use se_compile::export::Weights;
 use se_compile::lower::layers::Net;
-use se_compile::train::config::TrainConfig;
+use se_compile::spec::recipe::TrainConfig;
 use se_compile::{SourceFile, ValidGraph};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -53,7 +53,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
     } = a;
     let dev = device_of(&device)?;
     let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
-    let mut cfg = se_compile::train::config::TrainConfig::from_spec(&spec_ast).map_err(|d| {
+    let mut cfg = se_compile::spec::recipe::TrainConfig::from_spec(&spec_ast).map_err(|d| {
         eprint!("{}", render(&d, &src, cx.style));
         EXIT_INVALID
     })?;

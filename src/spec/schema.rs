@@ -124,7 +124,7 @@ pub fn schema() -> Value {
              "description": "one layer kind (or block template) as the key, plus name, id, from, when"}
         ]}),
     );
-    let train = Args::record_keys("train", crate::train::config::TrainConfig::from_args);
+    let train = Args::record_keys("train", crate::spec::recipe::TrainConfig::from_args);
     // A kind's defaults: its keys, none of them required (the layer gives the rest).
     let mut defaults = Map::new();
     for k in LAYER_KINDS {

@@ -9,7 +9,7 @@
 //! A file whose header reads but whose data does not decode is left out of every batch it falls
 //! in; [`Dataset::warn_once`] reports it once.
 
-use super::config::Augment;
+use crate::spec::recipe::Augment;
 use crate::util::rng::Rng;
 use rayon::prelude::*;
 use std::borrow::Cow;

@@ -2,9 +2,9 @@
 
 use super::callbacks::Callbacks;
 use super::checkpoint::{self, OPT_M, OPT_V};
-use super::config::TrainConfig;
 use super::data::{prefetch, Dataset, Split};
 use crate::lower::model::{Batch, Model, OptSettings};
+use crate::spec::recipe::TrainConfig;
 use crate::util::atomic::write_atomic;
 use crate::util::rng::Rng;
 use serde::{Deserialize, Serialize};

@@ -24,7 +24,7 @@ use super::plan::Plan;
 use super::profile::{self, kind_label, Profile};
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
-use crate::train::config::Optimizer;
+use crate::spec::recipe::Optimizer;
 use crate::util::rng::Rng;
 use backend::{act_code, split_k, Backend, BnParams, ConvDir, Gemm, Geom, Update};
 use std::rc::Rc;
