@@ -7,6 +7,7 @@ pub mod expand;
 pub mod export;
 pub mod ir;
 pub mod report;
+pub mod schema;
 pub mod source;
 pub mod spec;
 pub mod util;

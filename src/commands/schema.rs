@@ -1,7 +1,7 @@
 //! `se-compile schema`: the JSON Schema of the YAML spec, for editors.
 
 use super::shared::{pretty_json, write_out};
-use se_compile::spec::schema::schema;
+use se_compile::schema::schema;
 
 /// Print a JSON Schema of the YAML spec (for editors: yaml-language-server).
 #[derive(clap::Args)]

@@ -6,7 +6,6 @@ pub mod ast;
 pub mod dsl;
 pub mod eval;
 pub mod recipe;
-pub mod schema;
 pub mod yaml;
 
 use crate::diag::Result;
