@@ -7,8 +7,10 @@ pub mod expand;
 pub mod export;
 pub mod ir;
 pub mod report;
+pub mod schema;
 pub mod source;
 pub mod spec;
+pub mod util;
 pub mod validate;
 pub mod zoo;
 

@@ -73,7 +73,7 @@ fn trained() -> &'static Trained {
         // The values `train` starts from: the network built with the recipe's seed.
         let (src, vg) = common::model("se_resnet_mini.yaml");
         let spec = se_compile::spec::parse(&src).unwrap();
-        let seed = se_compile::train::config::TrainConfig::from_spec(&spec)
+        let seed = se_compile::spec::recipe::TrainConfig::from_spec(&spec)
             .unwrap()
             .seed;
         let untrained = root.join("untrained.safetensors");

@@ -8,8 +8,8 @@ use se_compile::lower::kernelnet::{host::Host, KernelNet};
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::{Batch, Model, OptSettings};
 use se_compile::lower::parity;
-use se_compile::lower::rng::Rng;
-use se_compile::train::config::TrainConfig;
+use se_compile::spec::recipe::TrainConfig;
+use se_compile::util::rng::Rng;
 
 /// The CPU network as a device places it (activations fused into BatchNorms and Adds, SE
 /// tails fused into one op, SE pools taken from the kernel before them), against the plain CPU

@@ -6,7 +6,7 @@
 use dfdx::prelude::*;
 use se_compile::lower::autodiff::Act;
 use se_compile::lower::layers::Net;
-use se_compile::lower::rng::Rng;
+use se_compile::util::rng::Rng;
 
 fn build(spec: &str) -> Net {
     let src = se_compile::SourceFile::new("t.yaml", spec);

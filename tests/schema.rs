@@ -2,7 +2,7 @@
 //! tests/ok validates against it (with the `jsonschema` crate, not our own reader), and a
 //! sample of the bad specs that a schema can judge is rejected.
 
-use se_compile::spec::schema::schema;
+use se_compile::schema::schema;
 use std::path::{Path, PathBuf};
 
 fn root() -> &'static Path {

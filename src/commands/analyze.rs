@@ -3,10 +3,10 @@
 //! class-specificity figure per block; CSV, JSON and PNG plots.
 
 use super::eval::{eval_data, eval_split};
-use crate::{load_cpu_net, Ctx, EXIT_INVALID, EXIT_USAGE};
+use super::shared::{load_cpu_net, Ctx, EXIT_INVALID, EXIT_USAGE};
 use se_compile::report::excitation::{self, Analysis, BlockStats, Excitations, SeBlock};
-use se_compile::train::checkpoint::write_atomic;
 use se_compile::train::plot::{self, Panel, Series};
+use se_compile::util::atomic::write_atomic;
 use std::path::{Path, PathBuf};
 
 /// `se-compile analyze --help`, after the options.
@@ -31,7 +31,10 @@ pub const DEFAULT_CLASSES: usize = 10;
 /// Panels per PNG: more SE blocks go to `excitations-1.png`, `excitations-2.png`, ...
 pub const PANELS_PER_PNG: usize = 8;
 
+/// The SE paper's excitation analysis (Section 7, Fig. 6): the mean excitation of every SE
+/// block per channel, over all images and per class, and each block's class specificity.
 #[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct AnalyzeArgs {
     /// A spec file or a model name from models/.
     pub spec: String,

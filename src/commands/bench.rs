@@ -1,7 +1,7 @@
 //! `se-compile bench`: training and inference speed (images/s) on random data, one process per
 //! measurement if wanted (`--phase`), as bench/compare.sh runs it next to PyTorch and Keras.
 
-use crate::{device_of, lowered_for_inference, on_device, Ctx};
+use super::shared::{device_of, lowered_for_inference, on_device, Ctx};
 use se_compile::lower::device::DeviceSpec;
 use se_compile::lower::layers::Net;
 use se_compile::lower::model::Model;
@@ -13,7 +13,11 @@ pub enum Phase {
     Infer,
 }
 
+/// Train and inference speed (images/s) on random data.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  se-compile bench models/se_resnet50.yaml --input 64 --batch-size 8 --steps 5"
+)]
 pub struct BenchArgs {
     pub spec: String,
     #[arg(long, default_value_t = 8)]

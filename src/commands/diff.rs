@@ -1,11 +1,16 @@
 //! `se-compile diff A B`: two specs side by side, per stage, block or layer, with each one's
 //! SE overhead (the same spec compiled again without its SE layers).
 
-use crate::{Ctx, DepthArg, FormatArg};
+use super::shared::{Ctx, DepthArg, FormatArg};
 use se_compile::report::diff::{self, Side};
 use se_compile::{SourceFile, ValidGraph};
 
+/// Compare two specs per stage, block or layer: params, MACs and activation memory of both,
+/// the delta and percentage, and each one's SE overhead.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  se-compile diff models/se_resnet50.yaml models/se_resnet50_timm.yaml\n  se-compile diff se_resnet50 tests/diff/se_resnet50_r8.yaml --depth block --format markdown\n\nRows are aligned by stage/block/layer path; rows in one spec only are shown as added (+, only in B)\nor removed (-, only in A). The SE overhead compares each spec with itself without SE layers."
+)]
 pub struct DiffArgs {
     /// Spec A (a file or a model name from models/); deltas and percentages are B against A.
     pub a: String,

@@ -1,11 +1,15 @@
 //! `se-compile eval`: loss, accuracy and the confusion matrix of saved weights.
 
-use crate::{bundled_data, device_of, load_for_inference, Ctx, EXIT_INVALID};
+use super::shared::{bundled_data, device_of, load_for_inference, Ctx, EXIT_INVALID};
 use se_compile::train::data::{Dataset, Split};
 use se_compile::ValidGraph;
 use std::path::PathBuf;
 
+/// Loss, accuracy and confusion matrix of saved weights on DIR/test (or DIR/train).
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  se-compile eval models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors --data data/fashion-mnist-mini"
+)]
 pub struct EvalArgs {
     pub spec: String,
     #[arg(long)]

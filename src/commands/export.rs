@@ -1,11 +1,11 @@
-//! `se-compile export` and `se-compile import-weights`.
+//! `se-compile export`: ONNX, or a PyTorch package (model.py, weights, train.py).
 
-use crate::{load_weights, Ctx, EXIT_INVALID, EXIT_USAGE};
-use se_compile::export::{self, onnx, pytorch, Weights};
+use super::shared::{check_parent, fail, load_weights, Ctx, EXIT_INVALID, EXIT_USAGE};
+use se_compile::export::{onnx, pytorch, Weights};
 use se_compile::lower::device::DeviceSpec;
 use se_compile::lower::plan;
-use se_compile::train::checkpoint::write_atomic;
-use se_compile::train::config::TrainConfig;
+use se_compile::spec::recipe::TrainConfig;
+use se_compile::util::atomic::write_atomic;
 use se_compile::{SourceFile, ValidGraph};
 use std::path::{Path, PathBuf};
 
@@ -21,14 +21,11 @@ pub enum LayoutArg {
     Nchw,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum MapArg {
-    Auto,
-    Timm,
-    Keras,
-}
-
+/// Export the model: ONNX (one .onnx file) or PyTorch (model.py + weights.safetensors, and train.py for torchrun).
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  se-compile export se_resnet50 --format onnx -o se_resnet50.onnx\n  se-compile export models/se_resnet_mini.yaml --format onnx --weights runs/se_resnet_mini/best.safetensors -o mini.onnx --batch 1\n  se-compile export models/se_resnet_mini.yaml --format pytorch --weights runs/se_resnet_mini/best.safetensors -o mini_torch\n\nWithout --weights the network's seeded initial values (the recipe's seed) are exported.\nONNX input is NHWC float pixels / 255, as se-compile feeds them (--input-layout nchw for NCHW)."
+)]
 pub struct ExportArgs {
     pub spec: String,
     #[arg(long, value_enum)]
@@ -50,32 +47,11 @@ pub struct ExportArgs {
     pub input: Option<usize>,
 }
 
-fn fail(msg: impl std::fmt::Display) -> u8 {
-    eprintln!("error: {msg}");
-    EXIT_INVALID
-}
-
-/// The directory a new file or folder at `path` goes into must exist.
-fn check_parent(path: &Path) -> Result<(), u8> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => return Ok(()),
-    };
-    if !parent.is_dir() {
-        return Err(fail(format!(
-            "{}: the directory {} does not exist; create it first or choose another -o",
-            path.display(),
-            parent.display()
-        )));
-    }
-    Ok(())
-}
-
 fn write(path: &Path, bytes: &[u8]) -> Result<(), u8> {
     write_atomic(path, bytes).map_err(|e| fail(format!("{}: cannot write: {e}", path.display())))
 }
 
-pub fn run_export(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
+pub fn run(cx: &Ctx, a: ExportArgs) -> Result<(), u8> {
     let batch = match a.batch.as_str() {
         "dynamic" => onnx::Batch::Dynamic,
         n => match n.parse::<usize>() {
@@ -159,41 +135,4 @@ pub fn write_pytorch_dir(
         write(&dir.join(name), bytes)?;
     }
     Ok(files)
-}
-
-pub fn run_import(cx: &Ctx, spec: &str, from: &str, map: MapArg, output: &str) -> Result<(), u8> {
-    let out = PathBuf::from(output);
-    check_parent(&out)?;
-    let (src, _, vg) = cx.build_full(spec, None)?;
-    let from_path = Path::new(from);
-    if !from_path.is_file() {
-        eprintln!("error: {from}: no such file");
-        return Err(EXIT_USAGE);
-    }
-    let bytes = std::fs::read(from_path).map_err(|e| fail(format!("{from}: cannot read: {e}")))?;
-    let map = match map {
-        MapArg::Auto => export::import::Mapping::Auto,
-        MapArg::Timm => export::import::Mapping::Timm,
-        MapArg::Keras => export::import::Mapping::Keras,
-    };
-    let lowered = plan::lower(&vg, 0);
-    let imported =
-        export::import::import(&vg, &src, &lowered.params, &bytes, from, map).map_err(fail)?;
-    let names = lowered.params.into_iter().map(|p| p.name);
-    let meta = [
-        ("model".to_string(), vg.graph().model.clone()),
-        ("imported_from".to_string(), from.to_string()),
-        ("mapping".to_string(), imported.mapping.to_string()),
-    ]
-    .into_iter()
-    .collect();
-    se_compile::train::checkpoint::save_params(&out, names.zip(imported.values), &[], meta)
-        .map_err(fail)?;
-    eprintln!(
-        "wrote {} ({} tensors from {from}, {} mapping)",
-        out.display(),
-        imported.count,
-        imported.mapping
-    );
-    Ok(())
 }

@@ -1,8 +1,12 @@
 //! `se-compile predict`: the top-k classes of images, decoded in batches.
 
-use crate::{class_names, device_of, load_for_inference, Ctx, EXIT_INVALID};
+use super::shared::{class_names, device_of, load_for_inference, Ctx, EXIT_INVALID};
 
+/// Top-k classes with probabilities for images.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  se-compile predict models/se_resnet_mini.yaml --weights runs/se_resnet_mini/best.safetensors data/fashion-mnist-mini/test/7_sneaker/*.png"
+)]
 pub struct PredictArgs {
     pub spec: String,
     #[arg(long)]

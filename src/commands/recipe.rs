@@ -1,6 +1,6 @@
 //! The `train:` recipe keys that `se-compile train` can override on the command line.
 
-use se_compile::train::config::{Monitor, Optimizer, Schedule, TrainConfig};
+use se_compile::spec::recipe::{Monitor, Optimizer, Schedule, TrainConfig};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RecipeFlags {

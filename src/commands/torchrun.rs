@@ -3,10 +3,10 @@
 //! train.py, recipe.json with the recipe as overridden on the command line) and `torchrun`
 //! runs train.py there. se-compile writes no all-reduce of its own.
 
-use crate::EXIT_USAGE;
+use super::shared::{EXIT_INVALID, EXIT_USAGE};
 use se_compile::export::Weights;
 use se_compile::lower::layers::Net;
-use se_compile::train::config::TrainConfig;
+use se_compile::spec::recipe::TrainConfig;
 use se_compile::{SourceFile, ValidGraph};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -166,7 +166,7 @@ pub fn run(t: TorchRun) -> Result<(), u8> {
             "error: torchrun failed ({status}); its messages are above. The run directory {} keeps every finished epoch (continue with --resume)",
             t.out.display()
         );
-        return Err(crate::EXIT_INVALID);
+        return Err(EXIT_INVALID);
     }
     // The plots se-compile draws for its own runs, from train.py's history.
     if let Ok(text) = std::fs::read_to_string(t.out.join("history.json")) {

@@ -2,13 +2,19 @@
 //! or, with `--engine torchrun`, PyTorch DDP (`torchrun.rs`).
 
 use super::recipe::RecipeFlags;
+use super::shared::{
+    bundled_data, device_of, fresh_run_dir, on_device, Ctx, EXIT_INVALID, EXIT_USAGE,
+};
 use super::torchrun;
-use crate::{bundled_data, device_of, fresh_run_dir, on_device, Ctx, EXIT_INVALID, EXIT_USAGE};
 use se_compile::diag::render;
 use se_compile::lower::device::DeviceSpec;
 use se_compile::lower::layers::Net;
 
+/// Train from image folders (Keras flow_from_directory layout), as the seed's model.fit.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  se-compile train models/se_resnet_mini.yaml            (bundled Fashion-MNIST subset)\n  se-compile train models/se_resnet_mini.yaml --data /data/fmnist --epochs 15 --out runs/full\n  se-compile train models/se_resnet_mini.yaml --resume runs/full --epochs 20\n\nRUN_DIR receives history.csv, history.json, accuracy.png, loss.png, last.safetensors,\nbest.safetensors, the spec and config.json. Every key of the spec's `train:` section can be\noverridden here."
+)]
 pub struct TrainArgs {
     pub spec: String,
     /// DIR with train/<class>/ and test/<class>/ (default: the bundled data/fashion-mnist-mini).
@@ -47,7 +53,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
     } = a;
     let dev = device_of(&device)?;
     let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
-    let mut cfg = se_compile::train::config::TrainConfig::from_spec(&spec_ast).map_err(|d| {
+    let mut cfg = se_compile::spec::recipe::TrainConfig::from_spec(&spec_ast).map_err(|d| {
         eprint!("{}", render(&d, &src, cx.style));
         EXIT_INVALID
     })?;

@@ -2,7 +2,6 @@
 //! blocks, gives Keras auto-names (`conv2d`, `conv2d_1`, ... per type, in creation order) and
 //! infers every node's shape as it is created, so SE can read its channel count.
 
-pub mod eval;
 pub mod se;
 
 use crate::diag::{suggest, Diagnostic, Result};
@@ -11,7 +10,7 @@ use crate::ir::ops::{arity, InShape, InferCx, Input, LAYER_KINDS};
 use crate::ir::{Graph, Node, NodeId, Op, Scope, Shape};
 use crate::source::Span;
 use crate::spec::ast::*;
-use eval::{eval, Vars};
+use crate::spec::eval::{eval, Vars};
 use std::collections::HashMap;
 
 /// The largest graph a spec may expand to. ResNet-152 has about 520 Keras layers; this is 200x that.

@@ -1048,7 +1048,7 @@ pub fn export(
 pub fn training_files(
     vg: &ValidGraph,
     src: &SourceFile,
-    cfg: &crate::train::config::TrainConfig,
+    cfg: &crate::spec::recipe::TrainConfig,
 ) -> Vec<(String, Vec<u8>)> {
     let g = vg.graph();
     let ext = if src.name.ends_with(".se") {

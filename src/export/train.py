@@ -53,7 +53,7 @@ def fail(msg):
     sys.exit(1)
 
 
-# --- se-compile's seeded generator (SplitMix64, src/lower/rng.rs), for identical shuffles,
+# --- se-compile's seeded generator (SplitMix64, src/util/rng.rs), for identical shuffles,
 # --- validation splits and augmentations.
 class Rng:
     def __init__(self, seed):

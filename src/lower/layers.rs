@@ -8,9 +8,9 @@ use super::model::{
 };
 use super::plan::{conv_shape, pool_window, se_gate, Layer, Plan};
 use super::profile::{self, kind_label, span_end, span_start, Profile};
-use super::rng::Rng;
 use crate::ir::ops::{ActFn, MergeKind};
 use crate::ir::{Graph, NodeId};
+use crate::util::rng::Rng;
 use crate::validate::ValidGraph;
 use dfdx::prelude::*;
 use dfdx::tensor::Tape;

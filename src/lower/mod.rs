@@ -12,7 +12,6 @@ pub mod model;
 pub mod parity;
 pub mod plan;
 pub mod profile;
-pub mod rng;
 pub mod winograd;
 
 /// Keeps freed activation buffers in the process instead of returning them to the kernel:

@@ -6,7 +6,7 @@
 
 use super::profile::Profile;
 use crate::ir::Graph;
-use crate::train::config::{Optimizer, TrainConfig};
+use crate::spec::recipe::{Optimizer, TrainConfig};
 use dfdx::prelude::*;
 use dfdx::tensor::{Gradients, Storage};
 

@@ -7,8 +7,8 @@
 
 use super::layers::Net;
 use super::model::{Batch, Model};
-use super::rng::Rng;
 use crate::ir::ops::ActFn;
+use crate::util::rng::Rng;
 
 /// The written cases: (name, layers between a 1×1 conv `pre` and the flatten + dense head).
 /// The conv in front carries gradients through each kind's backward into parameters. Every

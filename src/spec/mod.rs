@@ -1,8 +1,11 @@
-//! Front ends: YAML and the DSL both produce one `ast::Spec`.
+//! Front ends: YAML and the DSL both produce one `ast::Spec`; what its expressions mean
+//! (`eval`) and its `train:` section read as a training recipe (`recipe`), for the back ends
+//! and the training loop alike.
 
 pub mod ast;
 pub mod dsl;
-pub mod schema;
+pub mod eval;
+pub mod recipe;
 pub mod yaml;
 
 use crate::diag::Result;

@@ -5,8 +5,8 @@
 //! instead of saving counters: the same history gives the same learning rates and the same
 //! stop, in se-compile and in the exported `train.py` (which implements the same rules).
 
-use super::config::{Monitor, TrainConfig};
 use super::run::EpochRecord;
+use crate::spec::recipe::{Monitor, TrainConfig};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Callbacks {

@@ -2,21 +2,12 @@
 //! (`conv2d_3/kernel`, `batch_normalization/moving_mean`), written atomically.
 
 use crate::lower::model::Model;
+use crate::util::atomic::write_atomic;
 use std::collections::HashMap;
 use std::path::Path;
 
 pub const OPT_M: &str = "optimizer/m/";
 pub const OPT_V: &str = "optimizer/v/";
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
-/// truncated file where a good one was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -9,8 +9,8 @@
 //! A file whose header reads but whose data does not decode is left out of every batch it falls
 //! in; [`Dataset::warn_once`] reports it once.
 
-use super::config::Augment;
-use crate::lower::rng::Rng;
+use crate::spec::recipe::Augment;
+use crate::util::rng::Rng;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::HashSet;

@@ -1,6 +1,5 @@
 pub mod callbacks;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod plot;
 pub mod run;

@@ -100,7 +100,7 @@ pub fn curves(path: &Path, title: &str, train: &[f64], val: &[f64]) -> Result<()
 /// panel that size. Writes atomically (temporary file + rename).
 pub fn lines(path: &Path, panels: &[Panel]) -> Result<(), String> {
     let png = render(panels)?;
-    super::checkpoint::write_atomic(path, &png)
+    crate::util::atomic::write_atomic(path, &png)
         .map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }
 

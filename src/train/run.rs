@@ -2,10 +2,11 @@
 
 use super::callbacks::Callbacks;
 use super::checkpoint::{self, OPT_M, OPT_V};
-use super::config::TrainConfig;
 use super::data::{prefetch, Dataset, Split};
 use crate::lower::model::{Batch, Model, OptSettings};
-use crate::lower::rng::Rng;
+use crate::spec::recipe::TrainConfig;
+use crate::util::atomic::write_atomic;
+use crate::util::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -191,7 +192,7 @@ fn write_history(dir: &Path, hist: &[EpochRecord]) -> Result<(), String> {
         ));
     }
     let w = |name: &str, bytes: &[u8]| {
-        checkpoint::write_atomic(&dir.join(name), bytes)
+        write_atomic(&dir.join(name), bytes)
             .map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
     w("history.csv", csv.as_bytes())?;
@@ -241,7 +242,7 @@ fn open_step_log(dir: &Path, done_epochs: usize) -> Result<std::fs::File, String
             }
         }
     }
-    checkpoint::write_atomic(&path, kept.as_bytes())
+    write_atomic(&path, kept.as_bytes())
         .and_then(|_| std::fs::OpenOptions::new().append(true).open(&path))
         .map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -276,7 +277,7 @@ pub fn train(
     } else {
         "yaml"
     };
-    checkpoint::write_atomic(
+    write_atomic(
         &opts.out.join(format!("spec.{ext}")),
         opts.spec_text.as_bytes(),
     )
@@ -287,7 +288,7 @@ pub fn train(
         classes: ds.classes.clone(),
         train: cfg.clone(),
     };
-    checkpoint::write_atomic(
+    write_atomic(
         &opts.out.join("config.json"),
         serde_json::to_string_pretty(&rc)
             .expect("plain data")

@@ -3,7 +3,7 @@
 
 use super::{Layer, Plan};
 use crate::ir::ops::{Op, PoolKind};
-use crate::lower::rng::Rng;
+use crate::util::rng::Rng;
 use crate::validate::ValidGraph;
 
 /// A parameter as lowering makes it: Keras-style name (`node/kernel`), values, and whether

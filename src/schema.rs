@@ -5,6 +5,7 @@
 //! SE settings (`SeConfig::parse`) and the training recipe (`TrainConfig::from_args`) run in
 //! schema mode (`Args::record_keys`), which notes each key they read with its type and range.
 //! A key added to a parser is in the schema with no further edit.
+//! (So it sits above the parsers it reads, `spec`, `expand` and `ir`, not in any of them.)
 //!
 //! Values may also be expressions of block parameters (`filters * 4`, `classes`), written as
 //! strings; a layer entry may name a block template, whose names the schema cannot know, so
@@ -124,7 +125,7 @@ pub fn schema() -> Value {
              "description": "one layer kind (or block template) as the key, plus name, id, from, when"}
         ]}),
     );
-    let train = Args::record_keys("train", crate::train::config::TrainConfig::from_args);
+    let train = Args::record_keys("train", crate::spec::recipe::TrainConfig::from_args);
     // A kind's defaults: its keys, none of them required (the layer gives the rest).
     let mut defaults = Map::new();
     for k in LAYER_KINDS {

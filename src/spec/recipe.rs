@@ -1,8 +1,8 @@
 //! The training recipe: the spec's `train:` section, checked like every other part of the spec
 //! (unknown keys get "did you mean"), then command-line overrides.
 
+use super::eval::{eval, Vars};
 use crate::diag::{Diagnostic, Result};
-use crate::expand::eval::{eval, Vars};
 use crate::ir::args::{ArgVal, Args, Value};
 use crate::source::Span;
 use crate::spec::ast::Spec;
