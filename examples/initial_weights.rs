@@ -1,13 +1,14 @@
-//! Writes a spec's seeded initial weights (the values `se-compile train` starts from: the CPU
-//! network built with the recipe's seed) as a checkpoint, so that `se-compile analyze`, `eval`
+//! Writes a spec's seeded initial weights (the values `se-compile train` starts from: `plan::lower`
+//! with the recipe's seed) as a checkpoint, so that `se-compile analyze`, `eval`
 //! or `export` can look at the untrained network:
 //!
 //!     cargo run --release --example initial_weights -- models/se_resnet_mini.yaml untrained.safetensors
 //!
 //! `scripts/regen-docs.sh` uses it for the untrained excitation analysis of the Analysis chapter.
 use se_compile::diag::{render, Style};
-use se_compile::lower::layers::Net;
-use se_compile::train::{checkpoint, config::TrainConfig};
+use se_compile::lower::plan;
+use se_compile::spec::recipe::TrainConfig;
+use se_compile::train::checkpoint;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -30,7 +31,9 @@ fn main() {
     let seed = TrainConfig::from_spec(&spec)
         .unwrap_or_else(|d| fail(d))
         .seed;
-    if let Err(e) = checkpoint::save(Path::new(out), &Net::new(&graph, seed), &[], HashMap::new()) {
+    let params = plan::lower(&graph, seed).params.into_iter();
+    let named = params.map(|p| (p.name, p.values));
+    if let Err(e) = checkpoint::save_params(Path::new(out), named, &[], HashMap::new()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
