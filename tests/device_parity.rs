@@ -191,6 +191,37 @@ fn cuda_kernels_emulated_with_a_convolution_library_match_the_cpu_kernels() {
     }
 }
 
+/// The CPU network's fusion passes are plans any network runs: the kernel network, with host
+/// loops and with its CUDA kernels compiled as C, on the fully fused plan (activations in
+/// convolutions, BatchNorms and Adds; SE tails as one op), against the plain CPU network.
+#[test]
+fn kernel_network_runs_the_fused_plans() {
+    let fused = |net: &Net| {
+        let (net, convs) = net.with_fused_activations();
+        let (net, bns) = net.with_fused_bn_and_add_activations();
+        let (net, tails) = net.with_fused_se_tails();
+        (net, convs + bns + tails)
+    };
+    let mut total = 0;
+    for emulated in [false, true] {
+        let rows = parity::run_all(&mut |net: &Net| {
+            let (f, n) = fused(net);
+            total += n;
+            if emulated {
+                Box::new(KernelNet::from_net(&f, emulated_gpu::build(), "emulated".into()).unwrap())
+            } else {
+                Box::new(KernelNet::from_net(&f, Host, "host".into()).unwrap())
+            }
+        });
+        let table = parity::table(&rows, "kernel network, fused plan", 1e-4);
+        for r in &rows {
+            assert!(r.passes(1e-4), "{}\n{table}", r.name);
+        }
+    }
+    // The cases do contain fusions of every pass.
+    assert!(total >= 10, "{total} fusions");
+}
+
 #[test]
 fn cuda_kernels_emulated_training_follows_the_cpu_loss_curve() {
     let be = std::rc::Rc::new(std::cell::RefCell::new(Some(emulated_gpu::build())));

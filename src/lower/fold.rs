@@ -99,7 +99,7 @@ impl Net {
     /// A copy whose elementwise activations that directly follow a convolution (through
     /// folded BatchNorms or reshapes, each read once) run in the convolution's epilogue, on its
     /// output while it is in cache, instead of as a pass of their own. Returns the copy and the
-    /// number fused. CPU only: the kernel network refuses fused convolutions.
+    /// number fused. The CPU network's pass; the kernel network runs its result too.
     pub fn with_fused_activations(&self) -> (Net, usize) {
         self.fusing_activations(|layers, readers, g, id, stop, f| {
             // Back through single-reader reshapes (folded BatchNorms are reshapes) to a conv.
@@ -133,7 +133,7 @@ impl Net {
     ///
     /// The activation's own forward pass, backward pass and gradient buffer go. Training and
     /// inference alike; the parameters are the same. Returns the copy and the number fused.
-    /// CPU only: the kernel network refuses fused BatchNorms and Adds.
+    /// The CPU network's pass; the kernel network runs its result too.
     pub fn with_fused_bn_and_add_activations(&self) -> (Net, usize) {
         self.fusing_activations(|layers, readers, g, id, stop, f| {
             let src = g.node(id).inputs[0];
@@ -191,8 +191,8 @@ impl Net {
     /// `Layer::GatedAdd` reading x, the gate and the Add's other inputs, and the multiply is
     /// absorbed (not run). The product is never stored, and its gradient is never made:
     /// forward and backward each make one pass where the multiply and the Add made two.
-    /// Training and inference alike. Returns the copy and the number fused. CPU only: the
-    /// kernel network refuses it. It rewires the plan (`Plan::wired`), so it comes after the
+    /// Training and inference alike. Returns the copy and the number fused. The CPU network's pass; the
+    /// kernel network runs its result too. It rewires the plan (`Plan::wired`), so it comes after the
     /// other fusions, which read the graph's wiring.
     pub fn with_fused_se_tails(&self) -> (Net, usize) {
         let mut net = self.clone_for_device();

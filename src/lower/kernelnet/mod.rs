@@ -93,6 +93,9 @@ struct Record<Buf> {
     ins: Vec<Val<Buf>>,
     out: Val<Buf>,
     saved: Saved<Buf>,
+    /// A layer with a fused activation (`Layer::epilogue`): its output before the activation,
+    /// which the backward takes the activation's gradient at before the layer's own.
+    pre_act: Option<Rc<Buf>>,
 }
 
 /// Zero padding as a 1×1 window whose taps start `p` before the image: its im2col matrix is
@@ -120,35 +123,13 @@ pub struct KernelNet<B: Backend> {
 }
 
 impl<B: Backend> KernelNet<B> {
-    /// The same network as `net`, with its current parameter values. Fails for a Multiply
-    /// whose broadcast is neither equal shapes nor the SE gate.
+    /// The same network as `net`, with its current parameter values, on `net`'s plan: fused or
+    /// not, it runs every layer, a fused activation as an epilogue after its layer (see
+    /// `Record::pre_act`). Fails for a Multiply whose broadcast is neither equal shapes nor
+    /// the SE gate.
     pub fn from_net(net: &Net, be: B, device_name: String) -> Result<KernelNet<B>, String> {
         let g = &net.plan.graph;
         for (i, l) in net.plan.layers.iter().enumerate() {
-            if let Layer::Conv { act: Some(_), .. } = l {
-                return Err(format!(
-                    "layer `{}`: a convolution with a fused activation is lowered for the CPU only",
-                    g.node(NodeId(i as u32)).name
-                ));
-            }
-            if let Layer::BatchNorm { act: Some(_), .. } = l {
-                return Err(format!(
-                    "layer `{}`: a BatchNorm with a fused activation is lowered for the CPU only",
-                    g.node(NodeId(i as u32)).name
-                ));
-            }
-            if let Layer::GatedAdd { .. } = l {
-                return Err(format!(
-                    "layer `{}`: an SE multiply fused into its Add is lowered for the CPU only",
-                    g.node(NodeId(i as u32)).name
-                ));
-            }
-            if let Layer::Merge { act: Some(_), .. } = l {
-                return Err(format!(
-                    "layer `{}`: an Add with a fused activation is lowered for the CPU only",
-                    g.node(NodeId(i as u32)).name
-                ));
-            }
             if let Layer::Merge {
                 kind: MergeKind::Multiply,
                 ..
@@ -216,7 +197,11 @@ impl<B: Backend> KernelNet<B> {
         let batch = x.shape[0];
         plan.walk(batch, x, Val::clone, |idx, ins, out_shape, skip| {
             let t = self.span_start();
-            let (out, saved) = self.layer_forward(idx, &ins, out_shape, train, skip);
+            let (mut out, saved) = self.layer_forward(idx, &ins, out_shape, train, skip);
+            let pre_act = plan.layers[idx].epilogue().map(|f| {
+                let y = self.be.act(&out.buf, f.code());
+                std::mem::replace(&mut out.buf, Rc::new(y))
+            });
             self.span_end(t, || {
                 format!("  forward: {}", kind_label(&plan.layers[idx]))
             });
@@ -225,6 +210,7 @@ impl<B: Backend> KernelNet<B> {
                     ins,
                     out: out.clone(),
                     saved,
+                    pre_act,
                 });
             }
             out
@@ -416,7 +402,14 @@ impl<B: Backend> KernelNet<B> {
                 )
             }
             Layer::Merge { kind, .. } => (self.merge_forward(ins, &out_shape, kind), Saved::None),
-            Layer::GatedAdd { .. } => unreachable!("refused by `KernelNet::from_net`"),
+            Layer::GatedAdd { .. } => {
+                // [x, gate, others...]: x · gate, then the others added.
+                let (n, c) = (out_shape[0], cout);
+                let mut y = be.alloc(total);
+                be.gate_mul(&ins[0].buf, &ins[1].buf, n, c, &mut y, false);
+                ins[2..].iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
+                (y, Saved::None)
+            }
         };
         (self.fresh(out_shape, y), saved)
     }
@@ -551,15 +544,24 @@ impl<B: Backend> KernelNet<B> {
         pgrads: &mut [B::Buf],
     ) {
         let layer = self.plan.layers[idx].clone();
+        // The plan's wiring: a fused SE tail reads x and the gate, not the multiply.
         let inputs: Vec<usize> = self
             .plan
-            .graph
-            .node(NodeId(idx as u32))
-            .inputs
+            .inputs(NodeId(idx as u32))
             .iter()
             .map(|i| i.index())
             .collect();
         let be = &self.be;
+        // A fused activation's gradient first: dy becomes the gradient of the layer's own
+        // output.
+        let dy = match (layer.epilogue(), &rec.pre_act) {
+            (Some(f), Some(z)) => {
+                let mut d = be.alloc(be.len(&dy));
+                be.act_back(z, &rec.out.buf, &dy, f.code(), &mut d, false);
+                d
+            }
+            _ => dy,
+        };
         let x = &rec.ins[0];
         let xi = inputs[0];
         let xlen: usize = x.shape.iter().product();
@@ -794,7 +796,25 @@ impl<B: Backend> KernelNet<B> {
                 }
             }
             Layer::Merge { kind, .. } => self.merge_backward(&rec, &inputs, dy, kind, grads),
-            Layer::GatedAdd { .. } => unreachable!("refused by `KernelNet::from_net`"),
+            Layer::GatedAdd { .. } => {
+                // y = x · gate + others: dx = dy · gate, dgate = Σ over positions of dy · x,
+                // and each other input gets dy.
+                let n = rec.out.shape[0];
+                let total = rows_out * cout;
+                let gate = &rec.ins[1];
+                self.add_grad(grads, inputs[0], total, |dx, acc| {
+                    be.gate_mul(&dy, &gate.buf, n, cout, dx, acc)
+                });
+                if inputs[1] != 0 {
+                    let dg = be.col_sums(&dy, Some(&x.buf), n, rows_out / n.max(1), cout, 1.0);
+                    self.accumulate(grads, inputs[1], dg);
+                }
+                for &i in &inputs[2..] {
+                    self.add_grad(grads, i, total, |dx, acc| {
+                        be.col_copy(&dy, total, 0, dx, total, 0, total, 1, acc)
+                    });
+                }
+            }
         }
     }
 

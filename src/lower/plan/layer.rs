@@ -12,8 +12,9 @@ pub enum Layer {
         op: crate::ir::ops::Conv2d,
         w: usize,
         b: Option<usize>,
-        /// An elementwise activation fused into the convolution's epilogue: only the CPU
-        /// inference lowering sets it (`Net::with_fused_activations`).
+        /// An elementwise activation fused into the convolution's epilogue
+        /// (`Net::with_fused_activations`, the CPU network's inference lowering; the kernel
+        /// network runs it as a pass after the convolution).
         act: Option<ActFn>,
     },
     BatchNorm {
@@ -23,8 +24,8 @@ pub enum Layer {
         var: usize,
         eps: f32,
         momentum: f32,
-        /// An elementwise activation fused into the BatchNorm: only the CPU training lowering
-        /// sets it (`Net::with_fused_bn_activations`).
+        /// An elementwise activation fused into the BatchNorm
+        /// (`Net::with_fused_bn_and_add_activations`, the CPU network's lowering).
         act: Option<ActFn>,
     },
     Activation(ActFn),
@@ -46,13 +47,13 @@ pub enum Layer {
     Reshape,
     Merge {
         kind: MergeKind,
-        /// A ReLU fused into an Add: only the CPU lowering sets it
-        /// (`Net::with_fused_bn_and_add_activations`).
+        /// A ReLU fused into an Add (`Net::with_fused_bn_and_add_activations`, the CPU
+        /// network's lowering).
         act: Option<ActFn>,
     },
     /// The SE tail as one op, act(x · gate + the other inputs), reading [x (N, H, W, C), gate
-    /// (N, 1, 1, C), others...]: an Add whose SE multiply was absorbed into it. Only the CPU
-    /// lowering makes it (`Net::with_fused_se_tails`).
+    /// (N, 1, 1, C), others...]: an Add whose SE multiply was absorbed into it
+    /// (`Net::with_fused_se_tails`, the CPU network's lowering; the kernel network runs it too).
     GatedAdd {
         /// A ReLU fused into the Add, or none.
         act: Option<ActFn>,
@@ -106,4 +107,17 @@ pub fn se_gate(gate: &[usize], x: &[usize]) -> bool {
         && gate[0] == x[0]
         && gate[gate.len() - 1] == x[x.len() - 1]
         && gate[1..gate.len() - 1].iter().all(|&d| d == 1)
+}
+
+impl Layer {
+    /// The elementwise activation a fusion pass moved into this layer, run on its output.
+    pub fn epilogue(&self) -> Option<ActFn> {
+        match self {
+            Layer::Conv { act, .. }
+            | Layer::BatchNorm { act, .. }
+            | Layer::Merge { act, .. }
+            | Layer::GatedAdd { act } => *act,
+            _ => None,
+        }
+    }
 }
