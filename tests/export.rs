@@ -161,6 +161,7 @@ fn run_ok(cmd: &mut Command) -> String {
 
 /// One model: given weights, real images (random data for a non-image input), our output,
 /// and the export's output in its reference runtime.
+#[derive(Clone, Copy)]
 struct Case {
     spec: &'static str,
     input: Option<usize>,
@@ -200,6 +201,40 @@ const CASES: &[Case] = &[
         images: true,
     },
 ];
+
+/// The export cases: the written ones, and a spec with every elementwise activation of the
+/// IR's list as a branch of its own (`ActFn::ALL`), so that a new activation is checked
+/// against onnxruntime and PyTorch without a line here.
+fn cases() -> Vec<Case> {
+    use se_compile::ir::ops::ActFn;
+    let acts: Vec<&str> = ActFn::ALL
+        .iter()
+        .filter(|f| **f != ActFn::Softmax)
+        .map(|f| f.name())
+        .collect();
+    let mut spec = String::from(
+        "model: activations\ninput: [6, 5, 4]\nclasses: 5\nlayers:\n  - conv2d: {filters: 4, kernel: 1}\n    id: pre\n",
+    );
+    for a in &acts {
+        spec += &format!("  - activation: {a}\n    from: [pre]\n    id: act_{a}\n");
+    }
+    let all: Vec<String> = acts.iter().map(|a| format!("act_{a}")).collect();
+    spec += &format!(
+        "  - concatenate: {{}}\n    from: [{}]\n  - flatten\n  - dense: {{units: 5, activation: softmax}}\n",
+        all.join(", ")
+    );
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("export-activations.yaml");
+    std::fs::write(&path, spec).expect("write the activations spec");
+    let path: &'static str = Box::leak(path.to_string_lossy().into_owned().into_boxed_str());
+    let mut all_cases: Vec<Case> = CASES.to_vec();
+    all_cases.push(Case {
+        spec: path,
+        input: None,
+        batch: 3,
+        images: false,
+    });
+    all_cases
+}
 
 struct Prepared {
     dir: PathBuf,
@@ -251,7 +286,7 @@ fn spec_arg(c: &Case) -> String {
 
 #[test]
 fn onnx_outputs_match_onnxruntime() {
-    for c in CASES {
+    for c in &cases() {
         let p = prepare(c, "onnx");
         let model = p.dir.join("model.onnx");
         let mut cmd = bin();
@@ -393,7 +428,7 @@ fn every_zoo_model_passes_the_onnx_checker() {
 
 #[test]
 fn pytorch_export_loads_strictly_and_matches() {
-    for c in CASES {
+    for c in &cases() {
         let p = prepare(c, "torch");
         let out = p.dir.join("torch");
         let mut cmd = bin();
