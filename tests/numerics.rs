@@ -486,21 +486,14 @@ fn dense_zero_padding_and_reshapes() {
 
 #[test]
 fn activations_forward_and_gradients() {
-    for f in [
-        "relu",
-        "relu6",
-        "sigmoid",
-        "hard_sigmoid",
-        "tanh",
-        "swish",
-        "gelu",
-        "elu",
-        "softmax",
-        "linear",
-    ] {
+    use se_compile::ir::ops::ActFn;
+    // Every activation the IR knows; the reference below is an exhaustive match, so a new
+    // activation does not compile here until its f64 formula is written.
+    for &f in ActFn::ALL {
+        let name = f.name();
         // A trailing flatten keeps the softmax from being fused into the loss.
         let spec =
-            format!("model: t\ninput: [2, 3, 5]\nlayers:\n  - activation: {f}\n  - flatten\n");
+            format!("model: t\ninput: [2, 3, 5]\nlayers:\n  - activation: {name}\n  - flatten\n");
         let mut net = build(&spec);
         let x: Vec<f32> = randn(2 * 30, 14).iter().map(|v| v * 3.0).collect();
         let (y, _) = forward(&mut net, &x, 2, true);
@@ -508,22 +501,23 @@ fn activations_forward_and_gradients() {
             let v = *v as f64;
             let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
             let want = match f {
-                "relu" => v.max(0.0),
-                "relu6" => v.clamp(0.0, 6.0),
-                "sigmoid" => sig(v),
-                "hard_sigmoid" => (0.2 * v + 0.5).clamp(0.0, 1.0),
-                "tanh" => v.tanh(),
-                "swish" => v * sig(v),
-                "gelu" => 0.5 * v * (1.0 + (0.7978845608 * (v + 0.044715 * v.powi(3))).tanh()),
-                "elu" => {
+                ActFn::Relu => v.max(0.0),
+                ActFn::Relu6 => v.clamp(0.0, 6.0),
+                ActFn::Sigmoid => sig(v),
+                ActFn::HardSigmoid => (0.2 * v + 0.5).clamp(0.0, 1.0),
+                ActFn::Tanh => v.tanh(),
+                ActFn::Swish => v * sig(v),
+                ActFn::Gelu => 0.5 * v * (1.0 + (0.7978845608 * (v + 0.044715 * v.powi(3))).tanh()),
+                ActFn::Elu => {
                     if v > 0.0 {
                         v
                     } else {
                         v.exp() - 1.0
                     }
                 }
-                "linear" => v,
-                _ => {
+                ActFn::Mish => v * (1.0 + v.exp()).ln().tanh(),
+                ActFn::Linear => v,
+                ActFn::Softmax => {
                     let row = &x[i / 5 * 5..i / 5 * 5 + 5];
                     let z: f64 = row.iter().map(|r| (*r as f64).exp()).sum();
                     v.exp() / z
@@ -531,7 +525,7 @@ fn activations_forward_and_gradients() {
             };
             assert!(
                 (y[i] as f64 - want).abs() < 1e-4,
-                "{f}({v}) = {} not {want}",
+                "{name}({v}) = {} not {want}",
                 y[i]
             );
         }

@@ -256,6 +256,13 @@ impl Builder {
                 self.node("Mul", &p("xh"), &[xn, &half], &p("xh"), vec![]);
                 self.node("Mul", name, &[&p("xh"), &p("onep")], out, vec![])
             }
+            ActFn::Mish => {
+                // Opset 17 has no Mish: x · tanh(softplus(x)).
+                let p = |s: &str| format!("{name}/{s}");
+                self.node("Softplus", &p("softplus"), &[xn], &p("softplus"), vec![]);
+                self.node("Tanh", &p("tanh"), &[&p("softplus")], &p("tanh"), vec![]);
+                self.node("Mul", name, &[xn, &p("tanh")], out, vec![])
+            }
             ActFn::Softmax => {
                 let axis = if x.layout == Layout::Nchw { 1 } else { -1 };
                 self.node("Softmax", name, &[xn], out, vec![attr_int("axis", axis)])

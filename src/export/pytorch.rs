@@ -191,6 +191,7 @@ fn act_expr(f: ActFn, x: &str, lay: Layout) -> String {
         ActFn::Swish => format!("F.silu({x})"),
         ActFn::Gelu => format!("F.gelu({x}, approximate=\"tanh\")"),
         ActFn::Elu => format!("F.elu({x})"),
+        ActFn::Mish => format!("F.mish({x})"),
         ActFn::Softmax => {
             let dim = if lay == Layout::Nchw { 1 } else { -1 };
             format!("torch.softmax({x}, dim={dim})")

@@ -42,6 +42,7 @@ act_fns! {
     Swish => "swish",
     Gelu => "gelu",
     Elu => "elu",
+    Mish => "mish",
 }
 
 impl ActFn {
@@ -58,6 +59,7 @@ impl ActFn {
         "silu",
         "gelu",
         "elu",
+        "mish",
     ];
 
     pub fn from_name(s: &str) -> Option<ActFn> {
@@ -96,6 +98,8 @@ impl ActFn {
                     v.exp() - 1.0
                 }
             }
+            // x · tanh(softplus(x)) (Misra 2019; Keras' and PyTorch's mish).
+            ActFn::Mish => v * softplus(v).tanh(),
             ActFn::Softmax => unreachable!("softmax is not elementwise"),
         }
     }
@@ -132,6 +136,10 @@ impl ActFn {
                     y + 1.0
                 }
             }
+            ActFn::Mish => {
+                let t = softplus(x).tanh();
+                t + x * (1.0 - t * t) * sigmoid(x)
+            }
             ActFn::Softmax => unreachable!("softmax is not elementwise"),
         }
     }
@@ -145,6 +153,11 @@ impl ActFn {
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// ln(1 + e^x) without overflow.
+fn softplus(x: f32) -> f32 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

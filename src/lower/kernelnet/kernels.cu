@@ -236,6 +236,9 @@ KERNEL void bn_back_coeffs(const float* sdy, const float* sdyx, const float* mea
 
 __device__ float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+// ln(1 + e^v) without overflow.
+__device__ float softplusf(float v) { return fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))); }
+
 // `f` is an activation's code: the ACT_<NAME> constants are generated from the IR's list of
 // activations and put in front of this file when it is compiled (backend.rs, kernel_defines).
 // Softmax is not elementwise (softmax_rows). No default case: a code without a case gives
@@ -251,6 +254,7 @@ __device__ float act_value(int f, float v) {
         case ACT_SWISH: return v * sigmoidf(v);
         case ACT_GELU: return 0.5f * v * (1.0f + tanhf(0.7978846f * (v + 0.044715f * v * v * v)));
         case ACT_ELU: return v > 0.0f ? v : expf(v) - 1.0f;
+        case ACT_MISH: return v * tanhf(softplusf(v));
     }
     return NOT_A_CASE;
 }
@@ -274,6 +278,10 @@ __device__ float act_grad(int f, float x, float y) {
             return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
         }
         case ACT_ELU: return x > 0.0f ? 1.0f : y + 1.0f;
+        case ACT_MISH: {
+            float t = tanhf(softplusf(x));
+            return t + x * (1.0f - t * t) * sigmoidf(x);
+        }
     }
     return NOT_A_CASE;
 }
