@@ -3,6 +3,7 @@
 //! execute, devices.
 
 pub mod autodiff;
+pub mod cpu;
 pub mod device;
 pub mod fold;
 pub mod kernelnet;

@@ -1,6 +1,6 @@
 //! What the training loop, `eval`, `predict` and `bench` see of a lowered network, whatever
 //! device it runs on: batches in as host vectors, loss and class probabilities out, parameters
-//! and optimizer state by name for checkpoints. The CPU network (`layers::Net`, the project's own
+//! and optimizer state by name for checkpoints. The CPU network (`cpu::Net`, the project's own
 //! kernels) and the kernel network (`kernelnet::KernelNet`, on a GPU or, for checks, with host
 //! loops) both implement it.
 
