@@ -195,7 +195,7 @@ pub fn load_for_inference(
     on_device(lowered_for_inference(&load_cpu_net(vg, weights)?, d), d)
 }
 
-/// `net` lowered for inference (`lower::fold`): BatchNorms folded into their convolutions on
+/// `net` lowered for inference (`lower::plan`'s passes): BatchNorms folded into their convolutions on
 /// every device and, on the CPU, activations fused into the convolutions before them.
 pub fn lowered_for_inference(net: &Net, d: DeviceSpec) -> Net {
     let folded = net.folded_for_inference().0;

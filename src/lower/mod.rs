@@ -5,7 +5,6 @@
 pub mod autodiff;
 pub mod cpu;
 pub mod device;
-pub mod fold;
 pub mod kernelnet;
 pub mod kernels;
 pub mod layers;

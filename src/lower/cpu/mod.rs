@@ -59,6 +59,51 @@ impl Net {
         }
     }
 
+    /// A copy whose plan is `plan` (a pass over this one's), same parameters.
+    fn with_plan(&self, plan: Plan) -> Net {
+        let mut net = self.clone_for_device();
+        net.plan = Arc::new(plan);
+        net
+    }
+
+    /// `Plan::folded_for_inference` on this network and its current parameter values.
+    pub fn folded_for_inference(&self) -> (Net, usize) {
+        let mut params: Vec<super::plan::ParamInit> = self
+            .params
+            .iter()
+            .map(|p| super::plan::ParamInit {
+                name: p.name.clone(),
+                values: p.data().to_vec(),
+                trainable: p.trainable,
+            })
+            .collect();
+        let (plan, n) = self.plan.folded_for_inference(&mut params);
+        let mut net = self.with_plan(plan);
+        net.params = params
+            .into_iter()
+            .map(|p| Param::new(&net.dev, p.name, p.values, p.trainable))
+            .collect();
+        (net, n)
+    }
+
+    /// `Plan::with_fused_activations`: activations in convolutions' epilogues (inference).
+    pub fn with_fused_activations(&self) -> (Net, usize) {
+        let (plan, n) = self.plan.with_fused_activations();
+        (self.with_plan(plan), n)
+    }
+
+    /// `Plan::with_fused_bn_and_add_activations`.
+    pub fn with_fused_bn_and_add_activations(&self) -> (Net, usize) {
+        let (plan, n) = self.plan.with_fused_bn_and_add_activations();
+        (self.with_plan(plan), n)
+    }
+
+    /// `Plan::with_fused_se_tails`.
+    pub fn with_fused_se_tails(&self) -> (Net, usize) {
+        let (plan, n) = self.plan.with_fused_se_tails();
+        (self.with_plan(plan), n)
+    }
+
     /// A copy with the same parameters and no optimizer state, to place on another device.
     pub fn clone_for_device(&self) -> Net {
         Net {

@@ -6,6 +6,7 @@
 
 mod init;
 mod layer;
+mod passes;
 
 use crate::ir::ops::ActFn;
 use crate::ir::{Graph, NodeId};

@@ -1,3 +1,8 @@
+//! The passes over a plan, which a back end chooses among: BatchNorm folding for inference, and
+//! the fusions the CPU network makes (activations into the layer before them, SE tails as one
+//! op). Each returns a new plan (and, for folding, new parameter values); every network runs
+//! every plan. The CPU network's `Net` wraps them (`Net::folded_for_inference`, …).
+//!
 //! BatchNorm folding for inference: a BatchNorm in inference mode is a per-channel affine map,
 //! y = s (x − mean) + beta with s = gamma / sqrt(var + eps), so after a convolution it can be
 //! moved into the convolution's kernel and bias: W' = W s (per output channel), b' = s (b −
@@ -5,23 +10,19 @@
 //! inference only (eval, predict, bench's inference half): training needs the batch statistics,
 //! so the training network is never folded.
 
-use super::autodiff::Param;
-use super::layers::Net;
-use super::plan::Plan;
-use super::plan::{se_gate, Layer};
+use super::{se_gate, Layer, ParamInit, Plan};
 use crate::ir::ops::{ActFn, Conv2d, MergeKind};
 use crate::ir::{Graph, NodeId};
-use std::sync::Arc;
 
-impl Net {
-    /// A copy for inference with every BatchNorm folded into the convolution before it, where
-    /// that convolution's output is read by the BatchNorm alone. Returns the copy and the
-    /// number of BatchNorms folded. The folded BatchNorm's node stays in the graph as an
-    /// identity (`Layer::Reshape` with the same shape), so node indices and names are unchanged.
-    pub fn folded_for_inference(&self) -> (Net, usize) {
-        debug_assert!(!self.plan.rewired(), "fold before `with_fused_se_tails`");
-        let mut net = self.clone_for_device();
-        let plan = &self.plan;
+impl Plan {
+    /// The plan for inference with every BatchNorm folded into the convolution before it,
+    /// where that convolution's output is read by the BatchNorm alone; `params` (the network's,
+    /// in order) get the folded kernels and biases. Returns the plan and the number of
+    /// BatchNorms folded. The folded BatchNorm's node stays in the graph as an identity
+    /// (`Layer::Reshape` with the same shape), so node indices and names are unchanged.
+    pub fn folded_for_inference(&self, params: &mut Vec<ParamInit>) -> (Plan, usize) {
+        debug_assert!(!self.rewired(), "fold before `with_fused_se_tails`");
+        let plan = self;
         let g = &plan.graph;
         let readers = g.consumers();
         let mut layers = plan.layers.clone();
@@ -44,7 +45,7 @@ impl Net {
                 continue;
             };
             let cout = op.filters;
-            let param = |i: usize| net.params[i].data();
+            let param = |i: usize| params[i].values.clone();
             let (mean, var) = (param(mean), param(var));
             let gamma = gamma.map(param);
             let beta = beta.map(param);
@@ -64,18 +65,23 @@ impl Net {
                     scale[c] * (b0 - mean[c]) + beta.as_ref().map_or(0.0, |b| b[c])
                 })
                 .collect();
-            let name = net.params[w].name.clone();
-            net.params[w] = Param::new(&net.dev, name, kernel, false);
+            let set = |p: &mut ParamInit, values: Vec<f32>| {
+                p.values = values;
+                p.trainable = false;
+            };
+            set(&mut params[w], kernel);
             let b = match b {
                 Some(b) => {
-                    let name = net.params[b].name.clone();
-                    net.params[b] = Param::new(&net.dev, name, bias, false);
+                    set(&mut params[b], bias);
                     b
                 }
                 None => {
-                    let name = format!("{}/bias", g.node(src).name);
-                    net.params.push(Param::new(&net.dev, name, bias, false));
-                    net.params.len() - 1
+                    params.push(ParamInit {
+                        name: format!("{}/bias", g.node(src).name),
+                        values: bias,
+                        trainable: false,
+                    });
+                    params.len() - 1
                 }
             };
             let mut op = op;
@@ -90,17 +96,14 @@ impl Net {
             layers[id.index()] = Layer::Reshape;
             folded += 1;
         }
-        net.plan = Arc::new(Plan::new(g.clone(), layers));
-        (net, folded)
+        (Plan::new(g.clone(), layers), folded)
     }
-}
 
-impl Net {
     /// A copy whose elementwise activations that directly follow a convolution (through
     /// folded BatchNorms or reshapes, each read once) run in the convolution's epilogue, on its
     /// output while it is in cache, instead of as a pass of their own. Returns the copy and the
     /// number fused. The CPU network's pass; the kernel network runs its result too.
-    pub fn with_fused_activations(&self) -> (Net, usize) {
+    pub fn with_fused_activations(&self) -> (Plan, usize) {
         self.fusing_activations(|layers, readers, g, id, stop, f| {
             // Back through single-reader reshapes (folded BatchNorms are reshapes) to a conv.
             let mut src = g.node(id).inputs[0];
@@ -134,7 +137,7 @@ impl Net {
     /// The activation's own forward pass, backward pass and gradient buffer go. Training and
     /// inference alike; the parameters are the same. Returns the copy and the number fused.
     /// The CPU network's pass; the kernel network runs its result too.
-    pub fn with_fused_bn_and_add_activations(&self) -> (Net, usize) {
+    pub fn with_fused_bn_and_add_activations(&self) -> (Plan, usize) {
         self.fusing_activations(|layers, readers, g, id, stop, f| {
             let src = g.node(id).inputs[0];
             if readers[src.index()].len() != 1 || src == stop {
@@ -160,13 +163,12 @@ impl Net {
     fn fusing_activations(
         &self,
         mut fuse: impl FnMut(&mut [Layer], &[Vec<NodeId>], &Graph, NodeId, NodeId, ActFn) -> bool,
-    ) -> (Net, usize) {
-        debug_assert!(!self.plan.rewired(), "fuse before `with_fused_se_tails`");
-        let mut net = self.clone_for_device();
-        let g = &self.plan.graph;
+    ) -> (Plan, usize) {
+        debug_assert!(!self.rewired(), "fuse before `with_fused_se_tails`");
+        let g = &self.graph;
         let readers = g.consumers();
-        let mut layers = self.plan.layers.clone();
-        let (stop, _) = self.plan.logits();
+        let mut layers = self.layers.clone();
+        let (stop, _) = self.logits();
         let mut fused = 0;
         for id in g.ids() {
             let Layer::Activation(f) = layers[id.index()] else {
@@ -180,12 +182,9 @@ impl Net {
                 fused += 1;
             }
         }
-        net.plan = Arc::new(Plan::new(g.clone(), layers));
-        (net, fused)
+        (Plan::new(g.clone(), layers), fused)
     }
-}
 
-impl Net {
     /// A copy whose SE tails run as one op each: an Add (with or without a fused ReLU) reading
     /// an SE multiply x · gate (N, H, W, C) × (N, 1, 1, C) that nothing else reads becomes a
     /// `Layer::GatedAdd` reading x, the gate and the Add's other inputs, and the multiply is
@@ -194,9 +193,8 @@ impl Net {
     /// Training and inference alike. Returns the copy and the number fused. The CPU network's pass; the
     /// kernel network runs its result too. It rewires the plan (`Plan::wired`), so it comes after the
     /// other fusions, which read the graph's wiring.
-    pub fn with_fused_se_tails(&self) -> (Net, usize) {
-        let mut net = self.clone_for_device();
-        let plan = &self.plan;
+    pub fn with_fused_se_tails(&self) -> (Plan, usize) {
+        let plan = self;
         let g = &plan.graph;
         let readers = plan.readers();
         let (stop, _) = plan.logits();
@@ -265,8 +263,7 @@ impl Net {
             layers[id.index()] = Layer::GatedAdd { act };
             fused += 1;
         }
-        net.plan = Arc::new(Plan::wired(g.clone(), layers, inputs));
-        (net, fused)
+        (Plan::wired(g.clone(), layers, inputs), fused)
     }
 }
 
