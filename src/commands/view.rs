@@ -20,7 +20,7 @@ pub struct ViewArgs {
     /// A second spec: the page shows both and their diff (B against A, as `se-compile diff`).
     pub spec_b: Option<String>,
     /// A run directory of `se-compile train`: its training curves (history.csv) and, where
-    /// `analyze` wrote excitations.json there, each SE block's mean excitations.
+    /// `analyze` wrote excitations.json there (or in RUN_DIR/analysis), each SE block's mean excitations.
     #[arg(long, value_name = "RUN_DIR")]
     pub run: Option<String>,
     /// Output HTML file (`-` for standard output). Default: MODEL.html (A_vs_B.html for two).

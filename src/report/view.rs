@@ -28,8 +28,8 @@ pub struct Model<'a> {
     pub vg: &'a ValidGraph,
 }
 
-/// What a run directory adds: `history.csv` and, where `analyze` wrote it there,
-/// `excitations.json`.
+/// What a run directory adds: `history.csv` and, where `analyze` wrote it (in the run directory
+/// or its `analysis/`), `excitations.json`.
 #[derive(Clone, Debug, Default)]
 pub struct RunData {
     pub dir: String,
@@ -40,7 +40,8 @@ pub struct RunData {
     pub excitations: Vec<(String, Vec<f64>)>,
 }
 
-/// Reads `RUN_DIR/history.csv` (and `excitations.json` when present). Errors are one line.
+/// Reads `RUN_DIR/history.csv` and, when `analyze` wrote it there or in `RUN_DIR/analysis/`,
+/// `excitations.json`. Errors are one line.
 pub fn read_run(dir: &Path) -> Result<RunData, String> {
     let shown = dir.display().to_string();
     if !dir.is_dir() {
@@ -94,8 +95,14 @@ pub fn read_run(dir: &Path) -> Result<RunData, String> {
         rows.push(row);
     }
     let mut excitations = vec![];
-    let ex = dir.join("excitations.json");
-    if ex.is_file() {
+    // `analyze -o RUN_DIR` or `analyze -o RUN_DIR/analysis` (as the README's tour writes it).
+    let ex = [
+        dir.join("excitations.json"),
+        dir.join("analysis/excitations.json"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
+    if let Some(ex) = ex {
         let bad = |why: String| format!("{}: {why}", ex.display());
         let text = std::fs::read_to_string(&ex).map_err(|e| bad(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
