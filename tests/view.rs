@@ -444,6 +444,13 @@ fn training_curves_from_a_run() {
         "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds\n1,1.7,0.37,1.29,0.54,1e-3,5.9\n2,1.02,0.64,1.18,0.55,8.5e-4,5.9\n3,0.70,0.77,0.90,0.66,5e-4,6.3\n",
     )
     .unwrap();
+    // As `analyze -o RUN_DIR/analysis` writes it (only the fields the page reads).
+    std::fs::create_dir_all(run.join("analysis")).unwrap();
+    std::fs::write(
+        run.join("analysis/excitations.json"),
+        r#"{"blocks": [{"name": "multiply_1", "overall": [0.2, 0.9, 0.5, 0.7]}]}"#,
+    )
+    .unwrap();
     let r = run.to_string_lossy().into_owned();
     let file = page("run", &["models/se_resnet_mini.yaml", "--run", &r]);
     let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
@@ -452,6 +459,11 @@ fn training_curves_from_a_run() {
     assert_eq!(s.count("#run svg.chart"), 3, "loss, accuracy and lr charts");
     let pts = s.eval("document.querySelector('svg[data-chart=\"loss / val_loss\"] polyline').getAttribute('points').split(' ').length");
     assert_eq!(pts.as_u64(), Some(3));
+    // The excitations: in the scale's box once its block is open, 4 channels.
+    s.open(&file, "#layer=multiply_1");
+    let spark = s.eval("document.querySelector('[data-layer=\"multiply_1\"] svg.spark polyline').getAttribute('points').split(' ').length");
+    assert_eq!(spark.as_u64(), Some(4));
+    assert_eq!(s.count("[data-layer=\"multiply\"] svg.spark"), 0);
     s.assert_no_errors();
 }
 
