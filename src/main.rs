@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use commands::shared::{ColorChoice, Ctx};
 use commands::{
     analyze, bench, check, compile, diff, eval, export, graph, import_weights, parity, predict,
-    schema, summary, train,
+    schema, summary, train, view,
 };
 use std::process::ExitCode;
 
@@ -43,6 +43,7 @@ enum Cmd {
     ImportWeights(import_weights::ImportWeightsArgs),
     Schema(schema::SchemaArgs),
     Graph(graph::GraphArgs),
+    View(view::ViewArgs),
 }
 
 fn run(cli: Cli) -> Result<(), u8> {
@@ -62,6 +63,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::ImportWeights(a) => import_weights::run(&cx, a),
         Cmd::Schema(a) => schema::run(a),
         Cmd::Graph(a) => graph::run(&cx, a),
+        Cmd::View(a) => view::run(&cx, a),
     }
 }
 

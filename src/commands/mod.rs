@@ -18,3 +18,4 @@ pub mod shared;
 pub mod summary;
 pub mod torchrun;
 pub mod train;
+pub mod view;

@@ -6,6 +6,7 @@ pub mod dot;
 pub mod excitation;
 pub mod ir_json;
 pub mod summary;
+pub mod view;
 
 use crate::ir::{Graph, NodeId};
 
