@@ -19,7 +19,7 @@ export PATH="$CUDA_ROOT/bin:$CUDA_DIR/pip/nvidia/cu13/bin:$PATH"
 cargo build --release --features cuda --target-dir target/cuda
 mkdir -p .gpu
 cp target/cuda/release/se-compile .gpu/se-compile
-cp scripts/run-on-gpu.sh scripts/gpu-check.sh scripts/gpu-speed.sh scripts/torch_bench.py .gpu/
+cp scripts/run-on-gpu.sh scripts/gpu-check.sh scripts/gpu-speed.sh scripts/gpu-all.sh scripts/torch_bench.py .gpu/
 rm -rf .gpu/include && cp -rL "$CUDA_ROOT/include" .gpu/include
 rm -f .gpu/include/cuda.h
 echo "built .gpu/se-compile ($(du -h .gpu/se-compile | cut -f1)); on the GPU machine: bash .gpu/gpu-check.sh"
