@@ -398,6 +398,67 @@ impl Cudnn {
     }
 }
 
+impl Cudnn {
+    /// out = a ⋆ b + beta · out in direction `dir`. The three cuDNN calls share one C
+    /// signature (handle, alpha, two operands, the convolution, its algorithm and workspace,
+    /// beta, the output); the operands are, by direction: forward (x, w) → y, data (w, dy) →
+    /// dx, filter (x, dy) → dw.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        g: &Geom,
+        cout: usize,
+        dir: ConvDir,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        beta: f32,
+    ) {
+        let (p, al) = self.chosen(g, cout, dir);
+        let ws = self.workspace(al.workspace);
+        let p = p.borrow();
+        let api = &self.api;
+        let (call, what, da, db, dout) = match dir {
+            ConvDir::Forward => (api.cudnnConvolutionForward, "forward", p.x, p.w, p.y),
+            ConvDir::Data => (
+                api.cudnnConvolutionBackwardData,
+                "data gradient",
+                p.w,
+                p.y,
+                p.x,
+            ),
+            ConvDir::Filter => (
+                api.cudnnConvolutionBackwardFilter,
+                "filter gradient",
+                p.x,
+                p.y,
+                p.w,
+            ),
+        };
+        let one = 1.0f32;
+        // SAFETY: the operands and the output have the sizes their descriptors describe (the
+        // network's shapes), and the workspace has the algorithm's size.
+        let s = unsafe {
+            call(
+                self.handle,
+                &one as *const f32 as *const c_void,
+                da,
+                ptr(a),
+                db,
+                ptr(b),
+                p.conv,
+                al.algo,
+                ws,
+                al.workspace,
+                &beta as *const f32 as *const c_void,
+                dout,
+                ptr_mut(out),
+            )
+        };
+        self.ok(&format!("convolution {what}"), s);
+    }
+}
+
 fn status(api: &Api, what: &str, s: Status) -> Result<(), String> {
     if s == 0 {
         return Ok(());
@@ -435,29 +496,7 @@ impl ConvLib<CudaSlice<f32>> for Cudnn {
         w: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) {
-        let (p, al) = self.chosen(g, cout, ConvDir::Forward);
-        let ws = self.workspace(al.workspace);
-        let p = p.borrow();
-        let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: x, w and y have the sizes the descriptors describe (the network's shapes).
-        let s = unsafe {
-            (self.api.cudnnConvolutionForward)(
-                self.handle,
-                &one as *const f32 as *const c_void,
-                p.x,
-                ptr(x),
-                p.w,
-                ptr(w),
-                p.conv,
-                al.algo,
-                ws,
-                al.workspace,
-                &zero as *const f32 as *const c_void,
-                p.y,
-                ptr_mut(y),
-            )
-        };
-        self.ok("convolution forward", s);
+        self.run(g, cout, ConvDir::Forward, x, w, y, 0.0);
     }
 
     fn backward_data(
@@ -469,30 +508,8 @@ impl ConvLib<CudaSlice<f32>> for Cudnn {
         dx: &mut CudaSlice<f32>,
         accumulate: bool,
     ) {
-        let (p, al) = self.chosen(g, cout, ConvDir::Data);
-        let ws = self.workspace(al.workspace);
-        let p = p.borrow();
-        let one = 1.0f32;
-        let beta = if accumulate { 1.0f32 } else { 0.0 };
-        // SAFETY: as in `forward`.
-        let s = unsafe {
-            (self.api.cudnnConvolutionBackwardData)(
-                self.handle,
-                &one as *const f32 as *const c_void,
-                p.w,
-                ptr(w),
-                p.y,
-                ptr(dy),
-                p.conv,
-                al.algo,
-                ws,
-                al.workspace,
-                &beta as *const f32 as *const c_void,
-                p.x,
-                ptr_mut(dx),
-            )
-        };
-        self.ok("convolution data gradient", s);
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        self.run(g, cout, ConvDir::Data, w, dy, dx, beta);
     }
 
     fn backward_filter(
@@ -503,29 +520,7 @@ impl ConvLib<CudaSlice<f32>> for Cudnn {
         dy: &CudaSlice<f32>,
         dw: &mut CudaSlice<f32>,
     ) {
-        let (p, al) = self.chosen(g, cout, ConvDir::Filter);
-        let ws = self.workspace(al.workspace);
-        let p = p.borrow();
-        let (one, zero) = (1.0f32, 0.0f32);
-        // SAFETY: as in `forward`.
-        let s = unsafe {
-            (self.api.cudnnConvolutionBackwardFilter)(
-                self.handle,
-                &one as *const f32 as *const c_void,
-                p.x,
-                ptr(x),
-                p.y,
-                ptr(dy),
-                p.conv,
-                al.algo,
-                ws,
-                al.workspace,
-                &zero as *const f32 as *const c_void,
-                p.w,
-                ptr_mut(dw),
-            )
-        };
-        self.ok("convolution filter gradient", s);
+        self.run(g, cout, ConvDir::Filter, x, dy, dw, 0.0);
     }
 }
 
