@@ -22,4 +22,4 @@ cp target/cuda/release/se-compile .gpu/se-compile
 cp scripts/run-on-gpu.sh scripts/gpu-check.sh scripts/gpu-speed.sh scripts/gpu-all.sh scripts/torch_bench.py .gpu/
 rm -rf .gpu/include && cp -rL "$CUDA_ROOT/include" .gpu/include
 rm -f .gpu/include/cuda.h
-echo "built .gpu/se-compile ($(du -h .gpu/se-compile | cut -f1)); on the GPU machine: bash .gpu/gpu-check.sh"
+echo "built .gpu/se-compile ($(du -h .gpu/se-compile | cut -f1)); on the GPU machine: bash .gpu/gpu-all.sh (or .gpu/gpu-check.sh, .gpu/gpu-speed.sh)"
