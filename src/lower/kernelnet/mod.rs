@@ -580,11 +580,11 @@ impl<B: Backend> KernelNet<B> {
                 let lib = wk.as_ref().and_then(|wk| be.conv_lib().map(|l| (l, wk)));
                 let lib_filter = lib.filter(|(l, _)| l.supports(&g, cout, ConvDir::Filter));
                 let lib_data = lib.filter(|(l, _)| l.supports(&g, cout, ConvDir::Data));
+                if let Some(b) = b {
+                    let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
+                    be.axpy(&db, 1.0, &mut pgrads[b]);
+                }
                 if let (Some((lib, wk)), Some(_)) = (lib_filter, lib_data) {
-                    if let Some(b) = b {
-                        let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
-                        be.axpy(&db, 1.0, &mut pgrads[b]);
-                    }
                     let mut dwk = be.alloc(be.len(wk));
                     lib.backward_filter(&g, cout, &x.buf, &dy, &mut dwk);
                     be.transpose(&dwk, cout, be.len(wk) / cout, &mut pgrads[w], true);
@@ -605,10 +605,6 @@ impl<B: Backend> KernelNet<B> {
                         Rc::new(be.im2col(&x.buf, &g, 0.0))
                     }
                 });
-                if let Some(b) = b {
-                    let db = be.col_sums(&dy, None, 1, rows_out, cout, 1.0);
-                    be.axpy(&db, 1.0, &mut pgrads[b]);
-                }
                 let f = self.conv_gemm(&s, rows_out);
                 // dW += colsᵀ · dy, per group.
                 let dw = Gemm {
@@ -797,24 +793,51 @@ impl<B: Backend> KernelNet<B> {
             }
             Layer::Merge { kind, .. } => self.merge_backward(&rec, &inputs, dy, kind, grads),
             Layer::GatedAdd { .. } => {
-                // y = x · gate + others: dx = dy · gate, dgate = Σ over positions of dy · x,
-                // and each other input gets dy.
-                let n = rec.out.shape[0];
-                let total = rows_out * cout;
-                let gate = &rec.ins[1];
-                self.add_grad(grads, inputs[0], total, |dx, acc| {
-                    be.gate_mul(&dy, &gate.buf, n, cout, dx, acc)
-                });
-                if inputs[1] != 0 {
-                    let dg = be.col_sums(&dy, Some(&x.buf), n, rows_out / n.max(1), cout, 1.0);
-                    self.accumulate(grads, inputs[1], dg);
-                }
-                for &i in &inputs[2..] {
-                    self.add_grad(grads, i, total, |dx, acc| {
-                        be.col_copy(&dy, total, 0, dx, total, 0, total, 1, acc)
-                    });
-                }
+                // y = x · gate + others: the SE multiply's gradients for x and the gate, and
+                // the Add's (dy itself) for the others.
+                self.gate_backward(&rec, [0, 1], &inputs, &dy, grads);
+                self.pass_through(&dy, &inputs[2..], rows_out * cout, grads);
             }
+        }
+    }
+
+    /// The SE multiply y = x · gate (x (N, H, W, C), gate (N, 1, 1, C)), whose operands are
+    /// `rec.ins[at[0]]` and `rec.ins[at[1]]`: dx = dy · gate, dgate = Σ over positions of dy · x.
+    fn gate_backward(
+        &self,
+        rec: &Record<B::Buf>,
+        at: [usize; 2],
+        inputs: &[usize],
+        dy: &B::Buf,
+        grads: &mut [Option<B::Buf>],
+    ) {
+        let be = &self.be;
+        let (rows, last) = rows_of(&rec.out.shape);
+        let n = rec.out.shape[0];
+        let (x, g) = (&rec.ins[at[0]], &rec.ins[at[1]]);
+        self.add_grad(grads, inputs[at[0]], rows * last, |dx, acc| {
+            be.gate_mul(dy, &g.buf, n, last, dx, acc)
+        });
+        if inputs[at[1]] != 0 {
+            let dg = be.col_sums(dy, Some(&x.buf), n, rows / n.max(1), last, 1.0);
+            self.accumulate(grads, inputs[at[1]], dg);
+        }
+    }
+
+    /// An Add's gradient: dy itself into each of `inputs`, as a copy or added.
+    fn pass_through(
+        &self,
+        dy: &B::Buf,
+        inputs: &[usize],
+        total: usize,
+        grads: &mut [Option<B::Buf>],
+    ) {
+        let be = &self.be;
+        for &i in inputs {
+            // A one-row column copy of the whole tensor.
+            self.add_grad(grads, i, total, |dx, acc| {
+                be.col_copy(dy, total, 0, dx, total, 0, total, 1, acc)
+            });
         }
     }
 
@@ -830,14 +853,7 @@ impl<B: Backend> KernelNet<B> {
         let (rows, last) = rows_of(&rec.out.shape);
         let total = rows * last;
         match kind {
-            MergeKind::Add => {
-                for &i in inputs {
-                    // A copy of dy, or dy added: a one-row column copy of the whole tensor.
-                    self.add_grad(grads, i, total, |dx, acc| {
-                        be.col_copy(&dy, total, 0, dx, total, 0, total, 1, acc)
-                    });
-                }
-            }
+            MergeKind::Add => self.pass_through(&dy, inputs, total, grads),
             MergeKind::Concatenate => {
                 let mut off = 0;
                 for (a, &i) in rec.ins.iter().zip(inputs) {
@@ -852,15 +868,7 @@ impl<B: Backend> KernelNet<B> {
                 let ins = &rec.ins;
                 if ins.len() == 2 && ins[0].shape != ins[1].shape {
                     let full = usize::from(ins[0].shape != rec.out.shape);
-                    let (x, g) = (&ins[full], &ins[1 - full]);
-                    let n = rec.out.shape[0];
-                    self.add_grad(grads, inputs[full], total, |dx, acc| {
-                        be.gate_mul(&dy, &g.buf, n, last, dx, acc)
-                    });
-                    if inputs[1 - full] != 0 {
-                        let dg = be.col_sums(&dy, Some(&x.buf), n, rows / n.max(1), last, 1.0);
-                        self.accumulate(grads, inputs[1 - full], dg);
-                    }
+                    self.gate_backward(rec, [full, 1 - full], inputs, &dy, grads);
                     return;
                 }
                 for (k, &i) in inputs.iter().enumerate() {
