@@ -90,21 +90,29 @@ impl Kernels<Cuda> {
 /// device without pools allocates synchronously and this does nothing.
 fn keep_freed_memory(dev: &CudaDevice) {
     use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let Some(pool) = default_pool(dev) else {
+        return;
+    };
     let mut keep: u64 = u64::MAX;
-    // SAFETY: plain driver calls on a device the context of which is current (CudaDevice::new
-    // binds it), writing to locals that outlive them.
+    // SAFETY: a driver call on the device's pool, reading a local that outlives it.
     unsafe {
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, *dev.cu_device())
-            == sys::CUresult::CUDA_SUCCESS
-        {
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                &mut keep as *mut u64 as *mut c_void,
-            );
-        }
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut keep as *mut u64 as *mut c_void,
+        );
     }
+}
+
+/// The device's default (stream-ordered) memory pool, which cudarc allocates from; None on a
+/// device without pools.
+fn default_pool(dev: &CudaDevice) -> Option<cudarc::driver::sys::CUmemoryPool> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: a plain driver query on a device whose context is current (CudaDevice::new binds
+    // it), writing to a local.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, *dev.cu_device()) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(pool)
 }
 
 fn launch_cfg(total: usize) -> LaunchConfig {
@@ -215,15 +223,10 @@ impl Device for Cuda {
 
     fn memory_peak(&self) -> Option<(u64, u64)> {
         use cudarc::driver::sys;
-        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        let pool = default_pool(&self.dev)?;
         let (mut used, mut reserved) = (0u64, 0u64);
-        // SAFETY: driver queries on the current device's default pool, writing to locals.
+        // SAFETY: driver queries on the device's default pool, writing to locals.
         unsafe {
-            if sys::cuDeviceGetDefaultMemPool(&mut pool, *self.dev.cu_device())
-                != sys::CUresult::CUDA_SUCCESS
-            {
-                return None;
-            }
             for (attr, out) in [
                 (
                     sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
