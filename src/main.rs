@@ -6,8 +6,8 @@ mod commands;
 use clap::{Parser, Subcommand};
 use commands::shared::{ColorChoice, Ctx};
 use commands::{
-    analyze, bench, check, compile, diff, eval, export, graph, import_weights, parity, predict,
-    schema, summary, train, view,
+    analyze, bench, check, compile, diff, eval, export, graph, import_weights, memory, parity,
+    predict, schema, summary, train, view,
 };
 use std::process::ExitCode;
 
@@ -38,6 +38,7 @@ enum Cmd {
     Analyze(analyze::AnalyzeArgs),
     Predict(predict::PredictArgs),
     Bench(bench::BenchArgs),
+    Memory(memory::MemoryArgs),
     Parity(parity::ParityArgs),
     Export(export::ExportArgs),
     ImportWeights(import_weights::ImportWeightsArgs),
@@ -58,6 +59,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Analyze(a) => analyze::run(&cx, a),
         Cmd::Predict(a) => predict::run(&cx, a),
         Cmd::Bench(a) => bench::run(&cx, a),
+        Cmd::Memory(a) => memory::run(&cx, a),
         Cmd::Parity(a) => parity::run(a),
         Cmd::Export(a) => export::run(&cx, a),
         Cmd::ImportWeights(a) => import_weights::run(&cx, a),

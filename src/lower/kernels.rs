@@ -676,6 +676,64 @@ pub fn conv2d_backward(
     }
 }
 
+/// What a convolution allocates besides its output and the gradients it is handed, in bytes:
+/// `transient`, the largest amount alive at once and freed before it returns, and
+/// `per_thread`, scratch each thread keeps between calls (`COLS`, Winograd's `SCRATCH`), grown
+/// to the largest shape it has run. `se-compile memory` models the CPU network with these
+/// (`lower::memory::cpu`); they follow the allocations of `conv2d_forward` (`backward`
+/// false) and `conv2d_backward` (with the input's gradient when `dx`) branch for branch, and
+/// tests/memory.rs checks the model against a counting allocator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workspace {
+    pub transient: usize,
+    pub per_thread: usize,
+}
+
+pub fn conv2d_workspace(s: &ConvShape, backward: bool, dx: bool) -> Workspace {
+    let f = std::mem::size_of::<f32>();
+    let cols = if s.direct() {
+        0
+    } else {
+        s.win.out_rows() * s.kdim() * f
+    };
+    if winograd::applies(s) {
+        return winograd::workspace(s, backward, dx);
+    }
+    if !backward {
+        if s.groups == 1 && s.win.out_rows() * s.cout >= BLOCKED_MIN {
+            let per_thread = if s.direct() {
+                0
+            } else {
+                BLOCK_ROWS * s.kdim() * f
+            };
+            return Workspace {
+                transient: 0,
+                per_thread,
+            };
+        }
+        return Workspace {
+            transient: cols,
+            per_thread: 0,
+        };
+    }
+    match kernel_grad_blocks(s) {
+        Some(blocks) => {
+            let partials = blocks * s.kdim() * s.cout * f;
+            let per = s.win.out_rows().div_ceil(blocks);
+            let per_thread = if s.direct() { 0 } else { per * s.kdim() * f };
+            let cols = if !dx || s.direct() { 0 } else { cols };
+            Workspace {
+                transient: partials.max(cols),
+                per_thread,
+            }
+        }
+        None => Workspace {
+            transient: cols,
+            per_thread: 0,
+        },
+    }
+}
+
 /// A count of fixed blocks made even (down) from 2 up, so that two cores share the blocks
 /// evenly; it depends on the count alone, never on the thread count.
 pub(crate) fn even_count(blocks: usize) -> usize {

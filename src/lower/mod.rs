@@ -8,6 +8,7 @@ pub mod device;
 pub mod kernelnet;
 pub mod kernels;
 pub mod layers;
+pub mod memory;
 pub mod model;
 pub mod parity;
 pub mod plan;

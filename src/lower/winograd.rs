@@ -48,6 +48,45 @@ pub fn applies(s: &ConvShape) -> bool {
     on && fits(s) && s.win.n * th * tw >= MIN_TILES
 }
 
+/// `kernels::conv2d_workspace` for a convolution that takes this path: the forward's
+/// transformed kernel and each thread's `SCRATCH`; the backward's kernel gradient (a D of
+/// 16 x cin x cout per group of tiles, with the group's V and Z blocks) or, after it, the input
+/// gradient (the rotated and transformed kernel, then a forward of its own).
+pub fn workspace(s: &ConvShape, backward: bool, dx: bool) -> super::kernels::Workspace {
+    let f = std::mem::size_of::<f32>();
+    let fwd = |s: &ConvShape| {
+        let (cin, cout) = (s.win.c, s.cout);
+        let (th, tw) = tiles(s);
+        let nt = (TILES_PER_BLOCK / tw).clamp(1, th) * tw;
+        let scratch = nt * XI * (cin + cout) + XI * cin + 12 * cout;
+        super::kernels::Workspace {
+            transient: (XI * cin * cout + cin) * f,
+            per_thread: scratch * f,
+        }
+    };
+    if !backward {
+        return fwd(s);
+    }
+    let (cin, cout) = (s.win.c, s.cout);
+    let (th, tw) = tiles(s);
+    let groups = super::kernels::even_count((s.win.n * th * tw / 128).clamp(1, 8));
+    let group = XI * cin * cout + TILES_PER_BLOCK * XI * (cin + cout) + XI * cin + 8 * cout;
+    let kernel = (groups * group + cin + cout) * f;
+    let mut back = *s;
+    (back.win.h, back.win.w, back.win.c) = (s.win.ho, s.win.wo, cout);
+    (back.win.ho, back.win.wo, back.cout) = (s.win.h, s.win.w, cin);
+    let input = if dx {
+        let w = fwd(&back);
+        (9 + XI) * cin * cout * f + w.transient
+    } else {
+        0
+    };
+    super::kernels::Workspace {
+        transient: kernel.max(input),
+        per_thread: if dx { fwd(&back).per_thread } else { 0 },
+    }
+}
+
 /// Whether Winograd can compute the convolution: 3x3, stride 1, undilated, ungrouped, at most
 /// 2 padding on each side, and at least 8 channels in and out.
 pub fn fits(s: &ConvShape) -> bool {

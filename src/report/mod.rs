@@ -5,6 +5,7 @@ pub mod diff;
 pub mod dot;
 pub mod excitation;
 pub mod ir_json;
+pub mod memory;
 pub mod summary;
 pub mod view;
 

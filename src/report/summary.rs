@@ -58,7 +58,7 @@ pub const MACS_CONVENTION: &str =
     "MACs are multiply-accumulates at batch 1: Conv2D Ho*Wo*Kh*Kw*(Cin/groups)*Cout, \
 Dense in*units per position; bias, BatchNorm, pooling, activations and merges are not counted.";
 
-fn group_of(vg: &ValidGraph, id: NodeId, depth: Depth) -> Option<(String, String)> {
+pub(crate) fn group_of(vg: &ValidGraph, id: NodeId, depth: Depth) -> Option<(String, String)> {
     let scope = &vg.graph().node(id).scope;
     match depth {
         Depth::Layer => None,

@@ -1,0 +1,236 @@
+//! `se-compile memory`: what a spec needs to train and to run, per layer and in total, for
+//! each engine, predicted from the engines' own allocation rules (not measured): every shape
+//! is known before anything runs, and so is the order in which an engine allocates and frees.
+//! A step is replayed on a simulated heap (`heap`), so the peak is the most that is live at
+//! once, not the sum of all tensors. tests/memory.rs checks the predictions against what the
+//! engines really allocate.
+
+pub mod cpu;
+pub mod heap;
+
+use crate::lower::plan::{self, Plan};
+use crate::spec::recipe::Optimizer;
+use crate::validate::ValidGraph;
+
+/// What one layer (plan node) costs in a step, in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerMem {
+    pub node: usize,
+    /// Its output (0 when it reuses an input's buffer).
+    pub output: u64,
+    /// What its backward keeps until it runs: inputs' values (shared with other readers, so
+    /// rows may name the same tensor) and its own buffers (masks, indices, copies).
+    pub saved: u64,
+    /// The gradient of its output, in the backward.
+    pub grad: u64,
+    /// Buffers allocated and freed inside its forward and its backward (im2col, Winograd).
+    pub workspace_forward: u64,
+    pub workspace_backward: u64,
+}
+
+/// One simulated step: the peak above what was live before it, and what ran at the peak.
+pub struct StepSim {
+    pub peak: u64,
+    pub peak_at: String,
+    /// The peak up to the end of the forward pass.
+    pub forward_peak: u64,
+    /// The largest scratch one thread keeps between calls.
+    pub per_thread: usize,
+    pub rows: Vec<LayerMem>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// se-compile's CPU network (`lower::cpu`).
+    Cpu,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Cpu => "cpu",
+        }
+    }
+}
+
+/// A prediction for one engine, optimizer and batch.
+pub struct Prediction {
+    pub engine: Engine,
+    pub batch: usize,
+    /// The parameters as the engine holds them (the CPU network keeps a dfdx tensor and a
+    /// host copy of each).
+    pub param_bytes: u64,
+    /// The parameters' values once, float32.
+    pub param_values_bytes: u64,
+    /// Optimizer moments.
+    pub optimizer_bytes: u64,
+    /// The parameters' gradients, alive from the backward to the optimizer step.
+    pub param_grad_bytes: u64,
+    /// Scratch the engine's threads keep between steps.
+    pub thread_scratch_bytes: u64,
+    /// The peak of a training step above what persists between steps, and where it is.
+    pub train_step_bytes: u64,
+    pub train_peak_at: String,
+    /// The same for one inference batch (the network lowered for inference).
+    pub infer_step_bytes: u64,
+    pub infer_peak_at: String,
+    /// Parameters of the network lowered for inference, as the engine holds them.
+    pub infer_param_bytes: u64,
+    pub rows_train: Vec<LayerMem>,
+    pub rows_infer: Vec<LayerMem>,
+}
+
+impl Prediction {
+    /// The whole training step: what persists (parameters, moments, thread scratch) plus the
+    /// step's own peak.
+    pub fn peak_train_bytes(&self) -> u64 {
+        self.param_bytes + self.optimizer_bytes + self.thread_scratch_bytes + self.train_step_bytes
+    }
+    pub fn peak_infer_bytes(&self) -> u64 {
+        self.infer_param_bytes + self.thread_scratch_bytes + self.infer_step_bytes
+    }
+}
+
+/// The CPU network's scratch kept between steps: each of rayon's threads keeps the largest
+/// `per_thread` block buffer it has used, and every thread that calls the matrix library
+/// (rayon's and the calling one) keeps gemm's packing buffer, sized to the L2 cache.
+fn cpu_thread_scratch(per_thread: usize) -> u64 {
+    let workers = rayon::current_num_threads();
+    (per_thread * workers + l2_bytes() * (workers + 1)) as u64
+}
+
+/// The L2 cache's size, read from Linux's sysfs as gemm-common's `CACHE_INFO` reads it; 0
+/// where it cannot be read (the prediction then leaves gemm's buffers out).
+fn l2_bytes() -> usize {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if read(p.join("level")).trim() != "2" || read(p.join("type")).trim() == "Instruction" {
+            continue;
+        }
+        let size = read(p.join("size"));
+        let size = size.trim();
+        let (digits, unit) = size.split_at(
+            size.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(size.len()),
+        );
+        let scale = match unit {
+            "" => 1,
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "G" => 1 << 30,
+            _ => return 0,
+        };
+        return digits.parse::<usize>().map_or(0, |d| d * scale);
+    }
+    0
+}
+
+/// A spec lowered once for the predictions at every batch size: the plans each engine runs
+/// and the parameters' lengths.
+pub struct Planner {
+    lens: Vec<usize>,
+    trainable: usize,
+    cpu_train: Plan,
+    cpu_infer: Plan,
+    cpu_infer_lens: Vec<usize>,
+}
+
+impl Planner {
+    pub fn new(vg: &ValidGraph) -> Planner {
+        let lowered = plan::lower(vg, 1);
+        let lens: Vec<usize> = lowered.params.iter().map(|p| p.values.len()).collect();
+        let trainable: usize = lowered
+            .params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.values.len())
+            .sum();
+        // The CPU network places its passes on the plan (`device::Opened::place`) and runs
+        // inference on the plan `commands::shared::lowered_for_inference` makes.
+        let cpu_train = cpu_plan(&lowered.plan);
+        let mut infer_params = lowered.params;
+        let (folded, _) = lowered.plan.folded_for_inference(&mut infer_params);
+        let cpu_infer = cpu_plan(&folded.with_fused_activations().0);
+        Planner {
+            lens,
+            trainable,
+            cpu_train,
+            cpu_infer,
+            cpu_infer_lens: infer_params.iter().map(|p| p.values.len()).collect(),
+        }
+    }
+
+    /// Predicts `engine`'s memory at batch `batch` with `optimizer`.
+    pub fn predict(&self, batch: usize, optimizer: Optimizer, engine: Engine) -> Prediction {
+        let f = std::mem::size_of::<f32>() as u64;
+        let values = self.lens.iter().sum::<usize>() as u64 * f;
+        match engine {
+            Engine::Cpu => {
+                let train = cpu::simulate(&self.cpu_train, &self.lens, batch, true);
+                let infer = cpu::simulate(&self.cpu_infer, &self.cpu_infer_lens, batch, false);
+                // `model::Optim` makes two moment buffers per trainable parameter, for SGD too.
+                let moments = match optimizer {
+                    Optimizer::Adam | Optimizer::Sgd => 2,
+                };
+                let infer_values = self.cpu_infer_lens.iter().sum::<usize>() as u64 * f;
+                Prediction {
+                    engine,
+                    batch,
+                    param_bytes: 2 * values,
+                    param_values_bytes: values,
+                    optimizer_bytes: moments * self.trainable as u64 * f,
+                    param_grad_bytes: self.trainable as u64 * f,
+                    thread_scratch_bytes: cpu_thread_scratch(
+                        train.per_thread.max(infer.per_thread),
+                    ),
+                    train_step_bytes: train.peak,
+                    train_peak_at: train.peak_at,
+                    infer_step_bytes: infer.peak,
+                    infer_peak_at: infer.peak_at,
+                    infer_param_bytes: 2 * infer_values,
+                    rows_train: train.rows,
+                    rows_infer: infer.rows,
+                }
+            }
+        }
+    }
+
+    /// The largest batch whose predicted training peak fits in `budget` bytes, if batch 1
+    /// fits. Every term grows with the batch, so the search is a bisection over predictions.
+    pub fn max_batch(&self, optimizer: Optimizer, engine: Engine, budget: u64) -> Option<usize> {
+        let fits = |b: usize| self.predict(b, optimizer, engine).peak_train_bytes() <= budget;
+        if !fits(1) {
+            return None;
+        }
+        let (mut lo, mut hi) = (1, 2);
+        while fits(hi) {
+            lo = hi;
+            hi *= 2;
+            if hi > 1 << 24 {
+                return Some(lo);
+            }
+        }
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+}
+
+/// The CPU network's passes over a plan (`device::Opened::place`).
+fn cpu_plan(p: &Plan) -> Plan {
+    p.with_fused_bn_and_add_activations()
+        .0
+        .with_fused_se_tails()
+        .0
+}

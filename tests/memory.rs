@@ -1,0 +1,197 @@
+//! `se-compile memory`'s predictions for the CPU network checked against what the network
+//! really allocates, counted by this test binary's global allocator: the peak of a training
+//! step and of an inference batch above what persists, and what persists (parameters, Adam's
+//! moments, per-thread scratch). One test function, so no other test allocates meanwhile.
+
+use se_compile::lower::device;
+use se_compile::lower::layers::Net;
+use se_compile::lower::memory::{Engine, Planner, Prediction};
+use se_compile::lower::model::{Batch, OptSettings};
+use se_compile::spec::recipe::{Optimizer, TrainConfig};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+struct Counting;
+static CUR: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+fn grew(by: usize) {
+    let now = CUR.fetch_add(by as u64, SeqCst) + by as u64;
+    PEAK.fetch_max(now, SeqCst);
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc(l);
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(l);
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l);
+        CUR.fetch_sub(l.size() as u64, SeqCst);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        let q = System.realloc(p, l, n);
+        if !q.is_null() {
+            if n > l.size() {
+                grew(n - l.size());
+            } else {
+                CUR.fetch_sub((l.size() - n) as u64, SeqCst);
+            }
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The tests of this binary run one at a time, so that only one allocates while measuring.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` and returns how far the live bytes rose above where they were before it.
+fn peak_of(f: impl FnOnce()) -> u64 {
+    let before = CUR.load(SeqCst);
+    PEAK.store(before, SeqCst);
+    f();
+    PEAK.load(SeqCst) - before
+}
+
+struct Measured {
+    /// Live bytes between steps (from before the network was made), after two steps.
+    persistent: u64,
+    train_step: u64,
+    infer_step: u64,
+}
+
+/// Three Adam steps (the first makes the moments and the threads' scratch) and the peak of the
+/// third; then the network lowered for inference, one warm-up batch and the peak of a second.
+fn measure(vg: &se_compile::ValidGraph, n: usize) -> Measured {
+    let s = vg.graph().input_shape().to_vec();
+    let per: usize = s.iter().product();
+    let shape = vec![n, s[0], s[1], s[2]];
+    let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+    let opt = OptSettings::new(&TrainConfig::default(), 1e-3);
+    let base = CUR.load(SeqCst);
+    let mut m = device::Opened::Cpu.place(Net::new(vg, 1)).expect("cpu");
+    let batch = |k: usize| Batch {
+        x: (0..n * per)
+            .map(|i| ((i * 7 + k) % 13) as f32 / 13.0)
+            .collect(),
+        shape: shape.clone(),
+        labels: &labels,
+    };
+    for k in 0..2 {
+        m.train_step(batch(k), &opt, k as u64);
+    }
+    let persistent = CUR.load(SeqCst) - base;
+    let train_step = peak_of(|| {
+        m.train_step(batch(2), &opt, 2);
+    });
+    drop(m);
+    let net = Net::new(vg, 1);
+    let inference = net.folded_for_inference().0.with_fused_activations().0;
+    drop(net);
+    let mut m = device::Opened::Cpu.place(inference).expect("cpu");
+    m.infer(batch(0));
+    let infer_step = peak_of(|| {
+        m.infer(batch(1));
+    });
+    Measured {
+        persistent,
+        train_step,
+        infer_step,
+    }
+}
+
+fn within(what: &str, predicted: u64, measured: u64, tol: f64, table: &mut String) -> bool {
+    let err = (predicted as f64 - measured as f64) / measured as f64;
+    table.push_str(&format!(
+        "{what:<44} predicted {:>10.3} MB  measured {:>10.3} MB  error {:+.2}%\n",
+        predicted as f64 / 1e6,
+        measured as f64 / 1e6,
+        100.0 * err
+    ));
+    err.abs() <= tol
+}
+
+#[test]
+fn predictions_match_the_cpu_networks_allocations_within_10_percent() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = [
+        ("models/se_resnet_mini.yaml", None, 8),
+        ("models/se_resnet50.yaml", Some((64, 64)), 8),
+    ];
+    let mut table = String::new();
+    let mut ok = true;
+    for (path, hw, n) in cases {
+        let src = se_compile::load(path).expect("zoo model");
+        let vg = se_compile::compile_full(&src, hw).expect("compiles").1;
+        let p: Prediction = Planner::new(&vg).predict(n, Optimizer::Adam, Engine::Cpu);
+        let m = measure(&vg, n);
+        let name = format!("{}, batch {n}", vg.graph().model);
+        let persistent = p.param_bytes + p.optimizer_bytes + p.thread_scratch_bytes;
+        ok &= within(
+            &format!("{name}: persistent"),
+            persistent,
+            m.persistent,
+            0.10,
+            &mut table,
+        );
+        ok &= within(
+            &format!("{name}: training step"),
+            p.train_step_bytes,
+            m.train_step,
+            0.10,
+            &mut table,
+        );
+        ok &= within(
+            &format!("{name}: training peak"),
+            p.peak_train_bytes(),
+            m.persistent + m.train_step,
+            0.10,
+            &mut table,
+        );
+        ok &= within(
+            &format!("{name}: inference batch"),
+            p.infer_step_bytes,
+            m.infer_step,
+            0.10,
+            &mut table,
+        );
+    }
+    println!("{table}");
+    assert!(ok, "a prediction is off by more than 10%:\n{table}");
+}
+
+/// The planner sees what changes memory: a larger batch, SGD against Adam (the CPU network
+/// makes both moment buffers either way), and an inference batch far below a training step.
+#[test]
+fn predictions_follow_the_batch_and_the_phase() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let src = se_compile::load("models/se_resnet_mini.yaml").expect("zoo model");
+    let vg = se_compile::compile(&src).expect("compiles");
+    let pl = Planner::new(&vg);
+    let a = pl.predict(8, Optimizer::Adam, Engine::Cpu);
+    let b = pl.predict(16, Optimizer::Adam, Engine::Cpu);
+    assert!(b.train_step_bytes > a.train_step_bytes * 19 / 10);
+    assert!(a.infer_step_bytes * 3 < a.train_step_bytes);
+    assert_eq!(
+        pl.predict(8, Optimizer::Sgd, Engine::Cpu).optimizer_bytes,
+        a.optimizer_bytes
+    );
+    let fit = pl
+        .max_batch(Optimizer::Adam, Engine::Cpu, b.peak_train_bytes())
+        .expect("fits");
+    assert!((16..32).contains(&fit), "{fit}");
+    assert_eq!(pl.max_batch(Optimizer::Adam, Engine::Cpu, 1000), None);
+}
