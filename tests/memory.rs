@@ -3,6 +3,8 @@
 //! step and of an inference batch above what persists, and what persists (parameters, Adam's
 //! moments, per-thread scratch). One test function, so no other test allocates meanwhile.
 
+mod common;
+
 use se_compile::lower::device;
 use se_compile::lower::layers::Net;
 use se_compile::lower::memory::{Engine, Planner, Prediction};
@@ -194,4 +196,89 @@ fn predictions_follow_the_batch_and_the_phase() {
         .expect("fits");
     assert!((16..32).contains(&fit), "{fit}");
     assert_eq!(pl.max_batch(Optimizer::Adam, Engine::Cpu, 1000), None);
+}
+
+/// The PyTorch engine's prediction against `torch.profiler` (profile_memory=True) running the
+/// exported model.py of the seed SE-ResNet-50 on the CPU at 224², batch 8: a training step as
+/// train.py runs it and an inference batch under no_grad, each above what was live before it
+/// (tests/python/torch_memory.py), and Adam's state.
+#[test]
+fn pytorch_predictions_match_torch_profiler_within_10_percent() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let py = common::python();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("se-memory-torch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
+        .args([
+            "export",
+            "models/se_resnet50.yaml",
+            "--format",
+            "pytorch",
+            "-o",
+        ])
+        .arg(&dir)
+        .current_dir(root)
+        .output()
+        .expect("se-compile runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(py)
+        .arg(root.join("tests/python/torch_memory.py"))
+        .arg(&dir)
+        .args(["8", "224", "224", "3"])
+        .output()
+        .expect("python runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let m: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let get = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k} in {m}"));
+    let src = se_compile::load("models/se_resnet50.yaml").expect("zoo model");
+    let vg = se_compile::compile(&src).expect("compiles");
+    let p = Planner::new(&vg).predict(8, Optimizer::Adam, Engine::Pytorch);
+    let mut table = String::new();
+    let mut ok = true;
+    let name = "se_resnet50 (PyTorch, CPU), 224², batch 8";
+    ok &= within(
+        &format!("{name}: training step"),
+        p.train_step_bytes,
+        get("train_step_bytes"),
+        0.10,
+        &mut table,
+    );
+    ok &= within(
+        &format!("{name}: inference batch"),
+        p.infer_step_bytes,
+        get("infer_step_bytes"),
+        0.10,
+        &mut table,
+    );
+    ok &= within(
+        &format!("{name}: Adam state"),
+        p.optimizer_bytes,
+        get("optimizer_bytes"),
+        0.01,
+        &mut table,
+    );
+    ok &= within(
+        &format!("{name}: parameters and buffers"),
+        p.param_bytes,
+        get("param_bytes") + get("buffer_bytes"),
+        0.01,
+        &mut table,
+    );
+    println!("{table}");
+    assert!(ok, "a PyTorch prediction is off:\n{table}");
 }

@@ -25,7 +25,7 @@ pub enum EngineArg {
     Cpu,
     /// se-compile's GPU kernel network (`--device cuda`).
     Cuda,
-    /// The exported model.py under PyTorch.
+    /// The exported model.py under PyTorch's autograd, on the CPU (train.py's step).
     Pytorch,
 }
 
@@ -89,21 +89,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
     let engine = match a.engine {
         EngineArg::Cpu => Engine::Cpu,
-        EngineArg::Cuda | EngineArg::Pytorch => {
-            eprintln!(
-                "error: --engine {}: not modelled yet; `--engine cpu` is (docs, \"Memory\")",
-                if a.engine == EngineArg::Cuda {
-                    "cuda"
-                } else {
-                    "pytorch"
-                }
-            );
+        EngineArg::Pytorch => Engine::Pytorch,
+        EngineArg::Cuda => {
+            eprintln!("error: --engine cuda: not modelled yet; `--engine cpu` and `--engine pytorch` are (docs, \"Memory\")");
             return Err(EXIT_USAGE);
         }
     };
     if a.precision == PrecisionArg::Bf16 {
         eprintln!(
-            "error: --precision bf16: the cpu engine trains in float32 only; drop --precision"
+            "error: --precision bf16: not modelled yet (the cpu engine trains in float32 only); drop --precision"
         );
         return Err(EXIT_USAGE);
     }

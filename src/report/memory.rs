@@ -138,6 +138,11 @@ fn totals(p: &Prediction, o: &Options) -> Vec<(String, u64, String)> {
             String::new(),
         ),
         (
+            "Parameter gradients kept between steps".into(),
+            p.kept_grad_bytes,
+            String::new(),
+        ),
+        (
             "Per-thread scratch".into(),
             p.thread_scratch_bytes,
             String::new(),
@@ -287,6 +292,7 @@ fn json_of(vg: &ValidGraph, p: &Prediction, o: &Options) -> Value {
         "param_values_bytes": p.param_values_bytes,
         "optimizer_bytes": p.optimizer_bytes,
         "param_grad_bytes": p.param_grad_bytes,
+        "kept_grad_bytes": p.kept_grad_bytes,
         "thread_scratch_bytes": p.thread_scratch_bytes,
         "train_step_bytes": p.train_step_bytes,
         "train_peak_at": p.train_peak_at,

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod heap;
+pub mod torch;
 
 use crate::lower::plan::{self, Plan};
 use crate::spec::recipe::Optimizer;
@@ -43,12 +44,15 @@ pub struct StepSim {
 pub enum Engine {
     /// se-compile's CPU network (`lower::cpu`).
     Cpu,
+    /// The exported model.py under PyTorch's autograd, on the CPU, as train.py runs it.
+    Pytorch,
 }
 
 impl Engine {
     pub fn name(self) -> &'static str {
         match self {
             Engine::Cpu => "cpu",
+            Engine::Pytorch => "pytorch",
         }
     }
 }
@@ -66,6 +70,9 @@ pub struct Prediction {
     pub optimizer_bytes: u64,
     /// The parameters' gradients, alive from the backward to the optimizer step.
     pub param_grad_bytes: u64,
+    /// Of those, what persists between steps (PyTorch keeps `.grad` until the next
+    /// `zero_grad`); 0 where the step frees them.
+    pub kept_grad_bytes: u64,
     /// Scratch the engine's threads keep between steps.
     pub thread_scratch_bytes: u64,
     /// The peak of a training step above what persists between steps, and where it is.
@@ -84,7 +91,11 @@ impl Prediction {
     /// The whole training step: what persists (parameters, moments, thread scratch) plus the
     /// step's own peak.
     pub fn peak_train_bytes(&self) -> u64 {
-        self.param_bytes + self.optimizer_bytes + self.thread_scratch_bytes + self.train_step_bytes
+        self.param_bytes
+            + self.optimizer_bytes
+            + self.kept_grad_bytes
+            + self.thread_scratch_bytes
+            + self.train_step_bytes
     }
     pub fn peak_infer_bytes(&self) -> u64 {
         self.infer_param_bytes + self.thread_scratch_bytes + self.infer_step_bytes
@@ -138,6 +149,9 @@ pub struct Planner {
     cpu_train: Plan,
     cpu_infer: Plan,
     cpu_infer_lens: Vec<usize>,
+    /// The spec's graph and each layer's trainable parameters (PyTorch's model.py).
+    graph: crate::ir::Graph,
+    node_params: std::collections::HashMap<usize, usize>,
 }
 
 impl Planner {
@@ -156,7 +170,15 @@ impl Planner {
         let mut infer_params = lowered.params;
         let (folded, _) = lowered.plan.folded_for_inference(&mut infer_params);
         let cpu_infer = cpu_plan(&folded.with_fused_activations().0);
+        let node_params = vg
+            .graph()
+            .ids()
+            .map(|id| (id.index(), vg.stats(id).params.trainable as usize))
+            .filter(|(_, p)| *p > 0)
+            .collect();
         Planner {
+            graph: vg.graph().clone(),
+            node_params,
             lens,
             trainable,
             cpu_train,
@@ -185,6 +207,7 @@ impl Planner {
                     param_values_bytes: values,
                     optimizer_bytes: moments * self.trainable as u64 * f,
                     param_grad_bytes: self.trainable as u64 * f,
+                    kept_grad_bytes: 0,
                     thread_scratch_bytes: cpu_thread_scratch(
                         train.per_thread.max(infer.per_thread),
                     ),
@@ -193,6 +216,33 @@ impl Planner {
                     infer_step_bytes: infer.peak,
                     infer_peak_at: infer.peak_at,
                     infer_param_bytes: 2 * infer_values,
+                    rows_train: train.rows,
+                    rows_infer: infer.rows,
+                }
+            }
+            Engine::Pytorch => {
+                let train = torch::simulate(&self.graph, &self.node_params, batch, true);
+                let infer = torch::simulate(&self.graph, &self.node_params, batch, false);
+                let trainable = self.trainable as u64 * f;
+                // torch.optim.Adam keeps exp_avg and exp_avg_sq, SGD with momentum one buffer.
+                let moments = match optimizer {
+                    Optimizer::Adam => 2,
+                    Optimizer::Sgd => 1,
+                };
+                Prediction {
+                    engine,
+                    batch,
+                    param_bytes: values,
+                    param_values_bytes: values,
+                    optimizer_bytes: moments * trainable,
+                    param_grad_bytes: trainable,
+                    kept_grad_bytes: trainable,
+                    thread_scratch_bytes: 0,
+                    train_step_bytes: train.peak,
+                    train_peak_at: train.peak_at,
+                    infer_step_bytes: infer.peak,
+                    infer_peak_at: infer.peak_at,
+                    infer_param_bytes: values,
                     rows_train: train.rows,
                     rows_infer: infer.rows,
                 }
