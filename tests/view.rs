@@ -253,6 +253,20 @@ fn expand_all_shows_every_layer(spec: &str, by_fragment: bool) {
         0,
         "{spec}: a group stayed collapsed"
     );
+    assert_eq!(
+        s.count("#summary-table [data-row]"),
+        want,
+        "{spec}: summary rows"
+    );
+    // Redraws are incremental (boxes and edges kept and moved): collapsing a block and opening it
+    // again puts every box and edge back where a full drawing put them.
+    let where_ = "JSON.stringify([[...document.querySelectorAll('.box')].map(e => [e.dataset.layer || e.dataset.group, e.style.left, e.style.top, e.querySelector('.bar u').style.width]).sort(), [...document.querySelectorAll('svg path.edge')].map(e => e.getAttribute('d')).sort(), [...document.querySelectorAll('#summary-table [data-row]')].map(e => e.dataset.row)])";
+    let before = s.eval(where_);
+    s.eval("seView.toggle('stage2.block1')");
+    assert_eq!(s.count(".box[data-group=\"stage2.block1\"]"), 1);
+    assert!(s.count("[data-layer]") < want);
+    s.eval("seView.toggle('stage2.block1')");
+    assert_eq!(s.eval(where_), before, "{spec}: boxes, edges or rows moved");
     s.assert_no_errors();
 }
 
@@ -560,11 +574,16 @@ fn speed_of_se_resnet152() {
         let v = s.eval("(() => { seView.toggle('stage3'); const a = SE_VIEW_TIMINGS.render_ms; seView.toggle('stage3'); return a; })()");
         stage.push(v.as_f64().unwrap());
     }
-    let all = s.eval("(() => { seView.expandAll(); return SE_VIEW_TIMINGS.render_ms; })()");
-    let all = all.as_f64().unwrap();
+    let all = s.eval("(() => { seView.expandAll(); return SE_VIEW_TIMINGS; })()");
+    println!("expand all, in parts: {all}");
+    let all = all["render_ms"].as_f64().unwrap();
     assert_eq!(s.count("[data-layer]"), layers);
-    let one = s.eval("(() => { const t = performance.now(); seView.toggle('stage3.block20'); seView.toggle('stage3.block20'); return (performance.now() - t) / 2; })()");
-    let one = one.as_f64().unwrap();
+    let one = s.eval("(() => { const t = performance.now(); seView.toggle('stage3.block20'); const a = Object.assign({}, SE_VIEW_TIMINGS); seView.toggle('stage3.block20'); return [(performance.now() - t) / 2, a]; })()");
+    println!(
+        "collapsing a block of the expanded page, in parts: {}",
+        one[1]
+    );
+    let one = one[0].as_f64().unwrap();
     stage.sort_by(|a, b| a.total_cmp(b));
     println!(
         "se_resnet152 ({layers} layers): page written in {write_ms:.0} ms; opened in {open_ms:.0} ms by the driver \

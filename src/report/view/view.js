@@ -8,7 +8,8 @@
 
   // ---- formatting ----
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
-  const int = (n) => Number(n).toLocaleString('en-US');
+  const NF = new Intl.NumberFormat('en-US'); // once: toLocaleString builds one per call, slowly
+  const int = (n) => NF.format(Number(n));
   function human(n) {
     if (n >= 1e9) return (n / 1e9).toFixed(2) + ' G';
     if (n >= 1e6) return (n / 1e6).toFixed(2) + ' M';
@@ -226,7 +227,8 @@
     const laneRows = new Map();
     units.forEach((U) => { const k = lane[U.i]; if (!laneRows.has(k)) laneRows.set(k, []); laneRows.get(k).push(row[U.i]); });
     const blocked = (ln, a, b) => (laneRows.get(ln) || []).some((r) => r > a && r < b);
-    return { units, edges, row, lane, pos, frames, blocked, width: laneX(maxLane) + LW / 2 + 20, height: y + 10 };
+    const byKey = new Map(units.map((U) => [U.key, U]));
+    return { units, byKey, edges, row, lane, pos, frames, blocked, width: laneX(maxLane) + LW / 2 + 20, height: y + 10 };
   }
 
   // ---- drawing ----
@@ -248,9 +250,20 @@
     const l = 100 - 42 * Math.sqrt(Math.max(0, Math.min(1, t)));
     return 'hsl(28, 92%, ' + l.toFixed(1) + '%)';
   }
-  function bar(cls, label, v, max, text, title) {
-    const w = max > 0 ? Math.max(v > 0 ? 1 : 0, Math.round(100 * v / max)) : 0;
-    return '<span class="bar ' + cls + '" title="' + esc(title) + '"><i>' + label + '</i><b><u style="width:' + w + '%"></u></b>' + esc(text) + '</span>';
+  // A bar's length is set apart (`looks`): it is relative to the largest box shown.
+  function bar(cls, label, text, title) {
+    return '<span class="bar ' + cls + '" title="' + esc(title) + '"><i>' + label + '</i><b><u></u></b>' + esc(text) + '</span>';
+  }
+  function looks(U, max) {
+    const ms = measures(U);
+    const w = (k) => (max[k] > 0 ? Math.max(ms[k] > 0 ? 1 : 0, Math.round(100 * ms[k] / max[k])) + '%' : '0%');
+    return { bars: [w('params'), w('macs'), w('memory')], bg: state.color !== 'kind' ? heat(max[state.color] ? ms[state.color] / max[state.color] : 0) : '' };
+  }
+  function restyle(n, look) {
+    if (!n.bars) n.bars = [...n.el.querySelectorAll('.bar u')];
+    look.bars.forEach((w, k) => { if (n.look.bars[k] !== w) n.bars[k].style.width = w; });
+    if (n.look.bg !== look.bg) n.el.style.background = look.bg;
+    n.look = look;
   }
   function spark(vals) {
     if (!vals || !vals.length) return '';
@@ -261,8 +274,9 @@
   function seOfGroup(P, g) {
     return P.m.se.filter((s) => P.m.layers[s.multiply].block === g.path || P.m.layers[s.multiply].stage === g.path);
   }
-  function boxHtml(P, lay, U, max, depth) {
-    const p = lay.pos[U.i], ms = measures(U);
+  // A box without its position: what it shows, compared with the cached one to keep its node.
+  function boxHtml(P, U, depth) {
+    const ms = measures(U);
     const g = U.group, l = U.layer;
     let cls = 'box', attrs, head, src;
     const dr = diffRowOf(P, U, depth);
@@ -282,8 +296,7 @@
       const exc = l.se_role === 'scale' && EXC.size ? spark(EXC.get(l.name)) : '';
       src = [(l.config ? l.config + ' → ' : '→ ') + shapeText(l.shape), base(P.m.file) + ':' + l.line, exc];
     }
-    let style = 'left:' + (p.cx - W / 2) + 'px;top:' + p.y + 'px;width:' + W + 'px;height:' + H + 'px';
-    if (state.color !== 'kind') style += ';background:' + heat(max[state.color] ? ms[state.color] / max[state.color] : 0);
+    const style = 'width:' + W + 'px;height:' + H + 'px';
     let foot = '';
     if (dr) {
       attrs += ' data-diff="' + dr.status + '"';
@@ -293,10 +306,10 @@
         foot = '<span class="d ' + (d > 0 ? 'up' : 'down') + '" title="params B − A">Δ ' + signed(d, human) + (dr.pct.params !== null ? ' (' + pctText(dr.pct.params) + ')' : '') + '</span>';
       }
     }
-    return '<div class="' + cls + '" ' + attrs + ' data-unit="' + U.i + '" style="' + style + '">' +
+    return '<div class="' + cls + '" ' + attrs + ' data-key="' + esc(U.key) + '" style="' + style + '">' +
       '<div class="t">' + head + '</div>' +
       '<div class="a" title="' + esc(src[0]) + '">' + esc(src[0]) + '</div>' +
-      '<div class="bars">' + bar('p', 'P', ms.params, max.params, compact(human(ms.params)), 'params ' + int(ms.params)) + bar('m', 'M', ms.macs, max.macs, compact(human(ms.macs)), 'MACs ' + int(ms.macs)) + bar('mem', 'A', ms.memory, max.memory, compact(bytes(ms.memory)), 'activation memory ' + bytes(ms.memory) + ' per image') + '</div>' +
+      '<div class="bars">' + bar('p', 'P', compact(human(ms.params)), 'params ' + int(ms.params)) + bar('m', 'M', compact(human(ms.macs)), 'MACs ' + int(ms.macs)) + bar('mem', 'A', compact(bytes(ms.memory)), 'activation memory ' + bytes(ms.memory) + ' per image') + '</div>' +
       '<div class="f">' + foot + src[2] + '<span class="src">' + esc(src[1]) + '</span></div></div>';
   }
   function frameHtml(P, f) {
@@ -311,7 +324,7 @@
     const label = g.path + ' · ' + g.template + (g.kind === 'stage' ? ' ×' + g.repeat : '') + ' · ' + human(g.params) + ' params · ' + human(g.macs) + ' MACs  ▴ collapse';
     return '<div class="frame f-' + g.kind + '" data-group="' + esc(g.path) + '" data-open="1" data-params="' + g.params + '" style="left:' + f.x + 'px;top:' + f.y + 'px;width:' + f.w + 'px;height:' + f.h + 'px"><div class="fh" data-toggle="' + esc(g.path) + '">' + esc(label) + '</div></div>';
   }
-  function edgeSvg(lay, e) {
+  function edgeGeom(lay, e) {
     const a = lay.pos[e.u], b = lay.pos[e.v];
     const x1 = a.cx, y1 = a.y + H, x2 = b.cx, y2 = b.y;
     const la = lay.lane[e.u], lb = lay.lane[e.v];
@@ -334,25 +347,99 @@
       d = 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + (y1 + yc) / 2 + ' ' + x2 + ',' + (y1 + yc) / 2 + ' ' + x2 + ',' + yc + ' L' + x2 + ',' + y2;
       if (yc < y2) { lx = x2 + 5; ly = yc + 14; } else { lx = (x1 + x2) / 2 + 5; ly = (y1 + y2) / 2; }
     }
-    return '<path class="edge' + (e.se ? ' se' : '') + '" d="' + d + '" marker-end="url(#arr)"/>' +
-      '<text class="el" x="' + lx + '" y="' + ly + '">' + esc(e.shapes.join(' | ')) + '</text>';
+    return { d, lx, ly, text: e.shapes.join(' | '), se: e.se };
+  }
+  // Incremental: boxes and edges are kept by their unit's key (`l:ID`, `g:PATH`) from one
+  // render to the next; a box whose content is unchanged is only moved, an edge only gets its
+  // new path. Only what appeared is parsed and only what went is removed, so the browser lays out
+  // the boxes that changed rather than the whole page.
+  const SVGNS = 'http://www.w3.org/2000/svg';
+  function skeleton(P) {
+    P.el.innerHTML = '<div class="frames"></div><svg><defs><marker id="arr-' + P.side + '" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#7b8594"/></marker></defs><g class="edges"></g><g class="labels"></g></svg><div class="boxes"></div>';
+    P.framesEl = P.el.querySelector('.frames');
+    P.svg = P.el.querySelector('svg');
+    P.edgesEl = P.svg.querySelector('.edges');
+    P.labelsEl = P.svg.querySelector('.labels');
+    P.boxesEl = P.el.querySelector('.boxes');
+    P.boxes = new Map();
+    P.html = new Map();
+    P.edgeEls = new Map();
+  }
+  function place(n, x, y) {
+    if (n.x !== x) { n.el.style.left = x + 'px'; n.x = x; }
+    if (n.y !== y) { n.el.style.top = y + 'px'; n.y = y; }
   }
   function renderGraph(P, depth) {
+    const t0 = performance.now();
     const lay = layout(P);
+    window.SE_VIEW_TIMINGS.layout_ms = performance.now() - t0;
     P.lay = lay;
+    if (!P.boxes) skeleton(P);
     const max = { params: 0, macs: 0, memory: 0 };
     for (const U of lay.units) { const m = measures(U); for (const k in max) max[k] = Math.max(max[k], m[k]); }
-    const parts = [];
-    const frames = lay.frames.slice().sort((a, b) => a.level - b.level);
-    for (const f of frames) parts.push(frameHtml(P, f));
-    const svg = ['<svg width="' + lay.width + '" height="' + lay.height + '"><defs><marker id="arr" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#7b8594"/></marker></defs>'];
-    for (const e of lay.edges) svg.push(edgeSvg(lay, e));
-    svg.push('</svg>');
-    parts.push(svg.join(''));
-    for (const U of lay.units) parts.push(boxHtml(P, lay, U, max, depth));
+    P.framesEl.innerHTML = lay.frames.slice().sort((a, b) => a.level - b.level).map((f) => frameHtml(P, f)).join('');
+    // Boxes.
+    for (const el of P.boxesEl.querySelectorAll('.box.sel')) el.classList.remove('sel');
+    const tb = performance.now();
+    const seen = new Set(), fresh = [];
+    for (const U of lay.units) {
+      // What a box shows depends on the diff depth only (the data being fixed).
+      let memo = P.html.get(U.key);
+      if (!memo || memo.depth !== depth) { memo = { depth, html: boxHtml(P, U, depth) }; P.html.set(U.key, memo); }
+      const html = memo.html, look = looks(U, max);
+      const p = lay.pos[U.i];
+      let n = P.boxes.get(U.key);
+      seen.add(U.key);
+      if (n && n.html !== html) { n.el.remove(); n = null; }
+      if (n) { place(n, p.cx - W / 2, p.y); restyle(n, look); }
+      else { n = { html, el: null, x: p.cx - W / 2, y: p.y, look }; P.boxes.set(U.key, n); fresh.push(n); }
+    }
+    for (const [k, n] of P.boxes) if (!seen.has(k)) { n.el.remove(); P.boxes.delete(k); }
+    if (fresh.length) {
+      const tpl = document.createElement('template');
+      tpl.innerHTML = fresh.map((n) => n.html).join('');
+      const els = tpl.content.children;
+      fresh.forEach((n, i) => { n.el = els[i]; });
+      for (const n of fresh) {
+        n.el.style.left = n.x + 'px'; n.el.style.top = n.y + 'px';
+        const look = n.look;
+        n.look = { bars: [], bg: '' };
+        restyle(n, look);
+      }
+      P.boxesEl.appendChild(tpl.content);
+    }
+    const te = performance.now();
+    window.SE_VIEW_TIMINGS.boxes_ms = te - tb;
+    // Edges, by the keys of the units they join.
+    const eseen = new Set();
+    for (const e of lay.edges) {
+      const k = lay.units[e.u].key + '>' + lay.units[e.v].key;
+      const g = edgeGeom(lay, e);
+      eseen.add(k);
+      let n = P.edgeEls.get(k);
+      if (!n) {
+        n = { path: document.createElementNS(SVGNS, 'path'), label: document.createElementNS(SVGNS, 'text') };
+        n.path.setAttribute('marker-end', 'url(#arr-' + P.side + ')');
+        n.label.setAttribute('class', 'el');
+        P.edgesEl.appendChild(n.path);
+        P.labelsEl.appendChild(n.label);
+        P.edgeEls.set(k, n);
+      }
+      if (n.d !== g.d) { n.path.setAttribute('d', g.d); n.d = g.d; }
+      if (n.se !== g.se) { n.path.setAttribute('class', g.se ? 'edge se' : 'edge'); n.se = g.se; }
+      if (n.lx !== g.lx || n.ly !== g.ly) { n.label.setAttribute('x', g.lx); n.label.setAttribute('y', g.ly); n.lx = g.lx; n.ly = g.ly; }
+      if (n.text !== g.text) { n.label.textContent = g.text; n.text = g.text; }
+    }
+    for (const [k, n] of P.edgeEls) if (!eseen.has(k)) { n.path.remove(); n.label.remove(); P.edgeEls.delete(k); }
+    window.SE_VIEW_TIMINGS.edges_ms = performance.now() - te;
+    P.svg.setAttribute('width', lay.width);
+    P.svg.setAttribute('height', lay.height);
     P.el.style.width = lay.width + 'px';
     P.el.style.height = lay.height + 'px';
-    P.el.innerHTML = parts.join('');
+  }
+  function boxEl(P, U) {
+    const n = U && P.boxes && P.boxes.get(U.key);
+    return n ? n.el : null;
   }
 
   // ---- side panel ----
@@ -394,19 +481,39 @@
     document.getElementById('details-body').innerHTML = detailsOf(P, U);
     document.getElementById('details-body').className = '';
   }
-  function summaryTable(P) {
+  // The summary of the boxes shown: rows kept by unit key as the graph's boxes are, each laid
+  // out only when scrolled into view (a grid of divs, not a table, which relays out whole).
+  function summaryTable(P, body) {
+    if (!P.rows || !P.rowsEl.isConnected) {
+      body.innerHTML = '<div class="stbl" id="summary-table"><div class="srow sh"><span>Name</span><span>Type</span><span>Output</span><span>Params</span><span>MACs</span><span>Act. mem</span></div><div class="srows"></div><div class="srow total"></div></div>';
+      P.rows = new Map();
+      P.rowsEl = body.querySelector('.srows');
+      const t = P.m.totals;
+      body.querySelector('.srow.total').innerHTML = '<span>Total</span><span></span><span></span><span title="' + int(t.params) + '">' + HN(t.params) + '</span><span>' + HN(t.macs) + '</span><span>' + BN(t.bytes) + '</span>';
+    }
     const lay = P.lay;
     const order = lay.units.slice().sort((a, b) => lay.row[a.i] - lay.row[b.i] || lay.lane[a.i] - lay.lane[b.i]);
-    const out = ['<table class="tbl"><colgroup><col style="width:26%"><col style="width:17%"><col style="width:17%"><col style="width:12%"><col style="width:13%"><col style="width:15%"></colgroup><thead><tr><th>Name</th><th class="l">Type</th><th class="l">Output</th><th>Params</th><th>MACs</th><th>Act. mem</th></tr></thead><tbody>'];
+    const want = new Set(order.map((U) => U.key)), fresh = [];
+    for (const [k, el] of P.rows) if (!want.has(k)) { el.remove(); P.rows.delete(k); }
     for (const U of order) {
+      if (P.rows.has(U.key)) continue;
       const s = U.group || U.layer;
       const name = U.group ? U.group.path : U.layer.name;
       const type = U.group ? U.group.template + (U.group.kind === 'stage' ? ' ×' + U.group.repeat : '') : U.layer.type;
-      out.push('<tr data-row="' + esc(name) + '" data-unit="' + U.i + '"><td>' + esc(name) + '</td><td class="l">' + esc(type) + '</td><td class="l">' + esc(shapeText(s.shape)) + '</td><td title="' + int(s.params) + '">' + HN(s.params) + '</td><td title="' + int(s.macs) + '">' + HN(s.macs) + '</td><td>' + BN(s.bytes) + '</td></tr>');
+      fresh.push([U.key, '<div class="srow" data-row="' + esc(name) + '" data-key="' + esc(U.key) + '"><span>' + esc(name) + '</span><span>' + esc(type) + '</span><span>' + esc(shapeText(s.shape)) + '</span><span title="' + int(s.params) + '">' + HN(s.params) + '</span><span title="' + int(s.macs) + '">' + HN(s.macs) + '</span><span>' + BN(s.bytes) + '</span></div>']);
     }
-    const t = P.m.totals;
-    out.push('<tr class="total"><td>Total</td><td></td><td></td><td title="' + int(t.params) + '">' + compact(human(t.params)) + '</td><td>' + compact(human(t.macs)) + '</td><td>' + compact(bytes(t.bytes)) + '</td></tr></tbody></table>');
-    return out.join('');
+    if (fresh.length) {
+      const tpl = document.createElement('template');
+      tpl.innerHTML = fresh.map((f) => f[1]).join('');
+      [...tpl.content.children].forEach((el, i) => P.rows.set(fresh[i][0], el));
+    }
+    // In order, moving only the rows out of place (an expanded group's rows are one run).
+    let cur = P.rowsEl.firstElementChild;
+    for (const U of order) {
+      const el = P.rows.get(U.key);
+      if (el === cur) cur = cur.nextElementSibling;
+      else P.rowsEl.insertBefore(el, cur);
+    }
   }
   function diffTable(depth) {
     const t = DIFF[depth];
@@ -426,7 +533,7 @@
     const title = document.getElementById('table-title');
     const body = document.getElementById('table-body');
     if (DIFF) { title.textContent = 'Diff per ' + depth; body.innerHTML = diffTable(depth); }
-    else { title.textContent = 'Summary of the boxes shown'; body.innerHTML = summaryTable(MODELS[0]); }
+    else { title.textContent = 'Summary of the boxes shown'; summaryTable(MODELS[0], body); }
   }
   function chart(title, xs, series) {
     const w = 390, h = 170, l = 44, r = 10, t = 18, b = 24;
@@ -471,12 +578,15 @@
     const t = performance.now();
     const depth = currentDepth();
     for (const P of MODELS) renderGraph(P, depth);
+    const t1 = performance.now();
     renderPanel(depth);
+    const t2 = performance.now();
     document.getElementById('color').value = state.color;
     if (state.layer) selectLayer(state.layer, scroll === true);
     writeHash();
     document.body.getBoundingClientRect(); // lay the page out: the timing includes the browser's layout
-    window.SE_VIEW_TIMINGS.render_ms = performance.now() - t;
+    const T = window.SE_VIEW_TIMINGS, t3 = performance.now();
+    T.render_ms = t3 - t; T.graph_ms = t1 - t; T.panel_ms = t2 - t1; T.browser_layout_ms = t3 - t2;
     window.SE_VIEW_TIMINGS.renders += 1;
   }
   function findUnit(P, name) {
@@ -498,7 +608,7 @@
       }
       for (const el of P.el.querySelectorAll('.box.sel')) el.classList.remove('sel');
       const U = findUnit(P, name);
-      const el = U && P.el.querySelector('[data-unit="' + U.i + '"].box');
+      const el = boxEl(P, U);
       if (el) {
         el.classList.add('sel');
         if (P.side === 0) { showDetails(P, U); if (scroll !== false) el.scrollIntoView({ block: 'center', inline: 'center' }); }
@@ -547,7 +657,7 @@
         if (tog) { toggleGroup(tog.dataset.toggle); return; }
         const box = ev.target.closest('.box');
         if (!box) return;
-        const U = P.lay.units[Number(box.dataset.unit)];
+        const U = P.lay.byKey.get(box.dataset.key);
         if (U.group) { toggleGroup(U.group.path); return; }
         state.layer = U.layer.name;
         selectLayer(U.layer.name, false);
@@ -556,16 +666,16 @@
       });
       P.el.addEventListener('mouseover', (ev) => {
         const box = ev.target.closest('.box');
-        if (box) showDetails(P, P.lay.units[Number(box.dataset.unit)]);
+        if (box) showDetails(P, P.lay.byKey.get(box.dataset.key));
       });
     }
     document.getElementById('table-body').addEventListener('click', (ev) => {
-      const tr = ev.target.closest('tr[data-unit], tr[data-diff-row]');
+      const tr = ev.target.closest('[data-key], tr[data-diff-row]');
       if (!tr) return;
       const P = MODELS[0];
-      const U = tr.dataset.unit !== undefined ? P.lay.units[Number(tr.dataset.unit)] : P.lay.units.find((u) => (u.group ? u.group.path : u.layer.name) === tr.dataset.diffRow);
+      const U = tr.dataset.key !== undefined ? P.lay.byKey.get(tr.dataset.key) : P.lay.units.find((u) => (u.group ? u.group.path : u.layer.name) === tr.dataset.diffRow);
       if (!U) return;
-      const el = P.el.querySelector('[data-unit="' + U.i + '"].box');
+      const el = boxEl(P, U);
       if (el) { el.scrollIntoView({ block: 'center', inline: 'center' }); showDetails(P, U); }
     });
     document.getElementById('expand-all').addEventListener('click', () => { state.all = true; render(); });
