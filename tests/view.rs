@@ -481,6 +481,181 @@ fn training_curves_from_a_run() {
     s.assert_no_errors();
 }
 
+/// A `se-compile view --serve` process on a free port, killed and reaped when dropped, so that
+/// a failing test leaves none behind. Its standard error goes to a file, shown on failure.
+struct Served {
+    child: std::process::Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn serve(name: &str, args: &[&str]) -> Served {
+    use std::io::BufRead;
+    let log = scratch().join(format!("{name}.stderr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_se-compile"))
+        .arg("view")
+        .args(args)
+        .args(["--serve", "--port", "0"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("the binary starts");
+    let mut srv = Served {
+        child,
+        url: String::new(),
+        log,
+    };
+    let out = srv.child.stdout.take().expect("its stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("its first line");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no URL in `{line}`; stderr: {}", srv.log()));
+    srv.url = url.to_string();
+    srv
+}
+
+/// Polls `js` until it is true, for at most `limit`; returns how long that took.
+fn within(s: &Session, js: &str, limit: Duration) -> Option<Duration> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if s.eval(js) == Value::Bool(true) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+#[test]
+fn serve_redraws_an_edited_spec_and_shows_diagnostics() {
+    let dir = scratch().join("serve");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("mini.yaml");
+    let good = std::fs::read_to_string(root().join("models/se_resnet_mini.yaml")).unwrap();
+    assert!(good.contains("filters: 64, stride: 2"));
+    std::fs::write(&spec, &good).unwrap();
+    let path = spec.to_string_lossy().into_owned();
+    let stage2 = |text: &str| {
+        std::fs::write(&spec, text).unwrap();
+        let rows = json_of(&["summary", &path, "--depth", "stage", "--format", "json"]);
+        rows["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "stage2")
+            .expect("a stage2 row")["params"]
+            .clone()
+    };
+    let before = stage2(&good);
+    let srv = serve("serve", &[&path]);
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let s = session(1280, 900);
+    // A view state to keep across the updates: stage2 open, coloured by MACs.
+    s.tab
+        .navigate_to(&format!("{}#expand=stage2&color=macs", srv.url))
+        .expect("navigates");
+    s.tab.wait_until_navigated().expect("loads");
+    let frame = "document.querySelector('.frame[data-group=\"stage2\"]')";
+    assert!(
+        within(&s, &format!("!!{frame}"), Duration::from_secs(10)).is_some(),
+        "the served page was not drawn; errors {:?}; server: {}",
+        s.errors(),
+        srv.log()
+    );
+    assert_eq!(s.eval(&format!("Number({frame}.dataset.params)")), before);
+    s.eval("document.querySelector('[data-layer]').scrollIntoView()");
+    let scrolled = s.eval("document.getElementById('graphs').scrollTop");
+
+    // An edit: 48 filters in stage 2. The page shows the summary's new params within 2 s.
+    let edited = good.replace("filters: 64, stride: 2", "filters: 48, stride: 2");
+    let after = stage2(&edited);
+    assert_ne!(after, before);
+    let took = within(
+        &s,
+        &format!("Number({frame} && {frame}.dataset.params) === {after}"),
+        Duration::from_secs(2),
+    );
+    eprintln!("serve: the edit was drawn after {took:?}");
+    assert!(
+        took.is_some(),
+        "not redrawn within 2 s; stage2 shows {}; server: {}",
+        s.eval(&format!("{frame} && {frame}.dataset.params")),
+        srv.log()
+    );
+    assert!(s
+        .eval("location.hash")
+        .as_str()
+        .unwrap()
+        .contains("color=macs"));
+    assert_eq!(s.eval("seView.state().color"), "macs");
+    assert_eq!(
+        s.eval("document.getElementById('graphs').scrollTop"),
+        scrolled
+    );
+
+    // Broken: the diagnostics `check` prints, in the page, above the graph of the edit.
+    let broken = edited.replace("filters: 48, stride: 2", "filters: 48, strid: 2");
+    std::fs::write(&spec, &broken).unwrap();
+    let (code, _, check) = se_compile(&["check", &path]);
+    assert_eq!(code, 1, "{check}");
+    assert!(check.contains("has no parameter `strid`") && check.contains("mini.yaml:36:"));
+    let shown = format!(
+        "(() => {{ const d = document.getElementById('diagnostics'); return !d.hidden && d.textContent === {}; }})()",
+        Value::String(check.clone())
+    );
+    let took = within(&s, &shown, Duration::from_secs(2));
+    eprintln!("serve: the diagnostics were shown after {took:?}");
+    assert!(
+        took.is_some(),
+        "diagnostics not shown within 2 s: the page has `{}`, check prints `{check}`",
+        s.eval("document.getElementById('diagnostics').textContent")
+    );
+    assert_eq!(s.eval(&format!("Number({frame}.dataset.params)")), after);
+    assert_eq!(
+        s.count(".box[data-group^=\"stage2.block\"]"),
+        2,
+        "the last good graph stays, stage2 open"
+    );
+
+    // Fixed again: the diagnostics go, the graph is the spec's.
+    std::fs::write(&spec, &good).unwrap();
+    let fixed = format!(
+        "document.getElementById('diagnostics').hidden && Number({frame}.dataset.params) === {before}"
+    );
+    assert!(within(&s, &fixed, Duration::from_secs(2)).is_some());
+    s.assert_no_errors();
+
+    // A second server on the same port: a one-line error, no panic.
+    let port = srv.url.trim_end_matches('/').rsplit(':').next().unwrap();
+    let (code, _, err) = se_compile(&["view", &path, "--serve", "--port", port]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!("error: cannot serve on 127.0.0.1:{port}: "))
+            && err.contains("--port 0")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    drop(srv);
+}
+
 fn screenshot(s: &Session, name: &str) -> PathBuf {
     let png = s
         .tab

@@ -2,7 +2,8 @@
 // the URL fragment. Hand-written, no library. Data: the JSON in #se-view-data (src/report/view.rs).
 'use strict';
 (function () {
-  const DATA = JSON.parse(document.getElementById('se-view-data').textContent);
+  // The data, and what is derived from it: replaced as a whole when `--serve` sends new data.
+  let DATA, EXC, MODELS, ALL_GROUPS, PARENT, DIFF, DMAPS;
   const W = 266, H = 76, LW = 316, G = 44, HEAD = 22, FOOT = 10, LEFT = 60, TOP = 16;
   const T0 = performance.now();
 
@@ -31,19 +32,24 @@
   function pctText(p) { return p === null || p === undefined ? '' : p === 0 ? '0%' : (p > 0 ? '+' : '') + p.toFixed(Math.abs(p) < 1 ? 2 : 1) + '%'; }
 
   // ---- the models ----
-  const EXC = new Map();
-  if (DATA.run) for (const e of DATA.run.excitations || []) EXC.set(e.name, e.overall);
-  const MODELS = DATA.models.map((m, side) => {
-    const groups = new Map();
-    for (const g of m.groups) { g.repeat = g.kind === 'stage' ? g.children.length : 1; groups.set(g.path, g); }
-    const byName = new Map();
-    m.layers.forEach((l, i) => { l.id = i; byName.set(l.name, l); });
-    return { m, side, groups, byName, el: null, lay: null };
-  });
-  const ALL_GROUPS = [];
-  for (const P of MODELS) for (const g of P.m.groups) if (!ALL_GROUPS.includes(g.path)) ALL_GROUPS.push(g.path);
-  const PARENT = new Map();
-  for (const P of MODELS) for (const g of P.m.groups) if (g.parent) PARENT.set(g.path, g.parent);
+  function prepare(data) {
+    DATA = data;
+    EXC = new Map();
+    if (DATA.run) for (const e of DATA.run.excitations || []) EXC.set(e.name, e.overall);
+    MODELS = DATA.models.map((m, side) => {
+      const groups = new Map();
+      for (const g of m.groups) { g.repeat = g.kind === 'stage' ? g.children.length : 1; groups.set(g.path, g); }
+      const byName = new Map();
+      m.layers.forEach((l, i) => { l.id = i; byName.set(l.name, l); });
+      return { m, side, groups, byName, el: null, lay: null };
+    });
+    ALL_GROUPS = [];
+    for (const P of MODELS) for (const g of P.m.groups) if (!ALL_GROUPS.includes(g.path)) ALL_GROUPS.push(g.path);
+    PARENT = new Map();
+    for (const P of MODELS) for (const g of P.m.groups) if (g.parent) PARENT.set(g.path, g.parent);
+    DIFF = DATA.diff;
+    DMAPS = DIFF ? { stage: diffMaps('stage'), block: diffMaps('block'), layer: diffMaps('layer') } : null;
+  }
 
   // ---- state (mirrored in the URL fragment) ----
   const state = { all: false, expand: new Set(), layer: null, color: 'kind' };
@@ -81,7 +87,6 @@
   }
 
   // ---- the diff ----
-  const DIFF = DATA.diff;
   function diffMaps(depth) {
     const t = DIFF && DIFF[depth];
     const a = new Map(), b = new Map();
@@ -91,7 +96,6 @@
     }
     return [a, b];
   }
-  const DMAPS = DIFF ? { stage: diffMaps('stage'), block: diffMaps('block'), layer: diffMaps('layer') } : null;
   function currentDepth() {
     let d = 'stage';
     for (const p of ALL_GROUPS) {
@@ -576,6 +580,7 @@
   // ---- everything ----
   function render(scroll) {
     const t = performance.now();
+    if (!MODELS.length) { window.SE_VIEW_TIMINGS.renders += 1; return; } // served, no good spec yet
     const depth = currentDepth();
     for (const P of MODELS) renderGraph(P, depth);
     const t1 = performance.now();
@@ -626,17 +631,18 @@
     render();
   }
 
-  function init() {
-    window.SE_VIEW_TIMINGS = { render_ms: 0, renders: 0, load_ms: 0, ready_ms: 0 };
+  // The bar's title and totals and one column per model: anew for each data.
+  function mount() {
     const title = MODELS.map((P) => P.m.model).join(' vs ');
     document.getElementById('title').textContent = title;
     document.getElementById('generator').textContent = DATA.generator;
     document.getElementById('macs-convention').textContent = DATA.macs_convention;
-    const t = MODELS[0].m.totals;
-    document.getElementById('totals').textContent = MODELS.length > 1
+    const t = MODELS.length ? MODELS[0].m.totals : null;
+    document.getElementById('totals').textContent = !t ? '' : MODELS.length > 1
       ? MODELS.map((P) => (P.side ? 'B ' : 'A ') + int(P.m.totals.params) + ' params, ' + human(P.m.totals.macs) + ' MACs').join(' · ')
       : MODELS[0].m.layers.length + ' layers · ' + int(t.params) + ' params · ' + human(t.macs) + ' MACs · ' + bytes(t.bytes) + ' activations/image';
     const graphs = document.getElementById('graphs');
+    graphs.textContent = '';
     for (const P of MODELS) {
       const col = document.createElement('div');
       col.className = 'graph-col';
@@ -669,6 +675,11 @@
         if (box) showDetails(P, P.lay.byKey.get(box.dataset.key));
       });
     }
+  }
+  function init() {
+    window.SE_VIEW_TIMINGS = { render_ms: 0, renders: 0, load_ms: 0, ready_ms: 0 };
+    prepare(JSON.parse(document.getElementById('se-view-data').textContent));
+    mount();
     document.getElementById('table-body').addEventListener('click', (ev) => {
       const tr = ev.target.closest('[data-key], tr[data-diff-row]');
       if (!tr) return;
@@ -715,6 +726,52 @@
     window.SE_VIEW_TIMINGS.load_ms = performance.now() - T0;
     // Since the navigation began: the HTML and the data parsed, the graph drawn and laid out.
     window.SE_VIEW_TIMINGS.ready_ms = performance.now();
+    if (DATA.serve) watch();
+  }
+  // ---- `se-compile view --serve` ----
+  // The server counts its changes (`version`) and, apart, those of the graph (`graph`): the
+  // page polls /version and, when it moved, fetches /data. New data is drawn in place, with the
+  // view's state (fragment, selection, scroll) kept; diagnostics of an invalid spec are shown
+  // above the last good graph, which stays.
+  function showDiagnostics(text) {
+    const d = document.getElementById('diagnostics');
+    d.hidden = !text;
+    d.textContent = text || '';
+  }
+  function applyServed(data) {
+    const sv = data.serve;
+    if (sv.graph !== DATA.serve.graph && data.models.length) {
+      const graphs = document.getElementById('graphs');
+      const [x, y] = [graphs.scrollLeft, graphs.scrollTop];
+      prepare(data);
+      mount();
+      renderRun();
+      render(false);
+      graphs.scrollLeft = x; graphs.scrollTop = y;
+    }
+    DATA.serve = sv;
+    showDiagnostics(sv.diagnostics);
+    window.SE_VIEW_TIMINGS.served = sv.version;
+  }
+  function watch() {
+    showDiagnostics(DATA.serve.diagnostics);
+    window.SE_VIEW_TIMINGS.served = DATA.serve.version;
+    let busy = false;
+    const tick = async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        const v = Number(await (await fetch('/version', { cache: 'no-store' })).text());
+        if (v !== DATA.serve.version) applyServed(await (await fetch('/data', { cache: 'no-store' })).json());
+        document.getElementById('title').classList.remove('gone');
+      } catch (e) {
+        // The server stopped: the page stays as it is, and says so.
+        document.getElementById('title').classList.add('gone');
+      } finally {
+        busy = false;
+      }
+    };
+    setInterval(tick, 250);
   }
   function goTo(name) {
     state.layer = name;
@@ -723,7 +780,7 @@
   }
   // For tests and users' scripts: the view's state and actions.
   window.seView = {
-    data: DATA,
+    get data() { return DATA; },
     state: () => ({ all: state.all, expand: [...state.expand], layer: state.layer, color: state.color, depth: currentDepth() }),
     expandAll: () => { state.all = true; render(); },
     collapseAll: () => { state.all = false; state.expand = new Set(); render(); },
