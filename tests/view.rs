@@ -449,6 +449,67 @@ fn diff_view_marks_what_se_compile_diff_marks() {
     s.assert_no_errors();
 }
 
+/// Box for box: every pair of boxes `se-compile diff` matches shares a row (the same top), and
+/// each box found in one spec only has a placeholder at its height in the other graph.
+fn diff_aligns(a: &str, b: &str, name: &str) {
+    let file = page(name, &[a, b]);
+    let want = json_of(&["diff", a, b, "--depth", "layer", "--format", "json"]);
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let s = session(1400, 900);
+    s.open(&file, "#expand=all");
+    let got = s.eval(
+        "Object.fromEntries(['A', 'B'].flatMap(side => [[side, Object.fromEntries([...document.querySelectorAll('[data-side=' + side + '] [data-layer]')].map(e => [e.dataset.layer, e.style.top]))], [side + 'ghost', Object.fromEntries([...document.querySelectorAll('[data-side=' + side + '] .ghost')].map(e => [e.dataset.ghost + ' ' + e.dataset.diff, e.style.top]))]]))",
+    );
+    let mut wrong = vec![];
+    let (mut paired, mut ghosts) = (0, 0);
+    for r in want["rows"].as_array().unwrap() {
+        let n = r["name"].as_str().unwrap();
+        let nb = r["name_b"].as_str().unwrap_or(n);
+        let (status, at) = (r["status"].as_str().unwrap(), |k: &str, n: &str| {
+            got[k][n].clone()
+        });
+        let (x, y) = match status {
+            "added" => (at("Aghost", &format!("{n} added")), at("B", n)),
+            "removed" => (at("A", n), at("Bghost", &format!("{n} removed"))),
+            _ => (at("A", n), at("B", nb)),
+        };
+        if x.is_null() || x != y {
+            wrong.push(format!("{status} {n}/{nb}: A {x}, B {y}"));
+        } else if status == "added" || status == "removed" {
+            ghosts += 1;
+        } else {
+            paired += 1;
+        }
+    }
+    eprintln!(
+        "{name}: {paired} pairs share a row, {ghosts} placeholders; {} not aligned",
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "{name}: not aligned: {wrong:#?}");
+    // No box of one graph overlaps a placeholder in the same graph.
+    let overlaps = s.eval("[...document.querySelectorAll('.ghost')].filter(g => [...g.parentElement.parentElement.querySelectorAll('.box')].some(b => b.style.left === g.style.left && b.style.top === g.style.top)).length");
+    assert_eq!(overlaps, 0);
+    s.assert_no_errors();
+}
+
+#[test]
+fn diff_view_aligns_resnet50_with_se_resnet50() {
+    diff_aligns(
+        "models/resnet50.yaml",
+        "models/se_resnet50.yaml",
+        "align-se",
+    );
+}
+
+#[test]
+fn diff_view_aligns_se_resnet50_with_se_resnext50() {
+    diff_aligns(
+        "models/se_resnet50.yaml",
+        "models/se_resnext50_32x4d.yaml",
+        "align-resnext",
+    );
+}
+
 #[test]
 fn training_curves_from_a_run() {
     let run = scratch().join("run");
@@ -502,14 +563,15 @@ impl Served {
     }
 }
 
-fn serve(name: &str, args: &[&str]) -> Served {
+/// Serves `args` from the directory `cwd`.
+fn serve(name: &str, cwd: &Path, args: &[&str]) -> Served {
     use std::io::BufRead;
     let log = scratch().join(format!("{name}.stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_se-compile"))
         .arg("view")
         .args(args)
         .args(["--serve", "--port", "0"])
-        .current_dir(root())
+        .current_dir(cwd)
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("a log file"))
         .spawn()
@@ -565,7 +627,7 @@ fn serve_redraws_an_edited_spec_and_shows_diagnostics() {
             .clone()
     };
     let before = stage2(&good);
-    let srv = serve("serve", &[&path]);
+    let srv = serve("serve", root(), &[&path]);
     let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let s = session(1280, 900);
     // A view state to keep across the updates: stage2 open, coloured by MACs.
@@ -687,6 +749,10 @@ fn screenshots() {
         "shot-diff",
         &["models/se_resnet50.yaml", "tests/diff/se_resnet50_r8.yaml"],
     );
+    let aligned = page(
+        "shot-aligned",
+        &["models/resnet50.yaml", "models/se_resnet50.yaml"],
+    );
     let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let s = session(1500, 1000);
     // Block 1 of stage 1 expanded: the shortcut on the left, the SE branch on the right.
@@ -700,6 +766,46 @@ fn screenshots() {
     s.open(&diff, "");
     s.eval("document.querySelector('[data-side=B] .box[data-group=\"stage2\"]').scrollIntoView({block: 'center'})");
     screenshot(&s, "se_resnet50_diff");
+    // Box for box: ResNet-50 against SE-ResNet-50, the first block open; B's SE branch faces
+    // placeholders in A.
+    drop(s);
+    let s = session(1900, 1000);
+    s.open(&aligned, "#expand=stage1.block1");
+    // Zoomed out to show both graphs whole (each has the lanes of both).
+    s.eval("(() => { document.body.style.zoom = '0.7'; document.querySelector('[data-side=B] [data-layer=\"multiply\"]').scrollIntoView({block: 'center'}); document.getElementById('graphs').scrollLeft = 0; })()");
+    screenshot(&s, "resnet50_vs_se_resnet50");
+    s.assert_no_errors();
+    drop(s);
+    // --serve with a broken spec: check's diagnostics above the last good graph.
+    let dir = scratch().join("shot-serve");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("se_resnet_mini.yaml");
+    let good = std::fs::read_to_string(root().join("models/se_resnet_mini.yaml")).unwrap();
+    std::fs::write(&spec, &good).unwrap();
+    let srv = serve("shot-serve", &dir, &["se_resnet_mini.yaml"]);
+    let s = session(1500, 1000);
+    s.tab
+        .navigate_to(&format!("{}#expand=stage2", srv.url))
+        .expect("navigates");
+    s.tab.wait_until_navigated().expect("loads");
+    assert!(within(
+        &s,
+        "!!document.querySelector('.frame')",
+        Duration::from_secs(10)
+    )
+    .is_some());
+    std::fs::write(
+        &spec,
+        good.replace("filters: 64, stride: 2", "filters: 64, strid: 2"),
+    )
+    .unwrap();
+    assert!(within(
+        &s,
+        "!document.getElementById('diagnostics').hidden",
+        Duration::from_secs(5)
+    )
+    .is_some());
+    screenshot(&s, "serve_diagnostics");
     s.assert_no_errors();
 }
 

@@ -216,23 +216,99 @@
       f.l0 = Math.min(...f.units.map((u) => lane[u])); f.l1 = Math.max(...f.units.map((u) => lane[u]));
       extraTop[f.r0] += HEAD; extraBot[f.r1] += FOOT;
     }
-    const ytop = new Array(nrows);
-    let y = TOP;
-    for (let r = 0; r < nrows; r++) { y += extraTop[r]; ytop[r] = y; y += H + G + extraBot[r]; }
-    const laneX = (ln) => LEFT + (ln - minLane) * LW + LW / 2;
-    const pos = units.map((U) => ({ cx: laneX(lane[U.i]), y: ytop[row[U.i]] }));
     for (const f of frames) {
-      const innerTop = frames.filter((g) => g.level > f.level && g.r0 === f.r0 && g.units.some((u) => f.units.includes(u))).length;
-      const innerBot = frames.filter((g) => g.level > f.level && g.r1 === f.r1 && g.units.some((u) => f.units.includes(u))).length;
-      const pad = [20, 11, 4][f.level];
-      f.x = laneX(f.l0) - W / 2 - pad; f.w = laneX(f.l1) - laneX(f.l0) + W + 2 * pad;
-      f.y = ytop[f.r0] - HEAD * (1 + innerTop) + 2; f.h = ytop[f.r1] + H + FOOT * (1 + innerBot) - 2 - f.y;
+      const inside = new Set(f.units);
+      f.innerTop = frames.filter((g) => g.level > f.level && g.r0 === f.r0 && g.units.some((u) => inside.has(u))).length;
+      f.innerBot = frames.filter((g) => g.level > f.level && g.r1 === f.r1 && g.units.some((u) => inside.has(u))).length;
     }
     const laneRows = new Map();
     units.forEach((U) => { const k = lane[U.i]; if (!laneRows.has(k)) laneRows.set(k, []); laneRows.get(k).push(row[U.i]); });
     const blocked = (ln, a, b) => (laneRows.get(ln) || []).some((r) => r > a && r < b);
     const byKey = new Map(units.map((U) => [U.key, U]));
-    return { units, byKey, edges, row, lane, pos, frames, blocked, width: laneX(maxLane) + LW / 2 + 20, height: y + 10 };
+    return { units, byKey, edges, row, lane, frames, blocked, nrows, extraTop, extraBot, minLane, maxLane, ghosts: [] };
+  }
+
+  // Where the rows go: `ytop[r]` is row r's top; lanes from minLane to maxLane.
+  function placeRows(lay, ytop, height, minLane, maxLane) {
+    const laneX = (ln) => LEFT + (ln - minLane) * LW + LW / 2;
+    lay.laneX = laneX;
+    lay.pos = lay.units.map((U) => ({ cx: laneX(lay.lane[U.i]), y: ytop[lay.row[U.i]] }));
+    for (const f of lay.frames) {
+      const pad = [20, 11, 4][f.level];
+      f.x = laneX(f.l0) - W / 2 - pad; f.w = laneX(f.l1) - laneX(f.l0) + W + 2 * pad;
+      f.y = ytop[f.r0] - HEAD * (1 + f.innerTop) + 2; f.h = ytop[f.r1] + H + FOOT * (1 + f.innerBot) - 2 - f.y;
+    }
+    lay.width = laneX(maxLane) + LW / 2 + 20;
+    lay.height = height;
+  }
+  // Row tops from the room each row needs above and below it (frame titles and feet).
+  function rowTops(extraTop, extraBot) {
+    const ytop = new Array(extraTop.length);
+    let y = TOP;
+    for (let r = 0; r < extraTop.length; r++) { y += extraTop[r]; ytop[r] = y; y += H + G + extraBot[r]; }
+    return [ytop, y + 10];
+  }
+  function placeAlone(lay) {
+    const [ytop, height] = rowTops(lay.extraTop, lay.extraBot);
+    placeRows(lay, ytop, height, lay.minLane, lay.maxLane);
+  }
+  // B's box for A's, as `se-compile diff` pairs them: the same group, or the layer its
+  // layer-depth row names in B.
+  function counterpart(PA, PB, U) {
+    if (U.group) return PB.lay.byKey.get(U.key) || null;
+    const r = DMAPS.layer[0].get(U.layer.name);
+    if (!r || r.status === 'removed') return null;
+    const l = PB.byName.get(r.name_b || r.name);
+    return (l && PB.lay.byKey.get('l:' + l.id)) || null;
+  }
+  // Two specs, box for box: the rows of A and B are merged so that the longest run of paired
+  // boxes whose rows both go down share a row; the rows between two such (A's, then B's) each
+  // have one graph's boxes only, and the other graph gets a placeholder (a ghost) for each box
+  // that has no counterpart at all. Lanes are the union of both, so the columns line up too.
+  function alignRows(PA, PB) {
+    const A = PA.lay, B = PB.lay;
+    const pairs = [], pairedA = new Set(), pairedB = new Set();
+    for (const U of A.units) {
+      const V = counterpart(PA, PB, U);
+      if (!V) continue;
+      pairs.push([A.row[U.i], B.row[V.i]]);
+      pairedA.add(U.i); pairedB.add(V.i);
+    }
+    // The longest chain increasing in both rows (at most one pair per row of either).
+    pairs.sort((p, q) => p[0] - q[0] || q[1] - p[1]);
+    const tails = [], prev = new Array(pairs.length);
+    pairs.forEach((p, k) => {
+      let lo = 0, hi = tails.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (pairs[tails[mid]][1] < p[1]) lo = mid + 1; else hi = mid; }
+      prev[k] = lo ? tails[lo - 1] : -1;
+      tails[lo] = k;
+    });
+    const anchors = [];
+    for (let k = tails.length ? tails[tails.length - 1] : -1; k >= 0; k = prev[k]) anchors.unshift(pairs[k]);
+    anchors.push([A.nrows, B.nrows]);
+    const mapA = new Array(A.nrows), mapB = new Array(B.nrows);
+    let m = 0, i = 0, j = 0;
+    for (const [ra, rb] of anchors) {
+      while (i < ra) mapA[i++] = m++;
+      while (j < rb) mapB[j++] = m++;
+      if (ra < A.nrows) { mapA[i++] = m; mapB[j++] = m; m++; }
+    }
+    const top = new Array(m).fill(0), bot = new Array(m).fill(0);
+    for (const [lay, map] of [[A, mapA], [B, mapB]]) {
+      map.forEach((mr, r) => { top[mr] = Math.max(top[mr], lay.extraTop[r]); bot[mr] = Math.max(bot[mr], lay.extraBot[r]); });
+    }
+    const [Y, height] = rowTops(top, bot);
+    const minLane = Math.min(A.minLane, B.minLane), maxLane = Math.max(A.maxLane, B.maxLane);
+    placeRows(A, mapA.map((mr) => Y[mr]), height, minLane, maxLane);
+    placeRows(B, mapB.map((mr) => Y[mr]), height, minLane, maxLane);
+    // Ghosts where a box has no counterpart, unless the other graph has a box on that spot.
+    const taken = (lay, map) => new Set(lay.units.map((U) => map[lay.row[U.i]] + ':' + lay.lane[U.i]));
+    const takenA = taken(A, mapA), takenB = taken(B, mapB);
+    const ghosts = (from, map, paired, into, takenInto, status) => from.units
+      .filter((U) => !paired.has(U.i) && !takenInto.has(map[from.row[U.i]] + ':' + from.lane[U.i]))
+      .map((U) => ({ name: U.group ? U.group.path : U.layer.name, status, x: into.laneX(from.lane[U.i]) - W / 2, y: Y[map[from.row[U.i]]] }));
+    A.ghosts = ghosts(B, mapB, pairedB, A, takenA, 'added');
+    B.ghosts = ghosts(A, mapA, pairedA, B, takenB, 'removed');
   }
 
   // ---- drawing ----
@@ -359,8 +435,9 @@
   // the boxes that changed rather than the whole page.
   const SVGNS = 'http://www.w3.org/2000/svg';
   function skeleton(P) {
-    P.el.innerHTML = '<div class="frames"></div><svg><defs><marker id="arr-' + P.side + '" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#7b8594"/></marker></defs><g class="edges"></g><g class="labels"></g></svg><div class="boxes"></div>';
+    P.el.innerHTML = '<div class="frames"></div><div class="ghosts"></div><svg><defs><marker id="arr-' + P.side + '" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#7b8594"/></marker></defs><g class="edges"></g><g class="labels"></g></svg><div class="boxes"></div>';
     P.framesEl = P.el.querySelector('.frames');
+    P.ghostsEl = P.el.querySelector('.ghosts');
     P.svg = P.el.querySelector('svg');
     P.edgesEl = P.svg.querySelector('.edges');
     P.labelsEl = P.svg.querySelector('.labels');
@@ -374,14 +451,13 @@
     if (n.y !== y) { n.el.style.top = y + 'px'; n.y = y; }
   }
   function renderGraph(P, depth) {
-    const t0 = performance.now();
-    const lay = layout(P);
-    window.SE_VIEW_TIMINGS.layout_ms = performance.now() - t0;
-    P.lay = lay;
+    const lay = P.lay;
     if (!P.boxes) skeleton(P);
     const max = { params: 0, macs: 0, memory: 0 };
     for (const U of lay.units) { const m = measures(U); for (const k in max) max[k] = Math.max(max[k], m[k]); }
     P.framesEl.innerHTML = lay.frames.slice().sort((a, b) => a.level - b.level).map((f) => frameHtml(P, f)).join('');
+    P.ghostsEl.innerHTML = lay.ghosts.map((g) => '<div class="ghost" data-ghost="' + esc(g.name) + '" data-diff="' + g.status + '" style="left:' + g.x + 'px;top:' + g.y + 'px;width:' + W + 'px;height:' + H + 'px">' +
+      (g.status === 'added' ? '+ ' : '− ') + esc(g.name) + '<br><span>only in ' + (g.status === 'added' ? 'B' : 'A') + '</span></div>').join('');
     // Boxes.
     for (const el of P.boxesEl.querySelectorAll('.box.sel')) el.classList.remove('sel');
     const tb = performance.now();
@@ -582,6 +658,10 @@
     const t = performance.now();
     if (!MODELS.length) { window.SE_VIEW_TIMINGS.renders += 1; return; } // served, no good spec yet
     const depth = currentDepth();
+    for (const P of MODELS) P.lay = layout(P);
+    if (MODELS.length === 2 && DMAPS) alignRows(MODELS[0], MODELS[1]);
+    else for (const P of MODELS) placeAlone(P.lay);
+    window.SE_VIEW_TIMINGS.layout_ms = performance.now() - t;
     for (const P of MODELS) renderGraph(P, depth);
     const t1 = performance.now();
     renderPanel(depth);
