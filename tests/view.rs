@@ -715,7 +715,32 @@ fn serve_redraws_an_edited_spec_and_shows_diagnostics() {
             && err.lines().count() == 1,
         "{err}"
     );
+    // Away from the page first: its polls of a stopped server would be console errors.
+    s.tab.navigate_to("about:blank").expect("navigates");
+    s.tab.wait_until_navigated().expect("leaves");
     drop(srv);
+
+    // Started on a broken spec: the page has the diagnostics and no graph until the fix.
+    std::fs::write(&spec, &broken).unwrap();
+    let srv = serve("serve-broken", root(), &[&path]);
+    s.tab.navigate_to(&srv.url).expect("navigates");
+    s.tab.wait_until_navigated().expect("loads");
+    assert!(
+        within(&s, &shown, Duration::from_secs(5)).is_some(),
+        "{}",
+        srv.log()
+    );
+    assert_eq!(s.count(".box"), 0);
+    std::fs::write(&spec, &good).unwrap();
+    let drawn = format!(
+        "document.getElementById('diagnostics').hidden && Number(document.querySelector('.box[data-group=\"stage2\"]')?.dataset.params) === {before}"
+    );
+    assert!(
+        within(&s, &drawn, Duration::from_secs(2)).is_some(),
+        "{}",
+        srv.log()
+    );
+    s.assert_no_errors();
 }
 
 fn screenshot(s: &Session, name: &str) -> PathBuf {
