@@ -743,6 +743,62 @@ fn serve_redraws_an_edited_spec_and_shows_diagnostics() {
     s.assert_no_errors();
 }
 
+#[test]
+fn serve_redraws_the_diff_of_two_edited_specs() {
+    let dir = scratch().join("serve-diff");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(root().join("models/se_resnet_mini.yaml")).unwrap();
+    let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
+    std::fs::write(&a, &good).unwrap();
+    std::fs::write(&b, &good).unwrap();
+    let (pa, pb) = (a.to_string_lossy(), b.to_string_lossy());
+    let srv = serve("serve-diff", root(), &[&pa, &pb]);
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let s = session(1400, 900);
+    s.tab.navigate_to(&srv.url).expect("navigates");
+    s.tab.wait_until_navigated().expect("loads");
+    let rows = "JSON.stringify([...document.querySelectorAll('#diff-table tr[data-diff-row]')].map(r => [r.dataset.diffRow, r.dataset.status]))";
+    let want = |rows: &Value| {
+        serde_json::to_string(
+            &diff_rows(rows)
+                .into_iter()
+                .map(|(n, st)| vec![n, st])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let same = want(&json_of(&[
+        "diff", &pa, &pb, "--depth", "stage", "--format", "json",
+    ]));
+    let is = |w: &str| format!("({rows}) === {}", Value::String(w.to_string()));
+    assert!(
+        within(&s, &is(&same), Duration::from_secs(10)).is_some(),
+        "{}",
+        srv.log()
+    );
+    // B's stage 3 gets 96 filters: the diff table and the boxes follow within 2 s.
+    std::fs::write(
+        &b,
+        good.replace("filters: 128, stride: 2", "filters: 96, stride: 2"),
+    )
+    .unwrap();
+    let changed = want(&json_of(&[
+        "diff", &pa, &pb, "--depth", "stage", "--format", "json",
+    ]));
+    assert_ne!(changed, same);
+    assert!(
+        within(&s, &is(&changed), Duration::from_secs(2)).is_some(),
+        "the diff table is {}, diff says {changed}; server: {}",
+        s.eval(rows),
+        srv.log()
+    );
+    assert_eq!(
+        s.eval("document.querySelector('[data-side=B] .box[data-group=\"stage3\"]').dataset.diff"),
+        "changed"
+    );
+    s.assert_no_errors();
+}
+
 fn screenshot(s: &Session, name: &str) -> PathBuf {
     let png = s
         .tab
