@@ -86,26 +86,36 @@ impl Ctx {
         path: &str,
         hw: Option<(usize, usize)>,
     ) -> Result<(SourceFile, se_compile::spec::ast::Spec, ValidGraph), u8> {
-        let src = load(path).map_err(|e| {
-            eprintln!("error: {e}");
-            if e.is_usage() {
-                EXIT_USAGE
-            } else {
-                EXIT_INVALID
-            }
-        })?;
-        match se_compile::compile_full(&src, hw) {
-            Ok((spec, vg)) => Ok((src, spec, vg)),
-            Err(d) => {
-                eprint!("{}", render(&d, &src, self.style));
-                Err(EXIT_INVALID)
-            }
-        }
+        compile_spec(path, hw, self.style).map_err(|(code, text)| {
+            eprint!("{text}");
+            code
+        })
     }
 
     /// Loads and compiles one spec, printing any error; `Err` carries the exit code.
     pub fn build(&self, path: &str) -> Result<(SourceFile, ValidGraph), u8> {
         self.build_full(path, None).map(|(src, _, vg)| (src, vg))
+    }
+}
+
+/// Loads and compiles one spec; `Err` has the exit code and the text `check` prints for it on
+/// standard error (`style` as `--color`), which `view --serve` shows in its page.
+pub fn compile_spec(
+    path: &str,
+    hw: Option<(usize, usize)>,
+    style: Style,
+) -> Result<(SourceFile, se_compile::spec::ast::Spec, ValidGraph), (u8, String)> {
+    let src = load(path).map_err(|e| {
+        let code = if e.is_usage() {
+            EXIT_USAGE
+        } else {
+            EXIT_INVALID
+        };
+        (code, format!("error: {e}\n"))
+    })?;
+    match se_compile::compile_full(&src, hw) {
+        Ok((spec, vg)) => Ok((src, spec, vg)),
+        Err(d) => Err((EXIT_INVALID, render(&d, &src, style))),
     }
 }
 

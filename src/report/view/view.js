@@ -2,13 +2,15 @@
 // the URL fragment. Hand-written, no library. Data: the JSON in #se-view-data (src/report/view.rs).
 'use strict';
 (function () {
-  const DATA = JSON.parse(document.getElementById('se-view-data').textContent);
+  // The data, and what is derived from it: replaced as a whole when `--serve` sends new data.
+  let DATA, EXC, MODELS, ALL_GROUPS, PARENT, DIFF, DMAPS;
   const W = 266, H = 76, LW = 316, G = 44, HEAD = 22, FOOT = 10, LEFT = 60, TOP = 16;
   const T0 = performance.now();
 
   // ---- formatting ----
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
-  const int = (n) => Number(n).toLocaleString('en-US');
+  const NF = new Intl.NumberFormat('en-US'); // once: toLocaleString builds one per call, slowly
+  const int = (n) => NF.format(Number(n));
   function human(n) {
     if (n >= 1e9) return (n / 1e9).toFixed(2) + ' G';
     if (n >= 1e6) return (n / 1e6).toFixed(2) + ' M';
@@ -30,19 +32,24 @@
   function pctText(p) { return p === null || p === undefined ? '' : p === 0 ? '0%' : (p > 0 ? '+' : '') + p.toFixed(Math.abs(p) < 1 ? 2 : 1) + '%'; }
 
   // ---- the models ----
-  const EXC = new Map();
-  if (DATA.run) for (const e of DATA.run.excitations || []) EXC.set(e.name, e.overall);
-  const MODELS = DATA.models.map((m, side) => {
-    const groups = new Map();
-    for (const g of m.groups) { g.repeat = g.kind === 'stage' ? g.children.length : 1; groups.set(g.path, g); }
-    const byName = new Map();
-    m.layers.forEach((l, i) => { l.id = i; byName.set(l.name, l); });
-    return { m, side, groups, byName, el: null, lay: null };
-  });
-  const ALL_GROUPS = [];
-  for (const P of MODELS) for (const g of P.m.groups) if (!ALL_GROUPS.includes(g.path)) ALL_GROUPS.push(g.path);
-  const PARENT = new Map();
-  for (const P of MODELS) for (const g of P.m.groups) if (g.parent) PARENT.set(g.path, g.parent);
+  function prepare(data) {
+    DATA = data;
+    EXC = new Map();
+    if (DATA.run) for (const e of DATA.run.excitations || []) EXC.set(e.name, e.overall);
+    MODELS = DATA.models.map((m, side) => {
+      const groups = new Map();
+      for (const g of m.groups) { g.repeat = g.kind === 'stage' ? g.children.length : 1; groups.set(g.path, g); }
+      const byName = new Map();
+      m.layers.forEach((l, i) => { l.id = i; byName.set(l.name, l); });
+      return { m, side, groups, byName, el: null, lay: null };
+    });
+    ALL_GROUPS = [];
+    for (const P of MODELS) for (const g of P.m.groups) if (!ALL_GROUPS.includes(g.path)) ALL_GROUPS.push(g.path);
+    PARENT = new Map();
+    for (const P of MODELS) for (const g of P.m.groups) if (g.parent) PARENT.set(g.path, g.parent);
+    DIFF = DATA.diff;
+    DMAPS = DIFF ? { stage: diffMaps('stage'), block: diffMaps('block'), layer: diffMaps('layer') } : null;
+  }
 
   // ---- state (mirrored in the URL fragment) ----
   const state = { all: false, expand: new Set(), layer: null, color: 'kind' };
@@ -80,7 +87,6 @@
   }
 
   // ---- the diff ----
-  const DIFF = DATA.diff;
   function diffMaps(depth) {
     const t = DIFF && DIFF[depth];
     const a = new Map(), b = new Map();
@@ -90,7 +96,6 @@
     }
     return [a, b];
   }
-  const DMAPS = DIFF ? { stage: diffMaps('stage'), block: diffMaps('block'), layer: diffMaps('layer') } : null;
   function currentDepth() {
     let d = 'stage';
     for (const p of ALL_GROUPS) {
@@ -211,22 +216,99 @@
       f.l0 = Math.min(...f.units.map((u) => lane[u])); f.l1 = Math.max(...f.units.map((u) => lane[u]));
       extraTop[f.r0] += HEAD; extraBot[f.r1] += FOOT;
     }
-    const ytop = new Array(nrows);
-    let y = TOP;
-    for (let r = 0; r < nrows; r++) { y += extraTop[r]; ytop[r] = y; y += H + G + extraBot[r]; }
-    const laneX = (ln) => LEFT + (ln - minLane) * LW + LW / 2;
-    const pos = units.map((U) => ({ cx: laneX(lane[U.i]), y: ytop[row[U.i]] }));
     for (const f of frames) {
-      const innerTop = frames.filter((g) => g.level > f.level && g.r0 === f.r0 && g.units.some((u) => f.units.includes(u))).length;
-      const innerBot = frames.filter((g) => g.level > f.level && g.r1 === f.r1 && g.units.some((u) => f.units.includes(u))).length;
-      const pad = [20, 11, 4][f.level];
-      f.x = laneX(f.l0) - W / 2 - pad; f.w = laneX(f.l1) - laneX(f.l0) + W + 2 * pad;
-      f.y = ytop[f.r0] - HEAD * (1 + innerTop) + 2; f.h = ytop[f.r1] + H + FOOT * (1 + innerBot) - 2 - f.y;
+      const inside = new Set(f.units);
+      f.innerTop = frames.filter((g) => g.level > f.level && g.r0 === f.r0 && g.units.some((u) => inside.has(u))).length;
+      f.innerBot = frames.filter((g) => g.level > f.level && g.r1 === f.r1 && g.units.some((u) => inside.has(u))).length;
     }
     const laneRows = new Map();
     units.forEach((U) => { const k = lane[U.i]; if (!laneRows.has(k)) laneRows.set(k, []); laneRows.get(k).push(row[U.i]); });
     const blocked = (ln, a, b) => (laneRows.get(ln) || []).some((r) => r > a && r < b);
-    return { units, edges, row, lane, pos, frames, blocked, width: laneX(maxLane) + LW / 2 + 20, height: y + 10 };
+    const byKey = new Map(units.map((U) => [U.key, U]));
+    return { units, byKey, edges, row, lane, frames, blocked, nrows, extraTop, extraBot, minLane, maxLane, ghosts: [] };
+  }
+
+  // Where the rows go: `ytop[r]` is row r's top; lanes from minLane to maxLane.
+  function placeRows(lay, ytop, height, minLane, maxLane) {
+    const laneX = (ln) => LEFT + (ln - minLane) * LW + LW / 2;
+    lay.laneX = laneX;
+    lay.pos = lay.units.map((U) => ({ cx: laneX(lay.lane[U.i]), y: ytop[lay.row[U.i]] }));
+    for (const f of lay.frames) {
+      const pad = [20, 11, 4][f.level];
+      f.x = laneX(f.l0) - W / 2 - pad; f.w = laneX(f.l1) - laneX(f.l0) + W + 2 * pad;
+      f.y = ytop[f.r0] - HEAD * (1 + f.innerTop) + 2; f.h = ytop[f.r1] + H + FOOT * (1 + f.innerBot) - 2 - f.y;
+    }
+    lay.width = laneX(maxLane) + LW / 2 + 20;
+    lay.height = height;
+  }
+  // Row tops from the room each row needs above and below it (frame titles and feet).
+  function rowTops(extraTop, extraBot) {
+    const ytop = new Array(extraTop.length);
+    let y = TOP;
+    for (let r = 0; r < extraTop.length; r++) { y += extraTop[r]; ytop[r] = y; y += H + G + extraBot[r]; }
+    return [ytop, y + 10];
+  }
+  function placeAlone(lay) {
+    const [ytop, height] = rowTops(lay.extraTop, lay.extraBot);
+    placeRows(lay, ytop, height, lay.minLane, lay.maxLane);
+  }
+  // B's box for A's, as `se-compile diff` pairs them: the same group, or the layer its
+  // layer-depth row names in B.
+  function counterpart(PA, PB, U) {
+    if (U.group) return PB.lay.byKey.get(U.key) || null;
+    const r = DMAPS.layer[0].get(U.layer.name);
+    if (!r || r.status === 'removed') return null;
+    const l = PB.byName.get(r.name_b || r.name);
+    return (l && PB.lay.byKey.get('l:' + l.id)) || null;
+  }
+  // Two specs, box for box: the rows of A and B are merged so that the longest run of paired
+  // boxes whose rows both go down share a row; the rows between two such (A's, then B's) each
+  // have one graph's boxes only, and the other graph gets a placeholder (a ghost) for each box
+  // that has no counterpart at all. Lanes are the union of both, so the columns line up too.
+  function alignRows(PA, PB) {
+    const A = PA.lay, B = PB.lay;
+    const pairs = [], pairedA = new Set(), pairedB = new Set();
+    for (const U of A.units) {
+      const V = counterpart(PA, PB, U);
+      if (!V) continue;
+      pairs.push([A.row[U.i], B.row[V.i]]);
+      pairedA.add(U.i); pairedB.add(V.i);
+    }
+    // The longest chain increasing in both rows (at most one pair per row of either).
+    pairs.sort((p, q) => p[0] - q[0] || q[1] - p[1]);
+    const tails = [], prev = new Array(pairs.length);
+    pairs.forEach((p, k) => {
+      let lo = 0, hi = tails.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (pairs[tails[mid]][1] < p[1]) lo = mid + 1; else hi = mid; }
+      prev[k] = lo ? tails[lo - 1] : -1;
+      tails[lo] = k;
+    });
+    const anchors = [];
+    for (let k = tails.length ? tails[tails.length - 1] : -1; k >= 0; k = prev[k]) anchors.unshift(pairs[k]);
+    anchors.push([A.nrows, B.nrows]);
+    const mapA = new Array(A.nrows), mapB = new Array(B.nrows);
+    let m = 0, i = 0, j = 0;
+    for (const [ra, rb] of anchors) {
+      while (i < ra) mapA[i++] = m++;
+      while (j < rb) mapB[j++] = m++;
+      if (ra < A.nrows) { mapA[i++] = m; mapB[j++] = m; m++; }
+    }
+    const top = new Array(m).fill(0), bot = new Array(m).fill(0);
+    for (const [lay, map] of [[A, mapA], [B, mapB]]) {
+      map.forEach((mr, r) => { top[mr] = Math.max(top[mr], lay.extraTop[r]); bot[mr] = Math.max(bot[mr], lay.extraBot[r]); });
+    }
+    const [Y, height] = rowTops(top, bot);
+    const minLane = Math.min(A.minLane, B.minLane), maxLane = Math.max(A.maxLane, B.maxLane);
+    placeRows(A, mapA.map((mr) => Y[mr]), height, minLane, maxLane);
+    placeRows(B, mapB.map((mr) => Y[mr]), height, minLane, maxLane);
+    // Ghosts where a box has no counterpart, unless the other graph has a box on that spot.
+    const taken = (lay, map) => new Set(lay.units.map((U) => map[lay.row[U.i]] + ':' + lay.lane[U.i]));
+    const takenA = taken(A, mapA), takenB = taken(B, mapB);
+    const ghosts = (from, map, paired, into, takenInto, status) => from.units
+      .filter((U) => !paired.has(U.i) && !takenInto.has(map[from.row[U.i]] + ':' + from.lane[U.i]))
+      .map((U) => ({ name: U.group ? U.group.path : U.layer.name, status, x: into.laneX(from.lane[U.i]) - W / 2, y: Y[map[from.row[U.i]]] }));
+    A.ghosts = ghosts(B, mapB, pairedB, A, takenA, 'added');
+    B.ghosts = ghosts(A, mapA, pairedA, B, takenB, 'removed');
   }
 
   // ---- drawing ----
@@ -248,9 +330,20 @@
     const l = 100 - 42 * Math.sqrt(Math.max(0, Math.min(1, t)));
     return 'hsl(28, 92%, ' + l.toFixed(1) + '%)';
   }
-  function bar(cls, label, v, max, text, title) {
-    const w = max > 0 ? Math.max(v > 0 ? 1 : 0, Math.round(100 * v / max)) : 0;
-    return '<span class="bar ' + cls + '" title="' + esc(title) + '"><i>' + label + '</i><b><u style="width:' + w + '%"></u></b>' + esc(text) + '</span>';
+  // A bar's length is set apart (`looks`): it is relative to the largest box shown.
+  function bar(cls, label, text, title) {
+    return '<span class="bar ' + cls + '" title="' + esc(title) + '"><i>' + label + '</i><b><u></u></b>' + esc(text) + '</span>';
+  }
+  function looks(U, max) {
+    const ms = measures(U);
+    const w = (k) => (max[k] > 0 ? Math.max(ms[k] > 0 ? 1 : 0, Math.round(100 * ms[k] / max[k])) + '%' : '0%');
+    return { bars: [w('params'), w('macs'), w('memory')], bg: state.color !== 'kind' ? heat(max[state.color] ? ms[state.color] / max[state.color] : 0) : '' };
+  }
+  function restyle(n, look) {
+    if (!n.bars) n.bars = [...n.el.querySelectorAll('.bar u')];
+    look.bars.forEach((w, k) => { if (n.look.bars[k] !== w) n.bars[k].style.width = w; });
+    if (n.look.bg !== look.bg) n.el.style.background = look.bg;
+    n.look = look;
   }
   function spark(vals) {
     if (!vals || !vals.length) return '';
@@ -261,8 +354,9 @@
   function seOfGroup(P, g) {
     return P.m.se.filter((s) => P.m.layers[s.multiply].block === g.path || P.m.layers[s.multiply].stage === g.path);
   }
-  function boxHtml(P, lay, U, max, depth) {
-    const p = lay.pos[U.i], ms = measures(U);
+  // A box without its position: what it shows, compared with the cached one to keep its node.
+  function boxHtml(P, U, depth) {
+    const ms = measures(U);
     const g = U.group, l = U.layer;
     let cls = 'box', attrs, head, src;
     const dr = diffRowOf(P, U, depth);
@@ -282,8 +376,7 @@
       const exc = l.se_role === 'scale' && EXC.size ? spark(EXC.get(l.name)) : '';
       src = [(l.config ? l.config + ' → ' : '→ ') + shapeText(l.shape), base(P.m.file) + ':' + l.line, exc];
     }
-    let style = 'left:' + (p.cx - W / 2) + 'px;top:' + p.y + 'px;width:' + W + 'px;height:' + H + 'px';
-    if (state.color !== 'kind') style += ';background:' + heat(max[state.color] ? ms[state.color] / max[state.color] : 0);
+    const style = 'width:' + W + 'px;height:' + H + 'px';
     let foot = '';
     if (dr) {
       attrs += ' data-diff="' + dr.status + '"';
@@ -293,10 +386,10 @@
         foot = '<span class="d ' + (d > 0 ? 'up' : 'down') + '" title="params B − A">Δ ' + signed(d, human) + (dr.pct.params !== null ? ' (' + pctText(dr.pct.params) + ')' : '') + '</span>';
       }
     }
-    return '<div class="' + cls + '" ' + attrs + ' data-unit="' + U.i + '" style="' + style + '">' +
+    return '<div class="' + cls + '" ' + attrs + ' data-key="' + esc(U.key) + '" style="' + style + '">' +
       '<div class="t">' + head + '</div>' +
       '<div class="a" title="' + esc(src[0]) + '">' + esc(src[0]) + '</div>' +
-      '<div class="bars">' + bar('p', 'P', ms.params, max.params, compact(human(ms.params)), 'params ' + int(ms.params)) + bar('m', 'M', ms.macs, max.macs, compact(human(ms.macs)), 'MACs ' + int(ms.macs)) + bar('mem', 'A', ms.memory, max.memory, compact(bytes(ms.memory)), 'activation memory ' + bytes(ms.memory) + ' per image') + '</div>' +
+      '<div class="bars">' + bar('p', 'P', compact(human(ms.params)), 'params ' + int(ms.params)) + bar('m', 'M', compact(human(ms.macs)), 'MACs ' + int(ms.macs)) + bar('mem', 'A', compact(bytes(ms.memory)), 'activation memory ' + bytes(ms.memory) + ' per image') + '</div>' +
       '<div class="f">' + foot + src[2] + '<span class="src">' + esc(src[1]) + '</span></div></div>';
   }
   function frameHtml(P, f) {
@@ -311,7 +404,7 @@
     const label = g.path + ' · ' + g.template + (g.kind === 'stage' ? ' ×' + g.repeat : '') + ' · ' + human(g.params) + ' params · ' + human(g.macs) + ' MACs  ▴ collapse';
     return '<div class="frame f-' + g.kind + '" data-group="' + esc(g.path) + '" data-open="1" data-params="' + g.params + '" style="left:' + f.x + 'px;top:' + f.y + 'px;width:' + f.w + 'px;height:' + f.h + 'px"><div class="fh" data-toggle="' + esc(g.path) + '">' + esc(label) + '</div></div>';
   }
-  function edgeSvg(lay, e) {
+  function edgeGeom(lay, e) {
     const a = lay.pos[e.u], b = lay.pos[e.v];
     const x1 = a.cx, y1 = a.y + H, x2 = b.cx, y2 = b.y;
     const la = lay.lane[e.u], lb = lay.lane[e.v];
@@ -334,25 +427,99 @@
       d = 'M' + x1 + ',' + y1 + ' C' + x1 + ',' + (y1 + yc) / 2 + ' ' + x2 + ',' + (y1 + yc) / 2 + ' ' + x2 + ',' + yc + ' L' + x2 + ',' + y2;
       if (yc < y2) { lx = x2 + 5; ly = yc + 14; } else { lx = (x1 + x2) / 2 + 5; ly = (y1 + y2) / 2; }
     }
-    return '<path class="edge' + (e.se ? ' se' : '') + '" d="' + d + '" marker-end="url(#arr)"/>' +
-      '<text class="el" x="' + lx + '" y="' + ly + '">' + esc(e.shapes.join(' | ')) + '</text>';
+    return { d, lx, ly, text: e.shapes.join(' | '), se: e.se };
+  }
+  // Incremental: boxes and edges are kept by their unit's key (`l:ID`, `g:PATH`) from one
+  // render to the next; a box whose content is unchanged is only moved, an edge only gets its
+  // new path. Only what appeared is parsed and only what went is removed, so the browser lays out
+  // the boxes that changed rather than the whole page.
+  const SVGNS = 'http://www.w3.org/2000/svg';
+  function skeleton(P) {
+    P.el.innerHTML = '<div class="frames"></div><div class="ghosts"></div><svg><defs><marker id="arr-' + P.side + '" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#7b8594"/></marker></defs><g class="edges"></g><g class="labels"></g></svg><div class="boxes"></div>';
+    P.framesEl = P.el.querySelector('.frames');
+    P.ghostsEl = P.el.querySelector('.ghosts');
+    P.svg = P.el.querySelector('svg');
+    P.edgesEl = P.svg.querySelector('.edges');
+    P.labelsEl = P.svg.querySelector('.labels');
+    P.boxesEl = P.el.querySelector('.boxes');
+    P.boxes = new Map();
+    P.html = new Map();
+    P.edgeEls = new Map();
+  }
+  function place(n, x, y) {
+    if (n.x !== x) { n.el.style.left = x + 'px'; n.x = x; }
+    if (n.y !== y) { n.el.style.top = y + 'px'; n.y = y; }
   }
   function renderGraph(P, depth) {
-    const lay = layout(P);
-    P.lay = lay;
+    const lay = P.lay;
+    if (!P.boxes) skeleton(P);
     const max = { params: 0, macs: 0, memory: 0 };
     for (const U of lay.units) { const m = measures(U); for (const k in max) max[k] = Math.max(max[k], m[k]); }
-    const parts = [];
-    const frames = lay.frames.slice().sort((a, b) => a.level - b.level);
-    for (const f of frames) parts.push(frameHtml(P, f));
-    const svg = ['<svg width="' + lay.width + '" height="' + lay.height + '"><defs><marker id="arr" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#7b8594"/></marker></defs>'];
-    for (const e of lay.edges) svg.push(edgeSvg(lay, e));
-    svg.push('</svg>');
-    parts.push(svg.join(''));
-    for (const U of lay.units) parts.push(boxHtml(P, lay, U, max, depth));
+    P.framesEl.innerHTML = lay.frames.slice().sort((a, b) => a.level - b.level).map((f) => frameHtml(P, f)).join('');
+    P.ghostsEl.innerHTML = lay.ghosts.map((g) => '<div class="ghost" data-ghost="' + esc(g.name) + '" data-diff="' + g.status + '" style="left:' + g.x + 'px;top:' + g.y + 'px;width:' + W + 'px;height:' + H + 'px">' +
+      (g.status === 'added' ? '+ ' : '− ') + esc(g.name) + '<br><span>only in ' + (g.status === 'added' ? 'B' : 'A') + '</span></div>').join('');
+    // Boxes.
+    for (const el of P.boxesEl.querySelectorAll('.box.sel')) el.classList.remove('sel');
+    const tb = performance.now();
+    const seen = new Set(), fresh = [];
+    for (const U of lay.units) {
+      // What a box shows depends on the diff depth only (the data being fixed).
+      let memo = P.html.get(U.key);
+      if (!memo || memo.depth !== depth) { memo = { depth, html: boxHtml(P, U, depth) }; P.html.set(U.key, memo); }
+      const html = memo.html, look = looks(U, max);
+      const p = lay.pos[U.i];
+      let n = P.boxes.get(U.key);
+      seen.add(U.key);
+      if (n && n.html !== html) { n.el.remove(); n = null; }
+      if (n) { place(n, p.cx - W / 2, p.y); restyle(n, look); }
+      else { n = { html, el: null, x: p.cx - W / 2, y: p.y, look }; P.boxes.set(U.key, n); fresh.push(n); }
+    }
+    for (const [k, n] of P.boxes) if (!seen.has(k)) { n.el.remove(); P.boxes.delete(k); }
+    if (fresh.length) {
+      const tpl = document.createElement('template');
+      tpl.innerHTML = fresh.map((n) => n.html).join('');
+      const els = tpl.content.children;
+      fresh.forEach((n, i) => { n.el = els[i]; });
+      for (const n of fresh) {
+        n.el.style.left = n.x + 'px'; n.el.style.top = n.y + 'px';
+        const look = n.look;
+        n.look = { bars: [], bg: '' };
+        restyle(n, look);
+      }
+      P.boxesEl.appendChild(tpl.content);
+    }
+    const te = performance.now();
+    window.SE_VIEW_TIMINGS.boxes_ms = te - tb;
+    // Edges, by the keys of the units they join.
+    const eseen = new Set();
+    for (const e of lay.edges) {
+      const k = lay.units[e.u].key + '>' + lay.units[e.v].key;
+      const g = edgeGeom(lay, e);
+      eseen.add(k);
+      let n = P.edgeEls.get(k);
+      if (!n) {
+        n = { path: document.createElementNS(SVGNS, 'path'), label: document.createElementNS(SVGNS, 'text') };
+        n.path.setAttribute('marker-end', 'url(#arr-' + P.side + ')');
+        n.label.setAttribute('class', 'el');
+        P.edgesEl.appendChild(n.path);
+        P.labelsEl.appendChild(n.label);
+        P.edgeEls.set(k, n);
+      }
+      if (n.d !== g.d) { n.path.setAttribute('d', g.d); n.d = g.d; }
+      if (n.se !== g.se) { n.path.setAttribute('class', g.se ? 'edge se' : 'edge'); n.se = g.se; }
+      if (n.lx !== g.lx || n.ly !== g.ly) { n.label.setAttribute('x', g.lx); n.label.setAttribute('y', g.ly); n.lx = g.lx; n.ly = g.ly; }
+      if (n.text !== g.text) { n.label.textContent = g.text; n.text = g.text; }
+    }
+    for (const [k, n] of P.edgeEls) if (!eseen.has(k)) { n.path.remove(); n.label.remove(); P.edgeEls.delete(k); }
+    window.SE_VIEW_TIMINGS.edges_ms = performance.now() - te;
+    P.svg.setAttribute('width', lay.width);
+    P.svg.setAttribute('height', lay.height);
     P.el.style.width = lay.width + 'px';
     P.el.style.height = lay.height + 'px';
-    P.el.innerHTML = parts.join('');
+  }
+  function boxEl(P, U) {
+    const n = U && P.boxes && P.boxes.get(U.key);
+    return n ? n.el : null;
   }
 
   // ---- side panel ----
@@ -394,19 +561,39 @@
     document.getElementById('details-body').innerHTML = detailsOf(P, U);
     document.getElementById('details-body').className = '';
   }
-  function summaryTable(P) {
+  // The summary of the boxes shown: rows kept by unit key as the graph's boxes are, each laid
+  // out only when scrolled into view (a grid of divs, not a table, which relays out whole).
+  function summaryTable(P, body) {
+    if (!P.rows || !P.rowsEl.isConnected) {
+      body.innerHTML = '<div class="stbl" id="summary-table"><div class="srow sh"><span>Name</span><span>Type</span><span>Output</span><span>Params</span><span>MACs</span><span>Act. mem</span></div><div class="srows"></div><div class="srow total"></div></div>';
+      P.rows = new Map();
+      P.rowsEl = body.querySelector('.srows');
+      const t = P.m.totals;
+      body.querySelector('.srow.total').innerHTML = '<span>Total</span><span></span><span></span><span title="' + int(t.params) + '">' + HN(t.params) + '</span><span>' + HN(t.macs) + '</span><span>' + BN(t.bytes) + '</span>';
+    }
     const lay = P.lay;
     const order = lay.units.slice().sort((a, b) => lay.row[a.i] - lay.row[b.i] || lay.lane[a.i] - lay.lane[b.i]);
-    const out = ['<table class="tbl"><colgroup><col style="width:26%"><col style="width:17%"><col style="width:17%"><col style="width:12%"><col style="width:13%"><col style="width:15%"></colgroup><thead><tr><th>Name</th><th class="l">Type</th><th class="l">Output</th><th>Params</th><th>MACs</th><th>Act. mem</th></tr></thead><tbody>'];
+    const want = new Set(order.map((U) => U.key)), fresh = [];
+    for (const [k, el] of P.rows) if (!want.has(k)) { el.remove(); P.rows.delete(k); }
     for (const U of order) {
+      if (P.rows.has(U.key)) continue;
       const s = U.group || U.layer;
       const name = U.group ? U.group.path : U.layer.name;
       const type = U.group ? U.group.template + (U.group.kind === 'stage' ? ' ×' + U.group.repeat : '') : U.layer.type;
-      out.push('<tr data-row="' + esc(name) + '" data-unit="' + U.i + '"><td>' + esc(name) + '</td><td class="l">' + esc(type) + '</td><td class="l">' + esc(shapeText(s.shape)) + '</td><td title="' + int(s.params) + '">' + HN(s.params) + '</td><td title="' + int(s.macs) + '">' + HN(s.macs) + '</td><td>' + BN(s.bytes) + '</td></tr>');
+      fresh.push([U.key, '<div class="srow" data-row="' + esc(name) + '" data-key="' + esc(U.key) + '"><span>' + esc(name) + '</span><span>' + esc(type) + '</span><span>' + esc(shapeText(s.shape)) + '</span><span title="' + int(s.params) + '">' + HN(s.params) + '</span><span title="' + int(s.macs) + '">' + HN(s.macs) + '</span><span>' + BN(s.bytes) + '</span></div>']);
     }
-    const t = P.m.totals;
-    out.push('<tr class="total"><td>Total</td><td></td><td></td><td title="' + int(t.params) + '">' + compact(human(t.params)) + '</td><td>' + compact(human(t.macs)) + '</td><td>' + compact(bytes(t.bytes)) + '</td></tr></tbody></table>');
-    return out.join('');
+    if (fresh.length) {
+      const tpl = document.createElement('template');
+      tpl.innerHTML = fresh.map((f) => f[1]).join('');
+      [...tpl.content.children].forEach((el, i) => P.rows.set(fresh[i][0], el));
+    }
+    // In order, moving only the rows out of place (an expanded group's rows are one run).
+    let cur = P.rowsEl.firstElementChild;
+    for (const U of order) {
+      const el = P.rows.get(U.key);
+      if (el === cur) cur = cur.nextElementSibling;
+      else P.rowsEl.insertBefore(el, cur);
+    }
   }
   function diffTable(depth) {
     const t = DIFF[depth];
@@ -426,7 +613,7 @@
     const title = document.getElementById('table-title');
     const body = document.getElementById('table-body');
     if (DIFF) { title.textContent = 'Diff per ' + depth; body.innerHTML = diffTable(depth); }
-    else { title.textContent = 'Summary of the boxes shown'; body.innerHTML = summaryTable(MODELS[0]); }
+    else { title.textContent = 'Summary of the boxes shown'; summaryTable(MODELS[0], body); }
   }
   function chart(title, xs, series) {
     const w = 390, h = 170, l = 44, r = 10, t = 18, b = 24;
@@ -469,14 +656,22 @@
   // ---- everything ----
   function render(scroll) {
     const t = performance.now();
+    if (!MODELS.length) { window.SE_VIEW_TIMINGS.renders += 1; return; } // served, no good spec yet
     const depth = currentDepth();
+    for (const P of MODELS) P.lay = layout(P);
+    if (MODELS.length === 2 && DMAPS) alignRows(MODELS[0], MODELS[1]);
+    else for (const P of MODELS) placeAlone(P.lay);
+    window.SE_VIEW_TIMINGS.layout_ms = performance.now() - t;
     for (const P of MODELS) renderGraph(P, depth);
+    const t1 = performance.now();
     renderPanel(depth);
+    const t2 = performance.now();
     document.getElementById('color').value = state.color;
     if (state.layer) selectLayer(state.layer, scroll === true);
     writeHash();
     document.body.getBoundingClientRect(); // lay the page out: the timing includes the browser's layout
-    window.SE_VIEW_TIMINGS.render_ms = performance.now() - t;
+    const T = window.SE_VIEW_TIMINGS, t3 = performance.now();
+    T.render_ms = t3 - t; T.graph_ms = t1 - t; T.panel_ms = t2 - t1; T.browser_layout_ms = t3 - t2;
     window.SE_VIEW_TIMINGS.renders += 1;
   }
   function findUnit(P, name) {
@@ -498,7 +693,7 @@
       }
       for (const el of P.el.querySelectorAll('.box.sel')) el.classList.remove('sel');
       const U = findUnit(P, name);
-      const el = U && P.el.querySelector('[data-unit="' + U.i + '"].box');
+      const el = boxEl(P, U);
       if (el) {
         el.classList.add('sel');
         if (P.side === 0) { showDetails(P, U); if (scroll !== false) el.scrollIntoView({ block: 'center', inline: 'center' }); }
@@ -516,17 +711,18 @@
     render();
   }
 
-  function init() {
-    window.SE_VIEW_TIMINGS = { render_ms: 0, renders: 0, load_ms: 0, ready_ms: 0 };
+  // The bar's title and totals and one column per model: anew for each data.
+  function mount() {
     const title = MODELS.map((P) => P.m.model).join(' vs ');
     document.getElementById('title').textContent = title;
     document.getElementById('generator').textContent = DATA.generator;
     document.getElementById('macs-convention').textContent = DATA.macs_convention;
-    const t = MODELS[0].m.totals;
-    document.getElementById('totals').textContent = MODELS.length > 1
+    const t = MODELS.length ? MODELS[0].m.totals : null;
+    document.getElementById('totals').textContent = !t ? '' : MODELS.length > 1
       ? MODELS.map((P) => (P.side ? 'B ' : 'A ') + int(P.m.totals.params) + ' params, ' + human(P.m.totals.macs) + ' MACs').join(' · ')
       : MODELS[0].m.layers.length + ' layers · ' + int(t.params) + ' params · ' + human(t.macs) + ' MACs · ' + bytes(t.bytes) + ' activations/image';
     const graphs = document.getElementById('graphs');
+    graphs.textContent = '';
     for (const P of MODELS) {
       const col = document.createElement('div');
       col.className = 'graph-col';
@@ -547,7 +743,7 @@
         if (tog) { toggleGroup(tog.dataset.toggle); return; }
         const box = ev.target.closest('.box');
         if (!box) return;
-        const U = P.lay.units[Number(box.dataset.unit)];
+        const U = P.lay.byKey.get(box.dataset.key);
         if (U.group) { toggleGroup(U.group.path); return; }
         state.layer = U.layer.name;
         selectLayer(U.layer.name, false);
@@ -556,16 +752,21 @@
       });
       P.el.addEventListener('mouseover', (ev) => {
         const box = ev.target.closest('.box');
-        if (box) showDetails(P, P.lay.units[Number(box.dataset.unit)]);
+        if (box) showDetails(P, P.lay.byKey.get(box.dataset.key));
       });
     }
+  }
+  function init() {
+    window.SE_VIEW_TIMINGS = { render_ms: 0, renders: 0, load_ms: 0, ready_ms: 0 };
+    prepare(JSON.parse(document.getElementById('se-view-data').textContent));
+    mount();
     document.getElementById('table-body').addEventListener('click', (ev) => {
-      const tr = ev.target.closest('tr[data-unit], tr[data-diff-row]');
+      const tr = ev.target.closest('[data-key], tr[data-diff-row]');
       if (!tr) return;
       const P = MODELS[0];
-      const U = tr.dataset.unit !== undefined ? P.lay.units[Number(tr.dataset.unit)] : P.lay.units.find((u) => (u.group ? u.group.path : u.layer.name) === tr.dataset.diffRow);
+      const U = tr.dataset.key !== undefined ? P.lay.byKey.get(tr.dataset.key) : P.lay.units.find((u) => (u.group ? u.group.path : u.layer.name) === tr.dataset.diffRow);
       if (!U) return;
-      const el = P.el.querySelector('[data-unit="' + U.i + '"].box');
+      const el = boxEl(P, U);
       if (el) { el.scrollIntoView({ block: 'center', inline: 'center' }); showDetails(P, U); }
     });
     document.getElementById('expand-all').addEventListener('click', () => { state.all = true; render(); });
@@ -605,6 +806,52 @@
     window.SE_VIEW_TIMINGS.load_ms = performance.now() - T0;
     // Since the navigation began: the HTML and the data parsed, the graph drawn and laid out.
     window.SE_VIEW_TIMINGS.ready_ms = performance.now();
+    if (DATA.serve) watch();
+  }
+  // ---- `se-compile view --serve` ----
+  // The server counts its changes (`version`) and, apart, those of the graph (`graph`): the
+  // page polls /version and, when it moved, fetches /data. New data is drawn in place, with the
+  // view's state (fragment, selection, scroll) kept; diagnostics of an invalid spec are shown
+  // above the last good graph, which stays.
+  function showDiagnostics(text) {
+    const d = document.getElementById('diagnostics');
+    d.hidden = !text;
+    d.textContent = text || '';
+  }
+  function applyServed(data) {
+    const sv = data.serve;
+    if (sv.graph !== DATA.serve.graph && data.models.length) {
+      const graphs = document.getElementById('graphs');
+      const [x, y] = [graphs.scrollLeft, graphs.scrollTop];
+      prepare(data);
+      mount();
+      renderRun();
+      render(false);
+      graphs.scrollLeft = x; graphs.scrollTop = y;
+    }
+    DATA.serve = sv;
+    showDiagnostics(sv.diagnostics);
+    window.SE_VIEW_TIMINGS.served = sv.version;
+  }
+  function watch() {
+    showDiagnostics(DATA.serve.diagnostics);
+    window.SE_VIEW_TIMINGS.served = DATA.serve.version;
+    let busy = false;
+    const tick = async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        const v = Number(await (await fetch('/version', { cache: 'no-store' })).text());
+        if (v !== DATA.serve.version) applyServed(await (await fetch('/data', { cache: 'no-store' })).json());
+        document.getElementById('title').classList.remove('gone');
+      } catch (e) {
+        // The server stopped: the page stays as it is, and says so.
+        document.getElementById('title').classList.add('gone');
+      } finally {
+        busy = false;
+      }
+    };
+    setInterval(tick, 250);
   }
   function goTo(name) {
     state.layer = name;
@@ -613,7 +860,7 @@
   }
   // For tests and users' scripts: the view's state and actions.
   window.seView = {
-    data: DATA,
+    get data() { return DATA; },
     state: () => ({ all: state.all, expand: [...state.expand], layer: state.layer, color: state.color, depth: currentDepth() }),
     expandAll: () => { state.all = true; render(); },
     collapseAll: () => { state.all = false; state.expand = new Set(); render(); },
