@@ -23,7 +23,7 @@ pub enum PrecisionArg {
 pub enum EngineArg {
     /// se-compile's CPU network.
     Cpu,
-    /// se-compile's GPU kernel network (`--device cuda`).
+    /// se-compile's GPU kernel network (`--device cuda`, `SE_COMPILE_CONV=auto`).
     Cuda,
     /// The exported model.py under PyTorch's autograd, on the CPU (train.py's step).
     Pytorch,
@@ -90,10 +90,7 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
     let engine = match a.engine {
         EngineArg::Cpu => Engine::Cpu,
         EngineArg::Pytorch => Engine::Pytorch,
-        EngineArg::Cuda => {
-            eprintln!("error: --engine cuda: not modelled yet; `--engine cpu` and `--engine pytorch` are (docs, \"Memory\")");
-            return Err(EXIT_USAGE);
-        }
+        EngineArg::Cuda => Engine::Cuda,
     };
     if a.precision == PrecisionArg::Bf16 {
         eprintln!(
@@ -117,6 +114,16 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
         OptimizerArg::Adam => Optimizer::Adam,
         OptimizerArg::Sgd => Optimizer::Sgd,
     };
+    // The kernel network reads SE_COMPILE_CONV as it would run: auto (the default) or gemm.
+    if engine == Engine::Cuda {
+        match std::env::var("SE_COMPILE_CONV").as_deref() {
+            Ok("auto") | Ok("gemm") | Err(_) => {}
+            Ok(other) => {
+                eprintln!("error: SE_COMPILE_CONV={other}: memory models the kernel network under auto (the default) and gemm; unset it or set one of those");
+                return Err(EXIT_USAGE);
+            }
+        }
+    }
     let planner = Planner::new(&vg);
     let p = planner.predict(a.batch, optimizer, engine);
     let s = vg.graph().input_shape();

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod heap;
+pub mod kernelnet;
 pub mod torch;
 
 use crate::lower::plan::{self, Plan};
@@ -46,6 +47,8 @@ pub enum Engine {
     Cpu,
     /// The exported model.py under PyTorch's autograd, on the CPU, as train.py runs it.
     Pytorch,
+    /// se-compile's kernel network on a GPU (`--device cuda`, `SE_COMPILE_CONV=auto`).
+    Cuda,
 }
 
 impl Engine {
@@ -53,6 +56,7 @@ impl Engine {
         match self {
             Engine::Cpu => "cpu",
             Engine::Pytorch => "pytorch",
+            Engine::Cuda => "cuda",
         }
     }
 }
@@ -75,6 +79,9 @@ pub struct Prediction {
     pub kept_grad_bytes: u64,
     /// Scratch the engine's threads keep between steps.
     pub thread_scratch_bytes: u64,
+    /// Of that, the matrix library's own (gemm's L2-sized packing buffer per thread), which
+    /// every engine on the host shares once made.
+    pub library_scratch_bytes: u64,
     /// The peak of a training step above what persists between steps, and where it is.
     pub train_step_bytes: u64,
     pub train_peak_at: String,
@@ -106,8 +113,11 @@ impl Prediction {
 /// `per_thread` block buffer it has used, and every thread that calls the matrix library
 /// (rayon's and the calling one) keeps gemm's packing buffer, sized to the L2 cache.
 fn cpu_thread_scratch(per_thread: usize) -> u64 {
-    let workers = rayon::current_num_threads();
-    (per_thread * workers + l2_bytes() * (workers + 1)) as u64
+    per_thread as u64 * rayon::current_num_threads() as u64 + gemm_scratch()
+}
+
+fn gemm_scratch() -> u64 {
+    (l2_bytes() * (rayon::current_num_threads() + 1)) as u64
 }
 
 /// The L2 cache's size, read from Linux's sysfs as gemm-common's `CACHE_INFO` reads it; 0
@@ -149,6 +159,12 @@ pub struct Planner {
     cpu_train: Plan,
     cpu_infer: Plan,
     cpu_infer_lens: Vec<usize>,
+    /// The kernel network's plans: the spec's own, and folded for inference.
+    kn_train: Plan,
+    kn_infer: Plan,
+    kn_infer_lens: Vec<usize>,
+    flags: Vec<bool>,
+    kn_infer_flags: Vec<bool>,
     /// The spec's graph and each layer's trainable parameters (PyTorch's model.py).
     graph: crate::ir::Graph,
     node_params: std::collections::HashMap<usize, usize>,
@@ -164,12 +180,14 @@ impl Planner {
             .filter(|p| p.trainable)
             .map(|p| p.values.len())
             .sum();
+        let flags: Vec<bool> = lowered.params.iter().map(|p| p.trainable).collect();
         // The CPU network places its passes on the plan (`device::Opened::place`) and runs
         // inference on the plan `commands::shared::lowered_for_inference` makes.
         let cpu_train = cpu_plan(&lowered.plan);
         let mut infer_params = lowered.params;
         let (folded, _) = lowered.plan.folded_for_inference(&mut infer_params);
         let cpu_infer = cpu_plan(&folded.with_fused_activations().0);
+        let kn_infer_flags = infer_params.iter().map(|p| p.trainable).collect();
         let node_params = vg
             .graph()
             .ids()
@@ -177,6 +195,11 @@ impl Planner {
             .filter(|(_, p)| *p > 0)
             .collect();
         Planner {
+            kn_train: lowered.plan,
+            kn_infer: folded,
+            kn_infer_lens: infer_params.iter().map(|p| p.values.len()).collect(),
+            flags,
+            kn_infer_flags,
             graph: vg.graph().clone(),
             node_params,
             lens,
@@ -208,6 +231,7 @@ impl Planner {
                     optimizer_bytes: moments * self.trainable as u64 * f,
                     param_grad_bytes: self.trainable as u64 * f,
                     kept_grad_bytes: 0,
+                    library_scratch_bytes: gemm_scratch(),
                     thread_scratch_bytes: cpu_thread_scratch(
                         train.per_thread.max(infer.per_thread),
                     ),
@@ -220,6 +244,11 @@ impl Planner {
                     rows_infer: infer.rows,
                 }
             }
+            // As the network reads it: SE_COMPILE_CONV=gemm sends no convolution to the library.
+            Engine::Cuda => match std::env::var("SE_COMPILE_CONV").as_deref() {
+                Ok("gemm") => self.kernelnet(batch, optimizer, &|_| false),
+                _ => self.kernelnet(batch, optimizer, &kernelnet::auto_lib),
+            },
             Engine::Pytorch => {
                 let train = torch::simulate(&self.graph, &self.node_params, batch, true);
                 let infer = torch::simulate(&self.graph, &self.node_params, batch, false);
@@ -238,6 +267,7 @@ impl Planner {
                     param_grad_bytes: trainable,
                     kept_grad_bytes: trainable,
                     thread_scratch_bytes: 0,
+                    library_scratch_bytes: 0,
                     train_step_bytes: train.peak,
                     train_peak_at: train.peak_at,
                     infer_step_bytes: infer.peak,
@@ -247,6 +277,48 @@ impl Planner {
                     rows_infer: infer.rows,
                 }
             }
+        }
+    }
+
+    /// The kernel network's prediction with the convolutions `lib` sends to the library:
+    /// `--device cuda`'s policy (`kernelnet::auto_lib`), or none, as the network runs with host
+    /// loops (`cpu-kernelnet`, the check without a GPU).
+    pub fn kernelnet(
+        &self,
+        batch: usize,
+        _optimizer: Optimizer,
+        lib: &dyn Fn(&crate::lower::kernels::ConvShape) -> bool,
+    ) -> Prediction {
+        let f = std::mem::size_of::<f32>() as u64;
+        let values = self.lens.iter().sum::<usize>() as u64 * f;
+        let train = kernelnet::simulate(&self.kn_train, &self.lens, &self.flags, batch, true, lib);
+        let infer = kernelnet::simulate(
+            &self.kn_infer,
+            &self.kn_infer_lens,
+            &self.kn_infer_flags,
+            batch,
+            false,
+            lib,
+        );
+        let trainable = self.trainable as u64 * f;
+        Prediction {
+            engine: Engine::Cuda,
+            batch,
+            param_bytes: values,
+            param_values_bytes: values,
+            // Two moment buffers per trainable parameter, for SGD too (`Moments`).
+            optimizer_bytes: 2 * trainable,
+            param_grad_bytes: trainable,
+            kept_grad_bytes: 0,
+            thread_scratch_bytes: 0,
+            library_scratch_bytes: 0,
+            train_step_bytes: train.peak,
+            train_peak_at: train.peak_at,
+            infer_step_bytes: infer.peak,
+            infer_peak_at: infer.peak_at,
+            infer_param_bytes: self.kn_infer_lens.iter().sum::<usize>() as u64 * f,
+            rows_train: train.rows,
+            rows_infer: infer.rows,
         }
     }
 
