@@ -155,6 +155,32 @@ fn within(what: &str, predicted: u64, measured: u64, tol: f64, table: &mut Strin
     err.abs() <= tol
 }
 
+/// Persistent bytes, the training step and the inference batch, each within 10%.
+fn check_step(name: &str, p: &Prediction, persistent: u64, m: &Measured, t: &mut String) -> bool {
+    let a = within(
+        &format!("{name}: persistent"),
+        persistent,
+        m.persistent,
+        0.10,
+        t,
+    );
+    let b = within(
+        &format!("{name}: training step"),
+        p.train_step_bytes,
+        m.train_step,
+        0.10,
+        t,
+    );
+    let c = within(
+        &format!("{name}: inference batch"),
+        p.infer_step_bytes,
+        m.infer_step,
+        0.10,
+        t,
+    );
+    a && b && c
+}
+
 #[test]
 fn predictions_match_the_cpu_networks_allocations_within_10_percent() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,31 +200,11 @@ fn predictions_match_the_cpu_networks_allocations_within_10_percent() {
         // gemm's buffers were made before (`warm_gemm`); the network's own scratch was not.
         let persistent =
             p.param_bytes + p.optimizer_bytes + p.thread_scratch_bytes - p.library_scratch_bytes;
-        ok &= within(
-            &format!("{name}: persistent"),
-            persistent,
-            m.persistent,
-            0.10,
-            &mut table,
-        );
-        ok &= within(
-            &format!("{name}: training step"),
-            p.train_step_bytes,
-            m.train_step,
-            0.10,
-            &mut table,
-        );
+        ok &= check_step(&name, &p, persistent, &m, &mut table);
         ok &= within(
             &format!("{name}: training peak"),
             p.peak_train_bytes() - p.library_scratch_bytes,
             m.persistent + m.train_step,
-            0.10,
-            &mut table,
-        );
-        ok &= within(
-            &format!("{name}: inference batch"),
-            p.infer_step_bytes,
-            m.infer_step,
             0.10,
             &mut table,
         );
@@ -226,27 +232,7 @@ fn kernel_network_predictions_match_its_host_run_within_10_percent() {
         let m = measure(&vg, n, device::Opened::KernelNetHost);
         let name = format!("{} (kernel network, host), batch {n}", vg.graph().model);
         let persistent = p.param_bytes + p.optimizer_bytes;
-        ok &= within(
-            &format!("{name}: persistent"),
-            persistent,
-            m.persistent,
-            0.10,
-            &mut table,
-        );
-        ok &= within(
-            &format!("{name}: training step"),
-            p.train_step_bytes,
-            m.train_step,
-            0.10,
-            &mut table,
-        );
-        ok &= within(
-            &format!("{name}: inference batch"),
-            p.infer_step_bytes,
-            m.infer_step,
-            0.10,
-            &mut table,
-        );
+        ok &= check_step(&name, &p, persistent, &m, &mut table);
     }
     println!("{table}");
     assert!(

@@ -123,13 +123,8 @@ pub fn simulate(plan: &Plan, param_lens: &[usize], n: usize, train: bool) -> Ste
         sim.backward(&mut param_grads);
     }
     drop(rows_out);
-    StepSim {
-        peak: heap.peak(),
-        peak_at: heap.peak_at(),
-        forward_peak,
-        per_thread: sim.cols + sim.wino,
-        rows: std::mem::take(&mut sim.rows),
-    }
+    let rows = std::mem::take(&mut sim.rows);
+    StepSim::end(&heap, Some(forward_peak), sim.cols + sim.wino, rows)
 }
 
 impl Sim<'_> {

@@ -193,13 +193,7 @@ pub fn simulate(
     drop(logits);
     if !train {
         drop(host);
-        return StepSim {
-            peak: heap.peak(),
-            peak_at: heap.peak_at(),
-            forward_peak: heap.peak(),
-            per_thread: 0,
-            rows,
-        };
+        return StepSim::end(&heap, None, 0, rows);
     }
     let forward_peak = heap.peak();
     let _pgrads: Vec<_> = param_lens
@@ -329,11 +323,5 @@ pub fn simulate(
         drop(dy);
         drop(rec);
     }
-    StepSim {
-        peak: heap.peak(),
-        peak_at: heap.peak_at(),
-        forward_peak,
-        per_thread: 0,
-        rows,
-    }
+    StepSim::end(&heap, Some(forward_peak), 0, rows)
 }

@@ -41,6 +41,25 @@ pub struct StepSim {
     pub rows: Vec<LayerMem>,
 }
 
+impl StepSim {
+    /// The simulation's result once `heap` has replayed the step; `forward_peak` is the peak
+    /// at the end of the forward pass (None: the whole step was a forward).
+    fn end(
+        heap: &heap::Heap,
+        forward_peak: Option<u64>,
+        per_thread: usize,
+        rows: Vec<LayerMem>,
+    ) -> StepSim {
+        StepSim {
+            peak: heap.peak(),
+            peak_at: heap.peak_at(),
+            forward_peak: forward_peak.unwrap_or_else(|| heap.peak()),
+            per_thread,
+            rows,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
     /// se-compile's CPU network (`lower::cpu`).
@@ -94,7 +113,40 @@ pub struct Prediction {
     pub rows_infer: Vec<LayerMem>,
 }
 
+/// What persists between steps, for `Prediction::of`.
+struct Persistent {
+    param_bytes: u64,
+    param_values_bytes: u64,
+    optimizer_bytes: u64,
+    param_grad_bytes: u64,
+    kept_grad_bytes: u64,
+    thread_scratch_bytes: u64,
+    library_scratch_bytes: u64,
+    infer_param_bytes: u64,
+}
+
 impl Prediction {
+    fn of(engine: Engine, batch: usize, p: Persistent, train: StepSim, infer: StepSim) -> Self {
+        Prediction {
+            engine,
+            batch,
+            param_bytes: p.param_bytes,
+            param_values_bytes: p.param_values_bytes,
+            optimizer_bytes: p.optimizer_bytes,
+            param_grad_bytes: p.param_grad_bytes,
+            kept_grad_bytes: p.kept_grad_bytes,
+            thread_scratch_bytes: p.thread_scratch_bytes,
+            library_scratch_bytes: p.library_scratch_bytes,
+            train_step_bytes: train.peak,
+            train_peak_at: train.peak_at,
+            infer_step_bytes: infer.peak,
+            infer_peak_at: infer.peak_at,
+            infer_param_bytes: p.infer_param_bytes,
+            rows_train: train.rows,
+            rows_infer: infer.rows,
+        }
+    }
+
     /// The whole training step: what persists (parameters, moments, thread scratch) plus the
     /// step's own peak.
     pub fn peak_train_bytes(&self) -> u64 {
@@ -223,26 +275,18 @@ impl Planner {
                     Optimizer::Adam | Optimizer::Sgd => 2,
                 };
                 let infer_values = self.cpu_infer_lens.iter().sum::<usize>() as u64 * f;
-                Prediction {
-                    engine,
-                    batch,
+                let scratch = cpu_thread_scratch(train.per_thread.max(infer.per_thread));
+                let p = Persistent {
                     param_bytes: 2 * values,
                     param_values_bytes: values,
                     optimizer_bytes: moments * self.trainable as u64 * f,
                     param_grad_bytes: self.trainable as u64 * f,
                     kept_grad_bytes: 0,
+                    thread_scratch_bytes: scratch,
                     library_scratch_bytes: gemm_scratch(),
-                    thread_scratch_bytes: cpu_thread_scratch(
-                        train.per_thread.max(infer.per_thread),
-                    ),
-                    train_step_bytes: train.peak,
-                    train_peak_at: train.peak_at,
-                    infer_step_bytes: infer.peak,
-                    infer_peak_at: infer.peak_at,
                     infer_param_bytes: 2 * infer_values,
-                    rows_train: train.rows,
-                    rows_infer: infer.rows,
-                }
+                };
+                Prediction::of(engine, batch, p, train, infer)
             }
             // As the network reads it: SE_COMPILE_CONV=gemm sends no convolution to the library.
             Engine::Cuda => match std::env::var("SE_COMPILE_CONV").as_deref() {
@@ -258,9 +302,7 @@ impl Planner {
                     Optimizer::Adam => 2,
                     Optimizer::Sgd => 1,
                 };
-                Prediction {
-                    engine,
-                    batch,
+                let p = Persistent {
                     param_bytes: values,
                     param_values_bytes: values,
                     optimizer_bytes: moments * trainable,
@@ -268,14 +310,9 @@ impl Planner {
                     kept_grad_bytes: trainable,
                     thread_scratch_bytes: 0,
                     library_scratch_bytes: 0,
-                    train_step_bytes: train.peak,
-                    train_peak_at: train.peak_at,
-                    infer_step_bytes: infer.peak,
-                    infer_peak_at: infer.peak_at,
                     infer_param_bytes: values,
-                    rows_train: train.rows,
-                    rows_infer: infer.rows,
-                }
+                };
+                Prediction::of(engine, batch, p, train, infer)
             }
         }
     }
@@ -301,25 +338,18 @@ impl Planner {
             lib,
         );
         let trainable = self.trainable as u64 * f;
-        Prediction {
-            engine: Engine::Cuda,
-            batch,
+        // Two moment buffers per trainable parameter, for SGD too (`Moments`).
+        let p = Persistent {
             param_bytes: values,
             param_values_bytes: values,
-            // Two moment buffers per trainable parameter, for SGD too (`Moments`).
             optimizer_bytes: 2 * trainable,
             param_grad_bytes: trainable,
             kept_grad_bytes: 0,
             thread_scratch_bytes: 0,
             library_scratch_bytes: 0,
-            train_step_bytes: train.peak,
-            train_peak_at: train.peak_at,
-            infer_step_bytes: infer.peak,
-            infer_peak_at: infer.peak_at,
             infer_param_bytes: self.kn_infer_lens.iter().sum::<usize>() as u64 * f,
-            rows_train: train.rows,
-            rows_infer: infer.rows,
-        }
+        };
+        Prediction::of(Engine::Cuda, batch, p, train, infer)
     }
 
     /// The largest batch whose predicted training peak fits in `budget` bytes, if batch 1

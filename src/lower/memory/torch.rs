@@ -208,13 +208,7 @@ pub fn simulate(g: &Graph, param_lens: &HashMap<usize, usize>, n: usize, train: 
     let logits = vals[last.index()].take();
     if !train {
         drop((logp, logits, vals));
-        return StepSim {
-            peak: heap.peak(),
-            peak_at: heap.peak_at(),
-            forward_peak: heap.peak(),
-            per_thread: 0,
-            rows,
-        };
+        return StepSim::end(&heap, None, 0, rows);
     }
     let forward_peak = heap.peak();
     drop(previous);
