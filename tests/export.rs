@@ -32,17 +32,11 @@ fn py(script: &str, args: &[&Path]) -> serde_json::Value {
 
 /// Runs a script of tests/python, which must succeed, and returns its standard output.
 fn py_stdout(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> String {
-    let out = Command::new(python())
-        .arg(root().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::stdout_of(
+        Command::new(python())
+            .arg(root().join("tests/python").join(script))
+            .args(args),
+    )
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -742,18 +736,12 @@ fn bench_results_use_timms_field_names() {
     timm_fields.insert(at + 1, "infer_gmacs");
 
     let bench = |format: &str| {
-        let out = bin()
-            .current_dir(root())
-            .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
-            .args(["--batch-size", "2", "--format", format])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        common::stdout_of(
+            bin()
+                .current_dir(root())
+                .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
+                .args(["--batch-size", "2", "--format", format]),
+        )
     };
     let csv = bench("csv");
     let lines: Vec<&str> = csv.lines().collect();
