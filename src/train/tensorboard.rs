@@ -17,10 +17,11 @@
 //! - `Summary.Image`: `height` 1, `width` 2, `colorspace` 3 (int32), `encoded_image_string` 4.
 
 use super::data::Dataset;
+use super::plot;
 use super::run::EpochRecord;
 use crate::lower::cpu::Net;
 use crate::lower::model::Model;
-use crate::report::excitation::{self, Excitations, SeBlock};
+use crate::report::excitation::{self, Analysis, Excitations, SeBlock};
 use protobuf::CodedOutputStream;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -222,7 +223,7 @@ struct Probe {
     x: Vec<f32>,
     shape: Vec<usize>,
     labels: Vec<usize>,
-    classes: usize,
+    class_names: Vec<String>,
 }
 
 /// What `train` writes to `RUN_DIR/tb/`. Tags:
@@ -233,8 +234,10 @@ struct Probe {
 ///   training time), at the epoch number (1-based, as in history.csv);
 /// - `weights/<parameter>`: a histogram of each parameter (moving statistics included) per epoch;
 /// - `excitation/<block>`: a histogram over channels of the mean excitation m_c of each SE block
-///   on a fixed batch of validation images (up to [`PROBE_IMAGES`], classes in turn), and
-///   `excitation_specificity/<block>`: its class specificity (`se-compile analyze`'s measure).
+///   on a fixed batch of validation images (up to [`PROBE_IMAGES`], classes in turn),
+///   `excitation_specificity/<block>`: its class specificity, and `excitation_plot/<block>`:
+///   `se-compile analyze`'s panel (the paper's Fig. 6: m_c per channel, per class and over all
+///   images) as an image, one per epoch.
 pub struct RunBoard {
     w: EventWriter,
     probe: Option<Probe>,
@@ -279,7 +282,7 @@ impl RunBoard {
                 shape: vec![b.len(), ds.h, ds.w, ds.c],
                 x: b.x,
                 labels: b.labels,
-                classes,
+                class_names: ds.classes.clone(),
             })
         });
         Ok(RunBoard { w, probe })
@@ -336,26 +339,40 @@ impl RunBoard {
                     pr.net.set_param(i, v);
                 }
                 let gates: Vec<_> = pr.blocks.iter().map(|b| b.gate).collect();
+                let classes = pr.class_names.len();
                 let mut ex =
-                    Excitations::new(pr.blocks.iter().map(|b| b.channels).collect(), pr.classes);
+                    Excitations::new(pr.blocks.iter().map(|b| b.channels).collect(), classes);
                 ex.add(
                     &pr.net.probe(pr.x.clone(), pr.shape.clone(), &gates),
                     &pr.labels,
                 );
-                for (b, blk) in pr.blocks.iter().enumerate() {
+                let chosen: Vec<usize> = (0..classes).filter(|&k| ex.class_images(k) > 0).collect();
+                let an = Analysis {
+                    model: &pr.net.plan.graph.model,
+                    spec: "",
+                    weights: "",
+                    data: "",
+                    split: "",
+                    class_names: &pr.class_names,
+                    chosen: &chosen,
+                    blocks: &pr.blocks,
+                    ex: &ex,
+                };
+                let stats = an.stats();
+                let panels = plot::excitation_panels(&an, &stats);
+                for ((blk, st), panel) in pr.blocks.iter().zip(&stats).zip(panels) {
                     let tag = blk.tag();
-                    let overall = ex.overall(b);
-                    let per_class: Vec<Vec<f64>> = (0..pr.classes)
-                        .filter(|&k| ex.class_images(k) > 0)
-                        .map(|k| ex.class_mean(b, k))
-                        .collect();
-                    let m: Vec<f32> = overall.iter().map(|&v| v as f32).collect();
+                    let m: Vec<f32> = st.overall.iter().map(|&v| v as f32).collect();
                     self.w.histogram(&format!("excitation/{tag}"), step, &m)?;
                     self.w.scalar(
                         &format!("excitation_specificity/{tag}"),
                         step,
-                        excitation::specificity(&overall, &per_class),
+                        st.specificity,
                     )?;
+                    let png = plot::render(&[panel])?;
+                    let (w, h) = plot::PANEL_SIZE;
+                    self.w
+                        .image(&format!("excitation_plot/{tag}"), step, &png, (h, w))?;
                 }
             }
         }
