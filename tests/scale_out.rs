@@ -496,6 +496,41 @@ fn tensorboard_event_files_in_both_engines() {
     }
     assert_eq!(tag_sets[0], tag_sets[1], "the engines write different tags");
 
+    // A resumed run (here across engines: se-compile's epoch 1, train.py's epoch 2) adds an event
+    // file that restarts the steps after the last finished epoch: TensorBoard then shows each
+    // step and epoch once.
+    let resumed = tmp("tb-resumed");
+    train(
+        spec,
+        Engine::Se,
+        &resumed,
+        &["--data", d, "--epochs", "1", "--batch-size", "8"],
+    );
+    train(
+        spec,
+        Engine::Torch(1),
+        &resumed,
+        &[
+            "--data",
+            d,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--resume",
+        ],
+    );
+    assert_eq!(std::fs::read_dir(resumed.join("tb")).unwrap().count(), 2);
+    let log = tensorboard_log(&resumed);
+    let steps_of = |kind: &str, tag: &str| -> Vec<i64> {
+        series(&log, kind, tag).iter().map(|s| s.0).collect()
+    };
+    assert_eq!(
+        steps_of("scalars", "step/loss"),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(steps_of("scalars", "epoch/loss"), [1, 2]);
+
     // --no-tensorboard: no tb/.
     let off = tmp("tb-off");
     let one = [

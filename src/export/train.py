@@ -418,15 +418,17 @@ class Checkpoints:
 PROBE_IMAGES = 32
 
 
-def open_board(out):
-    """A SummaryWriter on out/tb, or None (said once) when tensorboard is not installed."""
+def open_board(out, purge_step):
+    """A SummaryWriter on out/tb, or None (said once) when tensorboard is not installed.
+    purge_step: a resumed run's first step; TensorBoard drops earlier files' events from it on
+    (the interrupted epoch's steps)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
         print(f"note: no TensorBoard event files ({e}); `pip install tensorboard` to get "
               "them in RUN_DIR/tb", flush=True)
         return None
-    return SummaryWriter(os.path.join(out, "tb"))
+    return SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)
 
 
 def probe_batch(split, n_classes, images):
@@ -692,7 +694,9 @@ def main():
                          if int(ln.split(",")[0]) <= len(history)]
         write_atomic(sp, ("\n".join(kept) + "\n").encode())
         step_log = open(sp, "a")
-    tb = open_board(out) if lead and not args.no_tensorboard else None
+    steps_per_epoch = -(-len(train[0]) // B)
+    tb = (open_board(out, len(history) * steps_per_epoch + 1 if args.resume else None)
+          if lead and not args.no_tensorboard else None)
 
     shape = (h, w, c)
     train_ds = Images(train[0], train[1], shape, cfg["augment"])

@@ -321,6 +321,8 @@ pub fn train(
             &opts.out.join("tb"),
             opts.excitation_net.take(),
             ds,
+            opts.resume
+                .then_some((history.len() * n.div_ceil(cfg.batch_size)) as i64 + 1),
         )?)
     } else {
         None

@@ -152,6 +152,19 @@ impl EventWriter {
         &self.path
     }
 
+    /// A `SessionLog` START at `step`: TensorBoard then drops the events of earlier files at
+    /// this step and later (the steps of an interrupted epoch that a resumed run trains again).
+    pub fn restart_at(&mut self, step: i64) -> Result<(), String> {
+        let start = encode(|os| os.write_int32(1, 1));
+        let event = encode(|os| {
+            os.write_double(1, now())?;
+            os.write_int64(2, step)?;
+            os.write_bytes(7, &start)
+        });
+        self.write(&event)?;
+        self.flush()
+    }
+
     fn write(&mut self, event: &[u8]) -> Result<(), String> {
         self.file
             .write_all(&record(event))
@@ -246,8 +259,18 @@ pub struct RunBoard {
 impl RunBoard {
     /// Opens a new event file in `dir`; `probe` is a CPU network of the trained graph for the
     /// excitations (none: no excitations are logged, as for a network without SE blocks).
-    pub fn open(dir: &Path, probe: Option<Net>, ds: &Dataset) -> Result<RunBoard, String> {
-        let w = EventWriter::create(dir)?;
+    /// `resumed_at`: the first global step of a resumed run, from which the earlier files'
+    /// events are dropped (see [`EventWriter::restart_at`]).
+    pub fn open(
+        dir: &Path,
+        probe: Option<Net>,
+        ds: &Dataset,
+        resumed_at: Option<i64>,
+    ) -> Result<RunBoard, String> {
+        let mut w = EventWriter::create(dir)?;
+        if let Some(step) = resumed_at {
+            w.restart_at(step)?;
+        }
         let probe = probe.and_then(|net| {
             let blocks = excitation::se_blocks(&net.plan.graph);
             let split = if ds.val.is_empty() {
