@@ -531,7 +531,7 @@ fn tensorboard_event_files_in_both_engines() {
     );
     assert_eq!(steps_of("scalars", "epoch/loss"), [1, 2]);
 
-    // --no-tensorboard: no tb/.
+    // --no-tensorboard: no tb/, in either engine.
     let off = tmp("tb-off");
     let one = [
         "--data",
@@ -542,8 +542,11 @@ fn tensorboard_event_files_in_both_engines() {
         "8",
         "--no-tensorboard",
     ];
-    train(spec, Engine::Se, &off, &one);
-    assert!(off.join("history.csv").is_file() && !off.join("tb").exists());
+    for engine in [Engine::Se, Engine::Torch(1)] {
+        let _ = std::fs::remove_dir_all(&off);
+        train(spec, engine, &off, &one);
+        assert!(off.join("history.csv").is_file() && !off.join("tb").exists());
+    }
     // train.py where `import tensorboard` fails: one note, and the run goes on.
     let stub = tmp("tb-stub");
     std::fs::create_dir_all(stub.join("tensorboard")).unwrap();

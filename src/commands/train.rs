@@ -89,6 +89,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
                 .unwrap_or_else(bundled_data),
             out: out_dir,
             resume: resume.is_some(),
+            tensorboard: !no_tensorboard,
             flags: &launch,
         });
     }
