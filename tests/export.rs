@@ -26,18 +26,17 @@ fn bin() -> Command {
 
 /// Runs a script of tests/python and returns its JSON line.
 fn py(script: &str, args: &[&Path]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(root().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = py_stdout(script, args);
     serde_json::from_str(text.lines().last().expect("a JSON line")).expect("JSON")
+}
+
+/// Runs a script of tests/python, which must succeed, and returns its standard output.
+fn py_stdout(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> String {
+    common::stdout_of(
+        Command::new(python())
+            .arg(root().join("tests/python").join(script))
+            .args(args),
+    )
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -690,4 +689,101 @@ fn import_weights_checks_every_tensor_and_writes_nothing_on_error() {
     assert!(one_line_error(&err).contains("not a safetensors file"));
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `se-compile bench --format csv|json` names its fields as timm's own `benchmark.py` does: the
+/// script (tests/python/timm_benchmark.py, a copy of timm's) is run on timm's `test_resnet` on the
+/// CPU and its results CSV's header is compared with ours. timm adds `infer_gmacs` (and
+/// `infer_macts`) only with fvcore or deepspeed installed, which the test environment has not;
+/// se-compile counts MACs itself and always gives `infer_gmacs`, where timm's inference runner
+/// puts it.
+#[test]
+fn bench_results_use_timms_field_names() {
+    let dir = tmp("timm-bench");
+    let theirs = dir.join("timm.csv");
+    let mut args: Vec<std::ffi::OsString> = [
+        "--model",
+        "test_resnet",
+        "--device",
+        "cpu",
+        "--bench",
+        "both",
+        "-b",
+        "2",
+        "--img-size",
+        "32",
+        "--num-warm-iter",
+        "1",
+        "--num-bench-iter",
+        "5",
+        "--results-format",
+        "csv",
+        "--results-file",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(theirs.clone().into());
+    py_stdout("timm_benchmark.py", &args);
+    let timm_csv = std::fs::read_to_string(&theirs).unwrap();
+    let mut timm_fields: Vec<&str> = timm_csv.lines().next().unwrap().split(',').collect();
+    let script = std::fs::read_to_string(root().join("tests/python/timm_benchmark.py")).unwrap();
+    assert!(script.contains("results['gmacs'] = round(macs / 1e9, 2)"));
+    let at = timm_fields
+        .iter()
+        .position(|f| *f == "infer_img_size")
+        .unwrap();
+    timm_fields.insert(at + 1, "infer_gmacs");
+
+    let bench = |format: &str| {
+        common::stdout_of(
+            bin()
+                .current_dir(root())
+                .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
+                .args(["--batch-size", "2", "--format", format]),
+        )
+    };
+    let csv = bench("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    let ours: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(ours, timm_fields, "ours:\n{csv}\ntimm's:\n{timm_csv}");
+
+    // The JSON has the same fields in the same order, and the figures are timm's units.
+    let json = bench("json");
+    let j: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let mut keys: Vec<&str> = json
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.split('"').next())
+        .collect();
+    keys.dedup();
+    assert_eq!(keys, timm_fields, "{json}");
+    let vg = compile("models/se_resnet_mini.yaml", None);
+    let t = vg.totals();
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    assert_eq!(j["model"], "se_resnet_mini");
+    assert_eq!(j["param_count"], round2(t.params.trainable as f64 / 1e6));
+    assert_eq!(j["infer_gmacs"], round2(t.macs as f64 / 1e9));
+    for p in ["infer", "train"] {
+        assert_eq!(j[&format!("{p}_batch_size")], 2);
+        assert_eq!(j[&format!("{p}_img_size")], 28);
+        let (img_s, ms) = (
+            j[&format!("{p}_samples_per_sec")].as_f64().unwrap(),
+            j[&format!("{p}_step_time")].as_f64().unwrap(),
+        );
+        // One step of 2 images: samples/s is 2000 / (ms per step), up to the rounding.
+        assert!(
+            ms > 0.0 && (img_s - 2000.0 / ms).abs() <= 0.01 + img_s * 1e-3,
+            "{json}"
+        );
+    }
+    // `summary --format json` gives the same two figures under timm's names.
+    let out = bin()
+        .current_dir(root())
+        .args(["summary", "models/se_resnet_mini.yaml", "--format", "json"])
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["param_count"], j["param_count"]);
+    assert_eq!(s["gmacs"], j["infer_gmacs"]);
 }

@@ -8,6 +8,7 @@
 mod common;
 
 use common::{python, run as se};
+use se_compile::lower::model::Model;
 use std::path::{Path, PathBuf};
 
 fn torchrun() -> PathBuf {
@@ -358,4 +359,240 @@ fn a_missing_torchrun_is_a_clear_error() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("--rdzv-endpoint"), "{err}");
+}
+
+/// TensorBoard's own `EventAccumulator` (tests/python/tb_read.py) on a run's `tb/`.
+fn tensorboard_log(run: &Path) -> serde_json::Value {
+    let out = common::stdout_of(
+        std::process::Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tb_read.py"))
+            .arg(run.join("tb")),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `tag`'s (step, value) pairs.
+fn series(log: &serde_json::Value, kind: &str, tag: &str) -> Vec<(i64, f64)> {
+    log[kind][tag]
+        .as_array()
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} `{tag}` in {:?}",
+                log[kind].as_object().map(|o| o.keys().collect::<Vec<_>>())
+            )
+        })
+        .iter()
+        .map(|e| (e[0].as_i64().unwrap(), e[1].as_f64().unwrap()))
+        .collect()
+}
+
+/// Both engines write TensorBoard event files to RUN_DIR/tb that TensorBoard reads: the epoch
+/// scalars are history.csv's values, the step losses steps.csv's, each parameter has a
+/// histogram per epoch and each SE block its excitations (a histogram over its channels) per
+/// epoch, under the same tags in both engines. `--no-tensorboard` writes none, and train.py
+/// without the tensorboard package says so once and trains on.
+#[test]
+fn tensorboard_event_files_in_both_engines() {
+    let spec = "models/se_resnet_mini.yaml";
+    let data = tmp("tb-data");
+    common::bundled_subset(&data, 4, 2);
+    let d = data.to_str().unwrap();
+    let flags = ["--data", d, "--epochs", "2", "--batch-size", "8"];
+    let (ours, theirs) = (tmp("tb-ours"), tmp("tb-torch"));
+    train(spec, Engine::Se, &ours, &flags);
+    train(spec, Engine::Torch(1), &theirs, &flags);
+
+    let src = se_compile::load(spec).unwrap();
+    let vg = se_compile::compile_full(&src, None).unwrap().1;
+    let params: Vec<(String, usize)> = se_compile::lower::layers::Net::new(&vg, 0)
+        .param_info()
+        .into_iter()
+        .map(|p| (p.name, p.len))
+        .collect();
+    let blocks = se_compile::report::excitation::se_blocks(vg.graph());
+    assert_eq!(blocks.len(), 6);
+    let mut tag_sets = vec![];
+    for run in [&ours, &theirs] {
+        let log = tensorboard_log(run);
+        let (_, rows) = history(run);
+        assert_eq!(rows.len(), 2);
+        for (col, name) in [
+            (1, "loss"),
+            (2, "accuracy"),
+            (3, "val_loss"),
+            (4, "val_accuracy"),
+            (5, "lr"),
+        ] {
+            let got = series(&log, "scalars", &format!("epoch/{name}"));
+            let want: Vec<(i64, f64)> = rows.iter().map(|r| (r[0] as i64, r[col])).collect();
+            assert_eq!(got.len(), want.len(), "{run:?} epoch/{name}");
+            for ((gs, gv), (ws, wv)) in got.iter().zip(&want) {
+                // float32 in the event file, 6 decimals in history.csv
+                assert_eq!(gs, ws);
+                assert!(
+                    (gv - wv).abs() <= 1e-6 + 1e-6 * wv.abs(),
+                    "{run:?} epoch/{name}: {gv} vs {wv}"
+                );
+            }
+        }
+        let ips = series(&log, "scalars", "epoch/images_per_sec");
+        assert!(
+            ips.len() == 2 && ips.iter().all(|&(_, v)| v > 0.0),
+            "{ips:?}"
+        );
+        // 40 images in batches of 8: 5 steps an epoch, numbered 1..=10 over the run.
+        let step_losses = series(&log, "scalars", "step/loss");
+        let logged = steps(run);
+        assert_eq!(step_losses.len(), 10);
+        for (k, ((s, v), l)) in step_losses.iter().zip(&logged).enumerate() {
+            assert_eq!(*s, k as i64 + 1);
+            assert!(
+                (v - l).abs() <= 1e-6 + 1e-6 * l.abs(),
+                "step {s}: {v} vs {l}"
+            );
+        }
+        for t in ["step/accuracy", "step/lr", "step/images_per_sec"] {
+            assert_eq!(series(&log, "scalars", t).len(), 10, "{t}");
+        }
+        for (name, len) in &params {
+            let h = &log["histograms"][format!("weights/{name}")];
+            let h = h
+                .as_array()
+                .unwrap_or_else(|| panic!("{run:?}: no histogram of {name}"));
+            let steps: Vec<i64> = h.iter().map(|e| e[0].as_i64().unwrap()).collect();
+            assert_eq!(steps, [1, 2], "{name}");
+            assert!(
+                h.iter().all(|e| e[1].as_f64() == Some(*len as f64)),
+                "{name}: {h:?}"
+            );
+        }
+        for b in &blocks {
+            let tag = b.tag();
+            let h = log["histograms"][format!("excitation/{tag}")]
+                .as_array()
+                .unwrap_or_else(|| panic!("{run:?}: no excitations of {tag}"))
+                .clone();
+            assert_eq!(h.len(), 2, "{tag}");
+            for e in &h {
+                // m_c of each channel, a sigmoid's output: in (0, 1)
+                assert_eq!(e[1].as_f64(), Some(b.channels as f64), "{tag}");
+                assert!(
+                    e[2].as_f64().unwrap() > 0.0 && e[3].as_f64().unwrap() < 1.0,
+                    "{e:?}"
+                );
+            }
+            let s = series(&log, "scalars", &format!("excitation_specificity/{tag}"));
+            assert!(
+                s.len() == 2 && s.iter().all(|&(_, v)| v.is_finite() && v >= 0.0),
+                "{s:?}"
+            );
+        }
+        let mut tags: Vec<String> = ["scalars", "histograms"]
+            .iter()
+            .flat_map(|k| log[k].as_object().unwrap().keys().cloned())
+            .collect();
+        tags.sort();
+        tag_sets.push(tags);
+    }
+    assert_eq!(tag_sets[0], tag_sets[1], "the engines write different tags");
+
+    // A resumed run (here across engines: se-compile's epoch 1, train.py's epoch 2) adds an event
+    // file that restarts the steps after the last finished epoch: TensorBoard then shows each
+    // step and epoch once.
+    let resumed = tmp("tb-resumed");
+    train(
+        spec,
+        Engine::Se,
+        &resumed,
+        &["--data", d, "--epochs", "1", "--batch-size", "8"],
+    );
+    train(
+        spec,
+        Engine::Torch(1),
+        &resumed,
+        &[
+            "--data",
+            d,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--resume",
+        ],
+    );
+    assert_eq!(std::fs::read_dir(resumed.join("tb")).unwrap().count(), 2);
+    let log = tensorboard_log(&resumed);
+    let steps_of = |kind: &str, tag: &str| -> Vec<i64> {
+        series(&log, kind, tag).iter().map(|s| s.0).collect()
+    };
+    assert_eq!(
+        steps_of("scalars", "step/loss"),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(steps_of("scalars", "epoch/loss"), [1, 2]);
+
+    // --no-tensorboard: no tb/, in either engine.
+    let off = tmp("tb-off");
+    let one = [
+        "--data",
+        d,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-tensorboard",
+    ];
+    for engine in [Engine::Se, Engine::Torch(1)] {
+        let _ = std::fs::remove_dir_all(&off);
+        train(spec, engine, &off, &one);
+        assert!(off.join("history.csv").is_file() && !off.join("tb").exists());
+    }
+    // train.py where `import tensorboard` fails: one note, and the run goes on.
+    let stub = tmp("tb-stub");
+    std::fs::create_dir_all(stub.join("tensorboard")).unwrap();
+    std::fs::write(
+        stub.join("tensorboard/__init__.py"),
+        "raise ImportError('no tensorboard here')\n",
+    )
+    .unwrap();
+    let export = tmp("tb-export");
+    let (code, _, err) = se(&[
+        "export",
+        spec,
+        "--format",
+        "pytorch",
+        "-o",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let run = tmp("tb-none").join("run");
+    let out = std::process::Command::new(python())
+        .arg(export.join("train.py"))
+        .args([
+            "--data",
+            d,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+        ])
+        .arg(&run)
+        .env("PYTHONPATH", &stub)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("note: no TensorBoard event files").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(run.join("history.csv").is_file() && !run.join("tb").exists());
 }

@@ -300,6 +300,26 @@ fn data_errors_are_clear() {
     assert!(e.contains("10 classes") && e.contains("17"), "{e}");
 }
 
+/// A TensorBoard directory that cannot be made is an error naming it, before any epoch.
+#[test]
+fn an_unwritable_tensorboard_directory_is_a_clear_error() {
+    let data = tiny_data("tb-unwritable", 1);
+    let out = tmp("tb-unwritable-run");
+    std::fs::write(out.join("tb"), b"a file where tb/ goes").unwrap();
+    let (code, stdout, e) = train(
+        "models/se_resnet_mini.yaml",
+        &data,
+        &out,
+        &["--epochs", "1"],
+    );
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        e.contains(&format!("{}: cannot create", out.join("tb").display())),
+        "{e}"
+    );
+    assert!(!stdout.contains("Epoch 1/1"), "{stdout}");
+}
+
 #[test]
 fn nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     let data = tiny_data("nan", 2);

@@ -4,8 +4,8 @@
 
 use super::eval::{eval_data, eval_split};
 use super::shared::{load_cpu_net, Ctx, EXIT_INVALID, EXIT_USAGE};
-use se_compile::report::excitation::{self, Analysis, BlockStats, Excitations, SeBlock};
-use se_compile::train::plot::{self, Panel, Series};
+use se_compile::report::excitation::{self, Analysis, Excitations, SeBlock};
+use se_compile::train::plot;
 use se_compile::util::atomic::write_atomic;
 use std::path::{Path, PathBuf};
 
@@ -96,43 +96,6 @@ fn chosen_classes(names: &[String], asked: Option<&[String]>) -> Result<Vec<usiz
         return Err(fail(EXIT_USAGE, "--classes names no class"));
     }
     Ok(out)
-}
-
-/// One panel per block: x the channel index, y the mean excitation; a line per chosen class and
-/// a black one for all images.
-fn panels(a: &Analysis, stats: &[BlockStats]) -> Vec<Panel> {
-    let line = |m: &[f64]| -> Vec<(f64, f64)> {
-        m.iter().enumerate().map(|(c, &v)| (c as f64, v)).collect()
-    };
-    a.blocks
-        .iter()
-        .zip(stats)
-        .map(|(blk, st)| {
-            let mut series: Vec<Series> = a
-                .chosen
-                .iter()
-                .zip(&st.per_class)
-                .map(|(&k, m)| Series {
-                    name: a.class_names[k].clone(),
-                    points: line(m),
-                    colour: None,
-                })
-                .collect();
-            series.push(Series {
-                name: "all images".into(),
-                points: line(&st.overall),
-                colour: Some([0, 0, 0]),
-            });
-            Panel {
-                title: format!("{} (specificity {:.4})", blk.label(), st.specificity),
-                x_label: "channel index".into(),
-                y_label: "mean excitation".into(),
-                series,
-                markers: false,
-                integer_x: true,
-            }
-        })
-        .collect()
 }
 
 /// The PNG names for `n` blocks: `excitations.png`, or one file per [`PANELS_PER_PNG`].
@@ -233,7 +196,7 @@ pub fn run(cx: &Ctx, a: AnalyzeArgs) -> Result<(), u8> {
     };
     let stats = an.stats();
     let names = plot_names(blocks.len());
-    let all = panels(&an, &stats);
+    let all = plot::excitation_panels(&an, &stats);
     for (name, page) in names.iter().zip(all.chunks(PANELS_PER_PNG)) {
         let path = out.join(name);
         plot::lines(&path, page).map_err(|e| fail(EXIT_INVALID, e))?;

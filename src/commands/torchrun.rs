@@ -114,6 +114,8 @@ pub struct TorchRun<'a> {
     pub data: PathBuf,
     pub out: PathBuf,
     pub resume: bool,
+    /// False: `--no-tensorboard` (train.py writes no RUN_DIR/tb).
+    pub tensorboard: bool,
     pub flags: &'a LaunchFlags,
 }
 
@@ -143,6 +145,9 @@ pub fn run(t: TorchRun) -> Result<(), u8> {
     }
     if t.flags.sync_bn {
         args.push("--sync-bn".into());
+    }
+    if !t.tensorboard {
+        args.push("--no-tensorboard".into());
     }
     let mut cmd = command(&torchrun, t.flags, &dir.join("train.py"), &args)?;
     println!(

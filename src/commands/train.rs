@@ -13,7 +13,7 @@ use se_compile::lower::layers::Net;
 /// Train from image folders (Keras flow_from_directory layout), as the seed's model.fit.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  se-compile train models/se_resnet_mini.yaml            (bundled Fashion-MNIST subset)\n  se-compile train models/se_resnet_mini.yaml --data /data/fmnist --epochs 15 --out runs/full\n  se-compile train models/se_resnet_mini.yaml --resume runs/full --epochs 20\n\nRUN_DIR receives history.csv, history.json, accuracy.png, loss.png, last.safetensors,\nbest.safetensors, the spec and config.json. Every key of the spec's `train:` section can be\noverridden here."
+    after_help = "Examples:\n  se-compile train models/se_resnet_mini.yaml            (bundled Fashion-MNIST subset)\n  se-compile train models/se_resnet_mini.yaml --data /data/fmnist --epochs 15 --out runs/full\n  se-compile train models/se_resnet_mini.yaml --resume runs/full --epochs 20\n\nRUN_DIR receives history.csv, history.json, accuracy.png, loss.png, last.safetensors,\nbest.safetensors, the spec, config.json and tb/ (TensorBoard event files: tensorboard --logdir\nRUN_DIR/tb). Every key of the spec's `train:` section can be overridden here."
 )]
 pub struct TrainArgs {
     pub spec: String,
@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// (0: always stream from disk). Default: a quarter of the available memory, at most 4096.
     #[arg(long, value_name = "MB")]
     pub cache_mb: Option<u64>,
+    /// Write no TensorBoard event files (RUN_DIR/tb/: scalars per step and epoch, weight
+    /// histograms and SE excitations per epoch).
+    #[arg(long)]
+    pub no_tensorboard: bool,
 }
 
 pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
@@ -50,6 +54,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
         resume,
         device,
         cache_mb,
+        no_tensorboard,
     } = a;
     let dev = device_of(&device)?;
     let (src, spec_ast, vg) = cx.build_full(&spec, None)?;
@@ -84,6 +89,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
                 .unwrap_or_else(bundled_data),
             out: out_dir,
             resume: resume.is_some(),
+            tensorboard: !no_tensorboard,
             flags: &launch,
         });
     }
@@ -144,8 +150,11 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
         out: out_dir.clone(),
         resume: resume.is_some(),
         progress: se_compile::train::run::stderr_is_terminal(),
+        tensorboard: !no_tensorboard,
+        // A CPU copy of the network computes the excitations, whatever the device.
+        excitation_net: (!no_tensorboard).then(|| Net::new(&vg, cfg.seed)),
     };
-    let hist = se_compile::train::run::train(net.as_mut(), &ds, &cfg, &opts).map_err(|e| {
+    let hist = se_compile::train::run::train(net.as_mut(), &ds, &cfg, opts).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_INVALID
     })?;

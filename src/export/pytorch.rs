@@ -1065,6 +1065,11 @@ pub fn training_files(
         "input": g.input_shape(),
         "classes": g.classes,
         "softmax_output": super::ends_in_softmax(g),
+        // The SE blocks in graph order, as TensorBoard's `excitation/` tags name them.
+        "se_blocks": crate::report::excitation::se_blocks(g)
+            .iter()
+            .map(|b| b.tag())
+            .collect::<Vec<_>>(),
         "se_compile_version": env!("CARGO_PKG_VERSION"),
         "train": cfg,
     });

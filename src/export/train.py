@@ -16,6 +16,8 @@ IMAGES is se-compile's layout: IMAGES/train/<class>/*.png|jpg and IMAGES/test/<c
 history.json, steps.csv, last.safetensors and best.safetensors in se-compile's tensor names
 and layouts, config.json and the spec. So `se-compile eval`, `predict` and
 `train --resume` work on it, and `--resume` here continues an `se-compile train` run.
+With the `tensorboard` package installed, RUN_DIR/tb/ receives TensorBoard event files with
+the tags of `se-compile train` (`--no-tensorboard`: none).
 
 --batch-size is the GLOBAL batch (the recipe's `batch_size`): each optimizer step sees the
 same images as a step of `se-compile train` with the same seed, split over the processes.
@@ -412,6 +414,131 @@ class Checkpoints:
         return meta
 
 
+# --- TensorBoard: the tags of se-compile's own engine (src/train/tensorboard.rs)
+PROBE_IMAGES = 32
+
+
+def open_board(out, purge_step):
+    """A SummaryWriter on out/tb, or None (said once) when tensorboard is not installed.
+    purge_step: a resumed run's first step; TensorBoard drops earlier files' events from it on
+    (the interrupted epoch's steps)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        print(f"note: no TensorBoard event files ({e}); `pip install tensorboard` to get "
+              "them in RUN_DIR/tb", flush=True)
+        return None
+    return SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)
+
+
+def probe_batch(split, n_classes, images):
+    """Up to PROBE_IMAGES images of a split, classes in turn (as se-compile picks them)."""
+    per = [[] for _ in range(n_classes)]
+    for i, k in enumerate(split[1]):
+        if k < n_classes:
+            per[k].append(i)
+    idx = []
+    j = 0
+    while len(idx) < PROBE_IMAGES:
+        row = [v[j] for v in per if j < len(v)]
+        if not row:
+            break
+        idx += row
+        j += 1
+    idx = idx[:PROBE_IMAGES]
+    if not idx:
+        return None
+    xs, ys = zip(*[images[(None, i)] for i in idx])
+    return torch.stack(xs), torch.tensor(ys)
+
+
+class Gates:
+    """The SE gates of the model: the (N, C, 1, 1) factor of every product of a feature map
+    (N, C, H, W) by a gate computed from it, found in the torch.fx graph of the model and read
+    while it runs; named by recipe.json's `se_blocks` (graph order) when the counts agree."""
+
+    def __init__(self, net, x, tags):
+        import operator
+        import torch.fx
+        from torch.fx.passes.shape_prop import ShapeProp
+        self.gm = torch.fx.symbolic_trace(net)
+        was = net.training
+        self.gm.eval()
+        with torch.no_grad():
+            ShapeProp(self.gm).propagate(x)
+        self.gm.train(was)
+
+        def shape(n):
+            m = n.meta.get("tensor_meta") if isinstance(n, torch.fx.Node) else None
+            return tuple(m.shape) if m is not None and hasattr(m, "shape") else None
+
+        def reads(a, b):
+            seen, todo = set(), [a]
+            while todo:
+                n = todo.pop()
+                if n is b:
+                    return True
+                if n not in seen:
+                    seen.add(n)
+                    todo += n.all_input_nodes
+            return False
+
+        self.nodes = []
+        for n in self.gm.graph.nodes:
+            if n.op != "call_function" or n.target not in (operator.mul, torch.mul) \
+                    or len(n.args) != 2:
+                continue
+            a, b = n.args
+            for f, g in ((a, b), (b, a)):
+                sf, sg = shape(f), shape(g)
+                if sf and sg and len(sf) == 4 and sg == (sf[0], sf[1], 1, 1) \
+                        and reads(g, f):
+                    self.nodes.append(g)
+                    break
+        self.tags = tags if len(tags) == len(self.nodes) else [n.name for n in self.nodes]
+
+    def __call__(self, x):
+        """Each gate's (N, C) values on x, in inference mode."""
+        import torch.fx
+        want, got = set(self.nodes), {}
+
+        class Rec(torch.fx.Interpreter):
+            def run_node(self, n):
+                v = super().run_node(n)
+                if n in want:
+                    got[n] = v
+                return v
+
+        was = self.gm.training
+        self.gm.eval()
+        with torch.no_grad():
+            Rec(self.gm).run(x)
+        self.gm.train(was)
+        return [got[n].reshape(got[n].shape[0], -1).double() for n in self.nodes]
+
+
+def board_epoch(tb, rec, images_per_sec, net, names, gates, probe):
+    step = rec["epoch"]
+    for k in ["loss", "accuracy", "val_loss", "val_accuracy", "lr"]:
+        if not math.isnan(rec[k]):
+            tb.add_scalar(f"epoch/{k}", rec[k], step)
+    tb.add_scalar("epoch/images_per_sec", images_per_sec, step)
+    for key, t in net.state_dict().items():
+        if key in names:
+            tb.add_histogram(f"weights/{names[key]}", t.detach().float().cpu(), step)
+    if gates is not None and probe is not None:
+        x, y = probe
+        dev = next(net.parameters()).device
+        for tag, g in zip(gates.tags, gates(x.to(dev))):
+            g = g.cpu()
+            overall = g.mean(0)
+            per_class = [g[y == k].mean(0) for k in sorted(set(y.tolist()))]
+            spec = torch.stack([(m - overall) ** 2 for m in per_class]).mean().sqrt().item()
+            tb.add_histogram(f"excitation/{tag}", overall.float(), step)
+            tb.add_scalar(f"excitation_specificity/{tag}", spec, step)
+    tb.flush()
+
+
 def parse_args(recipe):
     t = recipe["train"]
     p = argparse.ArgumentParser(
@@ -446,6 +573,8 @@ def parse_args(recipe):
     p.add_argument("--workers", type=int, default=2, help="data loader processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard event files to RUN_DIR/tb")
     return p.parse_args()
 
 
@@ -565,6 +694,9 @@ def main():
                          if int(ln.split(",")[0]) <= len(history)]
         write_atomic(sp, ("\n".join(kept) + "\n").encode())
         step_log = open(sp, "a")
+    steps_per_epoch = -(-len(train[0]) // B)
+    tb = (open_board(out, len(history) * steps_per_epoch + 1 if args.resume else None)
+          if lead and not args.no_tensorboard else None)
 
     shape = (h, w, c)
     train_ds = Images(train[0], train[1], shape, cfg["augment"])
@@ -576,6 +708,15 @@ def main():
                default=-math.inf)
     loader_kw = dict(num_workers=args.workers, persistent_workers=False,
                      pin_memory=cuda)
+    gates = probe = None
+    if tb is not None:
+        probe = probe_batch(val if val[0] else train, len(names_cls),
+                            val_ds if val[0] else train_ds)
+        if probe is not None and recipe.get("se_blocks"):
+            try:
+                gates = Gates(net, probe[0].to(device), recipe["se_blocks"])
+            except Exception as e:  # noqa: BLE001  (a model torch.fx cannot trace)
+                print(f"note: no SE excitations in TensorBoard: torch.fx: {e}", flush=True)
 
     def loss_of(out_, y, smoothing):
         if logits_out:
@@ -601,6 +742,7 @@ def main():
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
         ddp.train()
         tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+        t_step = time.time()
         for k, (x, y) in enumerate(loader):
             n_global = len(batches[k])
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -628,8 +770,17 @@ def main():
             tot += st
             if lead:
                 step_log.write(f"{epoch + 1},{k + 1},{(st[0] / st[2]).item():.7f}\n")
+            if tb is not None:
+                now = time.time()
+                g = epoch * len(batches) + k + 1
+                tb.add_scalar("step/loss", (st[0] / st[2]).item(), g)
+                tb.add_scalar("step/accuracy", (st[1] / st[2]).item(), g)
+                tb.add_scalar("step/lr", lr, g)
+                tb.add_scalar("step/images_per_sec", st[2].item() / max(now - t_step, 1e-9), g)
+                t_step = now
         if lead:
             step_log.flush()
+        train_images_per_sec = tot[2].item() / max(time.time() - t0, 1e-9)
         val_loss = val_acc = math.nan
         if distributed:
             # DDP hands rank 0's BN statistics to the others at each forward, then every rank
@@ -672,6 +823,8 @@ def main():
                 best = score
                 ck.save(os.path.join(out, "best.safetensors"), meta)
             write_history(out, history)
+            if tb is not None:
+                board_epoch(tb, rec, train_images_per_sec, net, names, gates, probe)
         scale = cb.lr_scale
         cb.observe(rec)
         if lead and cb.lr_scale < scale:
@@ -680,6 +833,8 @@ def main():
         if lead and cb.stop and epoch + 1 < cfg["epochs"]:
             print(f"early_stopping: {cfg['monitor']} did not improve for "
                   f"{cfg['early_stopping']} epochs; stopping after epoch {epoch + 1}")
+    if tb is not None:
+        tb.close()
     if lead and history:
         print(f"run saved in {out} (val_accuracy {history[-1]['val_accuracy']:.4f} after "
               f"epoch {history[-1]['epoch']})", flush=True)

@@ -46,6 +46,12 @@ impl SeBlock {
             format!("{} {}", self.scope, self.name)
         }
     }
+
+    /// `stage2.block1/multiply_3`: the block's name in TensorBoard tags (`excitation/...`),
+    /// the same in both engines (train.py reads it from recipe.json's `se_blocks`).
+    pub fn tag(&self) -> String {
+        self.label().replace(' ', "/")
+    }
 }
 
 /// Whether `from` reads `on`, directly or through other nodes (node ids are topological).

@@ -340,7 +340,19 @@ pub fn json(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> Value {
         "param_memory_bytes": t.params.total() * 4,
         "activation_memory_bytes_per_image": t.elements * 4,
         "macs_convention": MACS_CONVENTION,
+        // timm's names (`benchmark.py`, its results CSVs): parameters in millions and MACs at
+        // batch 1 in G, each rounded to 2 decimals. timm counts `model.parameters()`, where
+        // BatchNorm's moving statistics are buffers: the trainable parameters here.
+        "param_count": timm_round(t.params.trainable as f64 / 1e6, 2),
+        "gmacs": timm_round(t.macs as f64 / 1e9, 2),
     })
+}
+
+/// Python's `round(x, digits)` as timm rounds its figures (`param_count` and `gmacs` to 2
+/// decimals), except that an exact tie rounds away from zero here, to even there.
+pub fn timm_round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
 }
 
 pub fn markdown(vg: &ValidGraph, src: &SourceFile, opts: &Options) -> String {

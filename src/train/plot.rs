@@ -5,6 +5,7 @@
 //! [`curves`] draws the train-vs-validation curves of a run (`accuracy.png`, `loss.png`);
 //! [`lines`] draws any number of panels, each with named series, on one image.
 
+use crate::report::excitation::{Analysis, BlockStats};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -275,6 +276,43 @@ fn draw_panel(
             .draw()?;
     }
     Ok(())
+}
+
+/// `se-compile analyze`'s figure (the SE paper's Fig. 6), one panel per block: x the channel index, y the mean excitation; a line per chosen class and
+/// a black one for all images.
+pub fn excitation_panels(a: &Analysis, stats: &[BlockStats]) -> Vec<Panel> {
+    let line = |m: &[f64]| -> Vec<(f64, f64)> {
+        m.iter().enumerate().map(|(c, &v)| (c as f64, v)).collect()
+    };
+    a.blocks
+        .iter()
+        .zip(stats)
+        .map(|(blk, st)| {
+            let mut series: Vec<Series> = a
+                .chosen
+                .iter()
+                .zip(&st.per_class)
+                .map(|(&k, m)| Series {
+                    name: a.class_names[k].clone(),
+                    points: line(m),
+                    colour: None,
+                })
+                .collect();
+            series.push(Series {
+                name: "all images".into(),
+                points: line(&st.overall),
+                colour: Some([0, 0, 0]),
+            });
+            Panel {
+                title: format!("{} (specificity {:.4})", blk.label(), st.specificity),
+                x_label: "channel index".into(),
+                y_label: "mean excitation".into(),
+                series,
+                markers: false,
+                integer_x: true,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use super::callbacks::Callbacks;
 use super::checkpoint::{self, OPT_M, OPT_V};
 use super::data::{prefetch, Dataset, Split};
+use super::tensorboard::RunBoard;
 use crate::lower::model::{Batch, Model, OptSettings};
 use crate::spec::recipe::TrainConfig;
 use crate::util::atomic::write_atomic;
@@ -93,6 +94,11 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Draw a live progress bar on stderr (stderr is a terminal).
     pub progress: bool,
+    /// Write TensorBoard event files to `out/tb/` ([`RunBoard`]).
+    pub tensorboard: bool,
+    /// A CPU network of the same graph for the SE excitations logged to TensorBoard (given the
+    /// trained weights each epoch); none: no excitations.
+    pub excitation_net: Option<crate::lower::cpu::Net>,
 }
 
 /// The Keras-like bar of the end-of-epoch line on stdout.
@@ -252,7 +258,7 @@ pub fn train(
     net: &mut dyn Model,
     ds: &Dataset,
     cfg: &TrainConfig,
-    opts: &TrainOptions,
+    mut opts: TrainOptions,
 ) -> Result<Vec<EpochRecord>, String> {
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| format!("{}: cannot create: {e}", opts.out.display()))?;
@@ -310,6 +316,17 @@ pub fn train(
         })
         .fold(f64::NEG_INFINITY, f64::max);
     let mut step_log = Some(open_step_log(&opts.out, history.len())?);
+    let mut board = if opts.tensorboard {
+        Some(RunBoard::open(
+            &opts.out.join("tb"),
+            opts.excitation_net.take(),
+            ds,
+            opts.resume
+                .then_some((history.len() * n.div_ceil(cfg.batch_size)) as i64 + 1),
+        )?)
+    } else {
+        None
+    };
     let mut callbacks = Callbacks::replay(cfg, &history);
     let history_len_at_start = history.len();
     for epoch in history.len()..cfg.epochs {
@@ -333,6 +350,7 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let aug = &cfg.augment;
         let progress = Progress::new(batches.len(), opts.progress);
+        let mut t_step = Instant::now();
         let fitted = prefetch(
             batches.len(),
             |k| {
@@ -377,12 +395,25 @@ pub fn train(
                 }
                 loss_sum += l * bs as f64;
                 seen += bs;
-                correct += r
+                let right = r
                     .probs
                     .iter()
                     .zip(&b.labels)
                     .filter(|(p, t)| argmax(p) == **t)
                     .count();
+                correct += right;
+                if let Some(board) = board.as_mut() {
+                    let secs = std::mem::replace(&mut t_step, Instant::now())
+                        .elapsed()
+                        .as_secs_f64();
+                    board.step(
+                        (epoch * batches.len() + step + 1) as i64,
+                        l,
+                        right as f64 / bs as f64,
+                        lr,
+                        bs as f64 / secs,
+                    )?;
+                }
                 progress.step(
                     loss_sum / seen as f64,
                     correct as f64 / seen as f64,
@@ -394,6 +425,7 @@ pub fn train(
         // The bar's line is cleared before the epoch's line (or the error) prints.
         drop(progress);
         fitted?;
+        let train_images_per_sec = seen as f64 / t0.elapsed().as_secs_f64();
         let (val_loss, val_acc, _) = if ds.val.is_empty() {
             (f64::NAN, f64::NAN, vec![])
         } else {
@@ -438,6 +470,9 @@ pub fn train(
             checkpoint::save(&opts.out.join("best.safetensors"), net, &[], meta)?;
         }
         write_history(&opts.out, &history)?;
+        if let Some(board) = board.as_mut() {
+            board.epoch(&rec, train_images_per_sec, net)?;
+        }
         let scale = callbacks.lr_scale;
         callbacks.observe(cfg, &rec);
         if callbacks.lr_scale < scale {

@@ -99,6 +99,17 @@ pub fn bundled_subset(root: &Path, train: usize, test: usize) {
     }
 }
 
+/// Runs `cmd`, which must succeed (else the test fails with its stderr), and returns its stdout.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("the command starts");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// Runs the real `se-compile` binary in the crate root: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_se-compile"))
