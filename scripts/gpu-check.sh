@@ -8,6 +8,9 @@
 #   3. speed: SE-ResNet-50 (the seed's) at 224x224, batch 64, train and inference images/s,
 #      with a per-layer-kind time profile;
 #   3b. PyTorch (timm seresnet50, same setting) on the same card, where the venv has it;
+#   3c. memory: `se-compile memory --engine cuda` against the memory pool's measured peak of
+#       training at 224², batches 64 and 256, and `--engine pytorch` against
+#       torch.cuda.max_memory_allocated of the exported model.py at batch 64;
 #   4. one summary table.
 # DEVICES="cuda:1" checks another GPU.
 # Usage, from the repo root after scripts/build-cuda.sh:  bash .gpu/gpu-check.sh [OUT_DIR]
@@ -110,6 +113,23 @@ pt_tr=$(sed -n 's/^pytorch fp32 224 64: train \([0-9.]*\) img\/s.*/\1/p' "$OUTD/
 pt_inf=$(sed -n 's/^pytorch fp32 224 64: .*inference \([0-9.]*\) img\/s.*/\1/p' "$OUTD/pytorch.txt" 2>/dev/null)
 pt_src="PyTorch on this card"
 if [ -z "$pt_tr" ] || [ -z "$pt_inf" ]; then pt_tr=807; pt_inf=2884; pt_src="PyTorch on the H200 (shared README)"; fi
+
+echo "== 3c. memory: predicted vs measured =="
+for dev in $DEVICES; do
+  for b in 64 256; do
+    timeout 120 $RUN bench models/se_resnet50.yaml --device "$dev" --input 224 --batch-size "$b" --steps 2 --phase train > "$OUTD/mem-bench-$dev-$b.txt" 2>&1
+    used=$(sed -n 's/^device memory peak: \([0-9.]*\) GB in use.*/\1/p' "$OUTD/mem-bench-$dev-$b.txt")
+    pred=$(timeout 60 $RUN memory models/se_resnet50.yaml --engine cuda --batch "$b" --format json | sed -n 's/^ *"peak_train_bytes": \([0-9]*\).*/\1/p')
+    echo "kernel network, 224², batch $b: predicted $(awk -v p="$pred" 'BEGIN{printf "%.2f", p/1e9}') GB, measured ${used:-?} GB in use" | tee -a "$OUTD/memory.txt"
+  done
+done
+if "$TPY" -c "import torch" 2>/dev/null; then
+  rm -rf /tmp/se-mem-torch
+  timeout 60 $RUN export models/se_resnet50.yaml --format pytorch -o /tmp/se-mem-torch > /dev/null
+  timeout 120 "$TPY" tests/python/torch_memory.py /tmp/se-mem-torch 64 224 224 3 --cuda 2>/dev/null | tail -1 > "$OUTD/mem-torch.json"
+  pred=$(timeout 60 $RUN memory models/se_resnet50.yaml --engine pytorch --batch 64 --format json | sed -n 's/^ *"train_step_bytes": \([0-9]*\).*/\1/p')
+  echo "PyTorch model.py, 224², batch 64: predicted step $(awk -v p="$pred" 'BEGIN{printf "%.2f", p/1e9}') GB, measured $(cat "$OUTD/mem-torch.json")" | tee -a "$OUTD/memory.txt"
+fi
 
 echo "== 4. summary =="
 all=0

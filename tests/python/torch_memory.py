@@ -2,7 +2,10 @@
 inference batch, with torch.profiler (profile_memory=True): the allocator's events in time order,
 summed, give the peak above what was live when the step began. Prints one JSON line.
 
-usage: torch_memory.py EXPORT_DIR BATCH H W C
+usage: torch_memory.py EXPORT_DIR BATCH H W C [--cuda]
+
+With --cuda (the GPU machine's check, scripts/gpu-check.sh): the same step on the GPU, measured
+with torch.cuda.max_memory_allocated above what was allocated when the step began.
 """
 import importlib.util
 import json
@@ -25,20 +28,22 @@ def peak_above_start(prof):
 
 def main():
     out_dir, n, h, w, c = sys.argv[1], *map(int, sys.argv[2:6])
+    cuda = "--cuda" in sys.argv[6:]
+    dev = torch.device("cuda" if cuda else "cpu")
     spec = importlib.util.spec_from_file_location("model", f"{out_dir}/model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cls = [v for k, v in vars(mod).items() if isinstance(v, type) and issubclass(v, torch.nn.Module)
            and v.__module__ == "model"][-1]
     torch.manual_seed(0)
-    net = cls()
+    net = cls().to(dev)
     if hasattr(net, "softmax_output"):
         net.softmax_output = False
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    y = torch.arange(n) % 2
+    y = (torch.arange(n) % 2).to(dev)
 
     def step():
-        x = torch.rand(n, c, h, w)
+        x = torch.rand(n, c, h, w, device=dev)
         out = net(x)
         loss = F.cross_entropy(out, y, reduction="sum")
         opt.zero_grad(set_to_none=True)
@@ -47,6 +52,15 @@ def main():
 
     net.train()
     step()  # makes Adam's state and the gradients, as in every later step
+    if cuda:
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        print(json.dumps({"train_step_bytes": torch.cuda.max_memory_allocated() - start,
+                          "torch": torch.__version__}))
+        return
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     train = peak_above_start(prof)
