@@ -348,3 +348,80 @@ fn pytorch_predictions_match_torch_profiler_within_10_percent() {
     println!("{table}");
     assert!(ok, "a PyTorch prediction is off:\n{table}");
 }
+
+/// The per-parameter rows add up to the totals, for every engine.
+#[test]
+fn parameter_rows_add_up_to_the_totals() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let src = se_compile::load("models/se_resnet_mini.yaml").expect("zoo model");
+    let vg = se_compile::compile(&src).expect("compiles");
+    let pl = Planner::new(&vg);
+    for engine in [Engine::Cpu, Engine::Pytorch, Engine::Cuda] {
+        for opt in [Optimizer::Adam, Optimizer::Sgd] {
+            let p = pl.predict(4, opt, engine);
+            let sum = |f: fn(&se_compile::lower::memory::ParamMem) -> u64| -> u64 {
+                p.params.iter().map(f).sum()
+            };
+            assert_eq!(sum(|q| q.held), p.param_bytes, "{engine:?}");
+            assert_eq!(sum(|q| q.values), p.param_values_bytes, "{engine:?}");
+            assert_eq!(sum(|q| q.grad), p.param_grad_bytes, "{engine:?}");
+            assert_eq!(sum(|q| q.moments), p.optimizer_bytes, "{engine:?} {opt:?}");
+        }
+    }
+}
+
+/// The command: JSON with the fields scripts rely on, and one-line usage errors (exit 2).
+#[test]
+fn the_command_gives_its_json_fields_and_clear_usage_errors() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
+            .arg("memory")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .expect("se-compile runs")
+    };
+    let out = run(&[
+        "models/se_resnet_mini.yaml",
+        "--fit",
+        "1GiB",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for k in [
+        "peak_train_bytes",
+        "peak_infer_bytes",
+        "param_bytes",
+        "optimizer_bytes",
+        "max_batch",
+    ] {
+        assert!(v[k].as_u64().is_some(), "{k} in {v}");
+    }
+    assert!(v["peak_train_bytes"].as_u64() > v["peak_infer_bytes"].as_u64());
+    for (args, says) in [
+        (
+            vec!["models/se_resnet_mini.yaml", "--fit", "12XB"],
+            "unknown unit",
+        ),
+        (
+            vec!["models/se_resnet_mini.yaml", "--batch", "0"],
+            "--batch 0",
+        ),
+        (
+            vec!["models/se_resnet_mini.yaml", "--precision", "bf16"],
+            "bf16",
+        ),
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(says) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -55,6 +55,10 @@ pub struct MemoryArgs {
     pub depth: DepthArg,
     #[arg(long, value_enum, default_value = "text")]
     pub format: FormatArg,
+    /// Also list every parameter tensor: its values, the copies the engine holds, its
+    /// gradient and its optimizer moments.
+    #[arg(long)]
+    pub params: bool,
 }
 
 /// "80GiB" → 80·2³⁰ bytes; GB, MB, KB are powers of ten, a bare number is bytes.
@@ -142,6 +146,7 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
             Optimizer::Sgd => "SGD".into(),
         },
         input: [s[0], s[1], s[2]],
+        params: a.params,
     };
     print!("{}", render(&vg, &p, &opts));
     Ok(())

@@ -2,6 +2,7 @@
 //! summary's depths), its totals, and the convention, as text, JSON or markdown.
 
 use super::summary::{group_of, mb, Depth, Format};
+use super::thousands;
 use crate::ir::{keras_shape, NodeId};
 use crate::lower::memory::{LayerMem, Prediction};
 use crate::validate::ValidGraph;
@@ -26,6 +27,8 @@ pub struct Options {
     pub fit: Option<(u64, Option<usize>)>,
     pub optimizer: String,
     pub input: [usize; 3],
+    /// A table of every parameter tensor (JSON always has it).
+    pub params: bool,
 }
 
 struct Row {
@@ -53,6 +56,8 @@ fn rows(vg: &ValidGraph, p: &Prediction, depth: Depth) -> Vec<Row> {
             Some(r) => (*r).clone(),
             None => LayerMem {
                 node: id.index(),
+                kept_what:
+                    "nothing of its own: it runs inside another layer (fused) or after the logits",
                 ..Default::default()
             },
         })
@@ -81,6 +86,7 @@ fn rows(vg: &ValidGraph, p: &Prediction, depth: Depth) -> Vec<Row> {
                     row.train.workspace_backward.max(r.workspace_backward);
                 row.infer_output += io;
                 row.shape = shape;
+                row.train.kept_what = "";
             }
             None => {
                 at.insert(key, out.len());
@@ -190,8 +196,11 @@ fn text(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
     let rows = rows(vg, p, o.depth);
     let mut s = header(vg, p, o);
     s.push('\n');
-    let line = |a: &str, b: &str, c: &str, d: &str, e: &str, f: &str, g: &str| {
-        format!("{a:<34} {b:<20} {c:>11} {d:>11} {e:>11} {f:>11} {g:>11}\n")
+    let line = |a: &str, b: &str, c: &str, d: &str, e: &str, f: &str, g: &str, h: &str| {
+        format!("{a:<34} {b:<20} {c:>11} {d:>11} {e:>11} {f:>11} {g:>11}  {h}")
+            .trim_end()
+            .to_string()
+            + "\n"
     };
     let rule = "_".repeat(115) + "\n";
     s += &rule;
@@ -203,6 +212,7 @@ fn text(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
         "Gradient",
         "Work fwd",
         "Work bwd",
+        "Kept for the backward",
     );
     s += &"=".repeat(115);
     s.push('\n');
@@ -217,6 +227,7 @@ fn text(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
             &mb(r.train.grad),
             &mb(r.train.workspace_forward),
             &mb(r.train.workspace_backward),
+            r.train.kept_what,
         );
     }
     s += &"=".repeat(115);
@@ -232,6 +243,23 @@ fn text(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
         }
         s.push('\n');
     }
+    if o.params {
+        s += &rule;
+        s += &format!(
+            "{:<50} {:>13} {:>13} {:>13} {:>13}\n",
+            "Parameter (bytes)", "Values", "Held", "Gradient", "Moments"
+        );
+        for q in &p.params {
+            s += &format!(
+                "{:<50} {:>13} {:>13} {:>13} {:>13}\n",
+                q.name,
+                thousands(q.values),
+                thousands(q.held),
+                thousands(q.grad),
+                thousands(q.moments)
+            );
+        }
+    }
     s += &rule;
     s += CONVENTION;
     s.push('\n');
@@ -241,11 +269,11 @@ fn text(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
 fn markdown(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
     let rows = rows(vg, p, o.depth);
     let mut s = format!("**{}**\n\n", header(vg, p, o));
-    s += "| Layer (type) | Output Shape | Output | Kept | Gradient | Work fwd | Work bwd |\n";
-    s += "|---|---|---:|---:|---:|---:|---:|\n";
+    s += "| Layer (type) | Output Shape | Output | Kept | Gradient | Work fwd | Work bwd | Kept for the backward |\n";
+    s += "|---|---|---:|---:|---:|---:|---:|---|\n";
     for r in &rows {
         s += &format!(
-            "| {} ({}) | {} | {} | {} | {} | {} | {} |\n",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.class,
             r.shape,
@@ -253,12 +281,22 @@ fn markdown(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
             mb(r.train.saved),
             mb(r.train.grad),
             mb(r.train.workspace_forward),
-            mb(r.train.workspace_backward)
+            mb(r.train.workspace_backward),
+            r.train.kept_what
         );
     }
     s += "\n| total | bytes | |\n|---|---:|---|\n";
     for (label, bytes, note) in totals(p, o) {
         s += &format!("| {label} | {bytes} | {note} |\n");
+    }
+    if o.params {
+        s += "\n| Parameter | Values | Held | Gradient | Moments |\n|---|---:|---:|---:|---:|\n";
+        for q in &p.params {
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                q.name, q.values, q.held, q.grad, q.moments
+            );
+        }
     }
     s += &format!("\n{CONVENTION}\n");
     s
@@ -278,6 +316,7 @@ fn json_of(vg: &ValidGraph, p: &Prediction, o: &Options) -> Value {
                 "workspace_forward_bytes": r.train.workspace_forward,
                 "workspace_backward_bytes": r.train.workspace_backward,
                 "infer_output_bytes": r.infer_output,
+                "kept_what": r.train.kept_what,
             })
         })
         .collect();
@@ -302,6 +341,13 @@ fn json_of(vg: &ValidGraph, p: &Prediction, o: &Options) -> Value {
         "peak_infer_bytes": p.peak_infer_bytes(),
         "convention": CONVENTION,
         "rows": rows,
+        "params": p.params.iter().map(|q| json!({
+            "name": q.name,
+            "value_bytes": q.values,
+            "held_bytes": q.held,
+            "grad_bytes": q.grad,
+            "moment_bytes": q.moments,
+        })).collect::<Vec<_>>(),
     });
     if let Some((budget, fit)) = o.fit {
         v["fit_bytes"] = json!(budget);

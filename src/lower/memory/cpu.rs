@@ -223,7 +223,23 @@ impl Sim<'_> {
         row.workspace_forward = row.workspace_forward.max(w.transient as u64);
     }
 
-    fn layer(&mut self, idx: usize, mut ins: Vec<SAct>, out_shape: &[usize], skip: bool) -> SAct {
+    fn layer(&mut self, idx: usize, ins: Vec<SAct>, out_shape: &[usize], skip: bool) -> SAct {
+        let y = self.layer_inner(idx, ins, out_shape, skip);
+        if self.train {
+            if let Some(r) = self.rows.last_mut().filter(|r| r.node == idx) {
+                r.kept_what = kept_what(&self.plan.layers[idx]);
+            }
+        }
+        y
+    }
+
+    fn layer_inner(
+        &mut self,
+        idx: usize,
+        mut ins: Vec<SAct>,
+        out_shape: &[usize],
+        skip: bool,
+    ) -> SAct {
         let name = self
             .plan
             .graph
@@ -489,6 +505,36 @@ impl Sim<'_> {
             recycle(&mut spare, dy);
             drop(op);
         }
+    }
+}
+
+/// What each layer kind's backward keeps in the CPU network (the arms of `Sim::layer`).
+fn kept_what(l: &Layer) -> &'static str {
+    match l {
+        Layer::Input | Layer::Reshape => "nothing (the same buffer under another shape)",
+        Layer::Conv { act: None, .. } => "its input, for the kernel gradient",
+        Layer::Conv { .. } => "its input, and its output before the fused activation",
+        Layer::BatchNorm { .. } => {
+            "its input and the batch statistics; a fused activation's input is recomputed"
+        }
+        Layer::Activation(_) => "its input; the output is recomputed from it",
+        Layer::ZeroPad(_) => "nothing",
+        Layer::Pool { max: true, .. } | Layer::GlobalPool { max: true } => {
+            "the index of each maximum (u32)"
+        }
+        Layer::Pool { .. } | Layer::GlobalPool { .. } => "nothing",
+        Layer::Dense { .. } => "its input",
+        Layer::Dropout(_) => "the mask of multipliers (f32)",
+        Layer::Merge {
+            kind: MergeKind::Add,
+            ..
+        } => "with a ReLU, a byte mask; the sum takes over an input's buffer",
+        Layer::Merge {
+            kind: MergeKind::Concatenate,
+            ..
+        } => "nothing",
+        Layer::Merge { .. } => "its inputs (an SE gate: x and the gate)",
+        Layer::GatedAdd { .. } => "x and the gate; with a ReLU, a byte mask",
     }
 }
 

@@ -29,6 +29,30 @@ pub fn auto_lib(s: &ConvShape) -> bool {
     w.kh * w.kw > 1 && pb == Some(w.pt) && pr == Some(w.pl)
 }
 
+/// What a layer's record keeps besides its inputs and output (`kernelnet::Saved`).
+fn kept_what(l: &Layer, lib: bool) -> &'static str {
+    match l {
+        Layer::Conv { .. } if lib => {
+            "inputs and output; the filter in cuDNN's order (im2col is made again in the backward)"
+        }
+        Layer::Conv { .. } => "inputs and output, and the im2col matrix (the input for a 1x1)",
+        Layer::BatchNorm { .. } => "inputs and output, and the batch statistics",
+        Layer::Pool { .. } | Layer::GlobalPool { max: true } => {
+            "inputs and output, and the winning taps"
+        }
+        Layer::Dense { act: Some(_), .. } => "inputs and output, and the pre-activation",
+        Layer::Dropout(_) => "inputs and output, and the mask",
+        Layer::Input
+        | Layer::Reshape
+        | Layer::Activation(_)
+        | Layer::ZeroPad(_)
+        | Layer::GlobalPool { .. }
+        | Layer::Dense { .. }
+        | Layer::Merge { .. }
+        | Layer::GatedAdd { .. } => "inputs and output (the record)",
+    }
+}
+
 /// A value, as `kernelnet::Val` shares it.
 #[derive(Clone)]
 struct V {
@@ -171,6 +195,11 @@ pub fn simulate(
                     grad: if train { (total * F) as u64 } else { 0 },
                     workspace_forward: work,
                     workspace_backward: 0,
+                    kept_what: if train {
+                        kept_what(&plan.layers[idx], is_lib)
+                    } else {
+                        ""
+                    },
                 });
                 if train {
                     records[idx] = Some(Rec {

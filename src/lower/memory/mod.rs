@@ -28,6 +28,8 @@ pub struct LayerMem {
     /// Buffers allocated and freed inside its forward and its backward (im2col, Winograd).
     pub workspace_forward: u64,
     pub workspace_backward: u64,
+    /// What the backward keeps, in words, and what it recomputes instead.
+    pub kept_what: &'static str,
 }
 
 /// One simulated step: the peak above what was live before it, and what ran at the peak.
@@ -80,6 +82,17 @@ impl Engine {
     }
 }
 
+/// One parameter tensor: its values and what the engine keeps for it, in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamMem {
+    pub name: String,
+    pub values: u64,
+    /// The values as the engine holds them (the CPU network: two copies).
+    pub held: u64,
+    pub grad: u64,
+    pub moments: u64,
+}
+
 /// A prediction for one engine, optimizer and batch.
 pub struct Prediction {
     pub engine: Engine,
@@ -111,6 +124,8 @@ pub struct Prediction {
     pub infer_param_bytes: u64,
     pub rows_train: Vec<LayerMem>,
     pub rows_infer: Vec<LayerMem>,
+    /// Every parameter tensor, in the plan's order.
+    pub params: Vec<ParamMem>,
 }
 
 /// What persists between steps, for `Prediction::of`.
@@ -123,11 +138,37 @@ struct Persistent {
     thread_scratch_bytes: u64,
     library_scratch_bytes: u64,
     infer_param_bytes: u64,
+    /// Copies of each value the engine holds, and moment buffers per trainable parameter.
+    copies: u64,
+    moments: u64,
 }
 
 impl Prediction {
-    fn of(engine: Engine, batch: usize, p: Persistent, train: StepSim, infer: StepSim) -> Self {
+    fn of(
+        engine: Engine,
+        batch: usize,
+        p: Persistent,
+        train: StepSim,
+        infer: StepSim,
+        names: &[(String, usize, bool)],
+    ) -> Self {
+        let f = std::mem::size_of::<f32>() as u64;
+        let params = names
+            .iter()
+            .map(|(name, len, trainable)| {
+                let v = *len as u64 * f;
+                let t = if *trainable { v } else { 0 };
+                ParamMem {
+                    name: name.clone(),
+                    values: v,
+                    held: p.copies * v,
+                    grad: t,
+                    moments: p.moments * t,
+                }
+            })
+            .collect();
         Prediction {
+            params,
             engine,
             batch,
             param_bytes: p.param_bytes,
@@ -206,6 +247,8 @@ fn l2_bytes() -> usize {
 /// A spec lowered once for the predictions at every batch size: the plans each engine runs
 /// and the parameters' lengths.
 pub struct Planner {
+    /// Each parameter's name, length and whether it trains, in the plan's order.
+    names: Vec<(String, usize, bool)>,
     lens: Vec<usize>,
     trainable: usize,
     cpu_train: Plan,
@@ -233,6 +276,11 @@ impl Planner {
             .map(|p| p.values.len())
             .sum();
         let flags: Vec<bool> = lowered.params.iter().map(|p| p.trainable).collect();
+        let names = lowered
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.values.len(), p.trainable))
+            .collect();
         // The CPU network places its passes on the plan (`device::Opened::place`) and runs
         // inference on the plan `commands::shared::lowered_for_inference` makes.
         let cpu_train = cpu_plan(&lowered.plan);
@@ -247,6 +295,7 @@ impl Planner {
             .filter(|(_, p)| *p > 0)
             .collect();
         Planner {
+            names,
             kn_train: lowered.plan,
             kn_infer: folded,
             kn_infer_lens: infer_params.iter().map(|p| p.values.len()).collect(),
@@ -285,8 +334,10 @@ impl Planner {
                     thread_scratch_bytes: scratch,
                     library_scratch_bytes: gemm_scratch(),
                     infer_param_bytes: 2 * infer_values,
+                    copies: 2,
+                    moments,
                 };
-                Prediction::of(engine, batch, p, train, infer)
+                Prediction::of(engine, batch, p, train, infer, &self.names)
             }
             // As the network reads it: SE_COMPILE_CONV=gemm sends no convolution to the library.
             Engine::Cuda => match std::env::var("SE_COMPILE_CONV").as_deref() {
@@ -311,8 +362,10 @@ impl Planner {
                     thread_scratch_bytes: 0,
                     library_scratch_bytes: 0,
                     infer_param_bytes: values,
+                    copies: 1,
+                    moments,
                 };
-                Prediction::of(engine, batch, p, train, infer)
+                Prediction::of(engine, batch, p, train, infer, &self.names)
             }
         }
     }
@@ -348,8 +401,10 @@ impl Planner {
             thread_scratch_bytes: 0,
             library_scratch_bytes: 0,
             infer_param_bytes: self.kn_infer_lens.iter().sum::<usize>() as u64 * f,
+            copies: 1,
+            moments: 2,
         };
-        Prediction::of(Engine::Cuda, batch, p, train, infer)
+        Prediction::of(Engine::Cuda, batch, p, train, infer, &self.names)
     }
 
     /// The largest batch whose predicted training peak fits in `budget` bytes, if batch 1

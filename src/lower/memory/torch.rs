@@ -43,6 +43,29 @@ fn act_keeps(f: ActFn) -> Keeps {
     }
 }
 
+/// What autograd keeps of each layer (the arms of `simulate`).
+fn kept_what(op: &Op) -> &'static str {
+    match op {
+        Op::Input(_) | Op::Flatten(_) | Op::Reshape(_) => "nothing (a view)",
+        Op::Conv2d(_) => "its input (and the weight)",
+        Op::BatchNorm(_) => "its input and the batch statistics",
+        Op::Activation(a) => match act_keeps(a.function) {
+            Keeps::Output => "its result",
+            Keeps::Input => "its input",
+            Keeps::Nothing => "nothing",
+        },
+        Op::ZeroPadding2d(_) => "nothing",
+        Op::Pool2d(p) if p.kind == PoolKind::Max => "its input and the int64 indices",
+        Op::Pool2d(_) => "its input",
+        Op::GlobalPool(p) if p.kind == PoolKind::Max => "its input and its result",
+        Op::GlobalPool(_) => "nothing (a mean)",
+        Op::Dense(_) => "its input (and the activation's operand)",
+        Op::Dropout(_) => "the mask (bool)",
+        Op::Merge(m) if m.kind == MergeKind::Multiply => "both factors",
+        Op::Merge(_) => "nothing",
+    }
+}
+
 /// After which layer each value's last Python reference goes, as `export::pytorch` writes
 /// the forward: a value read only by the next line is `x`, held until a later line assigns
 /// `x` again; a value read anywhere else gets a name (`identity`, `bn1`, `act4`), which holds
@@ -184,6 +207,7 @@ pub fn simulate(g: &Graph, param_lens: &HashMap<usize, usize>, n: usize, train: 
             output: if view { 0 } else { out.bytes() },
             saved: if train { kept } else { 0 },
             grad: if train { (out_len * F) as u64 } else { 0 },
+            kept_what: if train { kept_what(&node.op) } else { "" },
             ..Default::default()
         });
         if train {
