@@ -100,5 +100,6 @@ pub fn load(path: &str) -> Result<SourceFile, FileError> {
         .map_err(|e| FileError::NotUtf8(path.into(), e.utf8_error().valid_up_to()))?;
     Ok(SourceFile::new(path, text))
 }
+pub mod fuzzing;
 pub mod lower;
 pub mod train;
