@@ -199,7 +199,7 @@ def scan_shard(path, warn):
     shard keeps the samples before the damage; unlabelled samples are left out."""
     import tarfile
     size = os.path.getsize(path)
-    order, pend, damage = [], {}, None
+    order, pend, damage, end = [], {}, None, 0
     try:
         with tarfile.open(path, "r:") as tf:
             while True:
@@ -216,6 +216,7 @@ def scan_shard(path, warn):
                     damage = (f"truncated: a member ends at byte {m.offset_data + m.size} of a "
                               f"{size}-byte file")
                     break
+                end = -(-(m.offset_data + m.size) // 512) * 512
                 base = m.name.rfind("/") + 1
                 dot = m.name.find(".", base)
                 if dot < 0:
@@ -232,6 +233,14 @@ def scan_shard(path, warn):
                     pend[key][0] = (path, m.name, m.offset_data, m.size)
     except (OSError, tarfile.TarError) as e:
         damage = str(e)
+    if damage is None and end > 0:
+        # tarfile ends quietly at a truncated or corrupt header: a written tar has two zero
+        # blocks after its last member.
+        with open(path, "rb") as f:
+            f.seek(end)
+            if f.read(1024) != bytes(1024):
+                damage = ("truncated or corrupt: no end-of-archive blocks after the last "
+                          f"member, at byte {end}")
     out, unlabelled, bad = [], [], []
     for key in order:
         img, cls = pend[key]
@@ -422,6 +431,7 @@ class Images(torch.utils.data.Dataset):
 
     def __init__(self, paths, labels, shape, aug):
         self.paths, self.labels, self.shape, self.aug = paths, labels, shape, aug
+        self.warned = set()
 
     def __len__(self):
         return len(self.paths)
@@ -432,8 +442,12 @@ class Images(torch.utils.data.Dataset):
         try:
             px = decode(self.paths[i], h, w, c)
         except Exception as e:  # noqa: BLE001
-            print(f"warning: cannot decode {self.paths[i]}: {e}; using a black image",
-                  file=sys.stderr)
+            p = self.paths[i]
+            if p not in self.warned:  # once per image (and loader process)
+                self.warned.add(p)
+                name = f"{p[0]}:{p[1]}" if isinstance(p, tuple) else p
+                print(f"warning: cannot decode {name}: {e}; using a black image",
+                      file=sys.stderr)
             px = np.zeros((h, w, c), np.uint8)
         if seed is not None and self.aug["enabled"]:
             x = augment(px, self.aug, Rng(seed ^ ((i * 0x2545F4914F6CDD1D) & M64)))

@@ -47,6 +47,17 @@ impl Member {
     }
 }
 
+/// Whether `tar` holds two zero blocks (the end-of-archive marker) at byte `at`.
+fn zero_blocks_at(tar: &Path, at: u64) -> bool {
+    let mut buf = [0u8; 1024];
+    std::fs::File::open(tar)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(at))?;
+            f.read_exact(&mut buf)
+        })
+        .is_ok_and(|_| buf.iter().all(|&b| b == 0))
+}
+
 /// One shard's labelled samples, in the tar's order.
 #[derive(Debug, Default)]
 pub struct Scanned {
@@ -185,6 +196,8 @@ pub fn scan(tar: &Path) -> Scanned {
     let mut order: Vec<String> = vec![];
     let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
     let mut damage: Option<String> = None;
+    // Where the last member's data ends, padded to 512: the end-of-archive blocks follow.
+    let mut end = 0u64;
     let mut archive = tar::Archive::new(file);
     match archive.entries_with_seek() {
         Err(e) => damage = Some(e.to_string()),
@@ -208,6 +221,7 @@ pub fn scan(tar: &Path) -> Scanned {
                     ));
                     break;
                 }
+                end = (offset + len).div_ceil(512) * 512;
                 let name = match entry.path() {
                     Ok(p) => p.to_string_lossy().into_owned(),
                     Err(e) => {
@@ -242,6 +256,13 @@ pub fn scan(tar: &Path) -> Scanned {
                 }
             }
         }
+    }
+    // A reader takes a file that ends between two members for a whole archive: a written one
+    // (tar, Python's tarfile) has two zero blocks after its last member.
+    if damage.is_none() && end > 0 && !zero_blocks_at(tar, end) {
+        damage = Some(format!(
+            "truncated or corrupt: no end-of-archive blocks after the last member, at byte {end}"
+        ));
     }
     let (mut unlabelled, mut bad_labels, mut no_image) = (vec![], vec![], 0usize);
     for key in order {
