@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use commands::shared::{ColorChoice, Ctx};
 use commands::{
     analyze, bench, check, compile, diff, eval, export, graph, import_weights, memory, parity,
-    predict, schema, summary, train, view,
+    predict, schema, shard, summary, train, view,
 };
 use std::process::ExitCode;
 
@@ -44,6 +44,7 @@ enum Cmd {
     ImportWeights(import_weights::ImportWeightsArgs),
     Schema(schema::SchemaArgs),
     Graph(graph::GraphArgs),
+    Shard(shard::ShardArgs),
     View(view::ViewArgs),
 }
 
@@ -65,6 +66,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::ImportWeights(a) => import_weights::run(&cx, a),
         Cmd::Schema(a) => schema::run(a),
         Cmd::Graph(a) => graph::run(&cx, a),
+        Cmd::Shard(a) => shard::run(a),
         Cmd::View(a) => view::run(&cx, a),
     }
 }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{python, run as se};
+use common::{python, run as se, steps};
 use se_compile::lower::model::Model;
 use std::path::{Path, PathBuf};
 
@@ -72,16 +72,6 @@ fn history(dir: &Path) -> (String, Vec<Vec<f64>>) {
 /// The `lr` column.
 fn lrs(dir: &Path) -> Vec<f64> {
     history(dir).1.iter().map(|r| r[5]).collect()
-}
-
-/// steps.csv: the training loss of every step.
-fn steps(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("steps.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
-        .collect()
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {

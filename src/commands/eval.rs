@@ -31,10 +31,14 @@ pub struct EvalArgs {
 pub(crate) fn eval_data(vg: &ValidGraph, data: Option<String>) -> Result<(PathBuf, Dataset), u8> {
     let data_dir = data.map(PathBuf::from).unwrap_or_else(bundled_data);
     let shape = vg.graph().input_shape();
-    let ds = Dataset::load(&data_dir, shape[0], shape[1], shape[2], 0.0, 0).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_INVALID
-    })?;
+    let ds =
+        Dataset::load_any(&data_dir.display().to_string(), None, shape, 0.0, 0).map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_INVALID
+        })?;
+    for w in &ds.warnings {
+        eprintln!("warning: {w}");
+    }
     Ok((data_dir, ds))
 }
 

@@ -15,6 +15,7 @@ pub mod parity;
 pub mod predict;
 pub mod recipe;
 pub mod schema;
+pub mod shard;
 pub mod shared;
 pub mod summary;
 pub mod torchrun;

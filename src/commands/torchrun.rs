@@ -112,6 +112,8 @@ pub struct TorchRun<'a> {
     pub src: &'a SourceFile,
     pub cfg: &'a TrainConfig,
     pub data: PathBuf,
+    /// `--val-data`: validation shards.
+    pub val_data: Option<String>,
     pub out: PathBuf,
     pub resume: bool,
     /// False: `--no-tensorboard` (train.py writes no RUN_DIR/tb).
@@ -138,6 +140,9 @@ pub fn run(t: TorchRun) -> Result<(), u8> {
         "--workers".into(),
         t.flags.workers.to_string(),
     ];
+    if let Some(v) = &t.val_data {
+        args.extend(["--val-data".into(), v.clone()]);
+    }
     if t.resume {
         args.extend(["--resume".into(), t.out.display().to_string()]);
     } else {

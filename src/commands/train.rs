@@ -17,9 +17,15 @@ use se_compile::lower::layers::Net;
 )]
 pub struct TrainArgs {
     pub spec: String,
-    /// DIR with train/<class>/ and test/<class>/ (default: the bundled data/fashion-mnist-mini).
+    /// DIR with train/<class>/ and test/<class>/ (default: the bundled data/fashion-mnist-mini),
+    /// or WebDataset shards: a folder of .tar files or a pattern such as
+    /// 'shards/train-{000000..000099}.tar' (KEY.png or KEY.jpg plus KEY.cls in each sample).
     #[arg(long)]
     pub data: Option<String>,
+    /// Validation shards (folder or pattern) when --data is shards. Without it, val_split of
+    /// the shard list is held out.
+    #[arg(long, value_name = "SHARDS")]
+    pub val_data: Option<String>,
     #[command(flatten)]
     pub recipe: RecipeFlags,
     #[command(flatten)]
@@ -48,6 +54,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
     let TrainArgs {
         spec,
         data,
+        val_data,
         recipe,
         launch,
         out,
@@ -87,6 +94,7 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
             data: data
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(bundled_data),
+            val_data,
             out: out_dir,
             resume: resume.is_some(),
             tensorboard: !no_tensorboard,
@@ -102,11 +110,10 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(bundled_data);
     let shape = vg.graph().input_shape().clone();
-    let mut ds = se_compile::train::data::Dataset::load(
-        &data_dir,
-        shape[0],
-        shape[1],
-        shape[2],
+    let mut ds = se_compile::train::data::Dataset::load_any(
+        &data_dir.display().to_string(),
+        val_data.as_deref(),
+        &shape,
         cfg.val_split,
         cfg.seed,
     )
@@ -130,6 +137,9 @@ pub fn run(cx: &Ctx, a: TrainArgs) -> Result<(), u8> {
     }
     for (p, why) in &ds.skipped {
         eprintln!("warning: skipped unreadable image {}: {why}", p.display());
+    }
+    for w in &ds.warnings {
+        eprintln!("warning: {w}");
     }
     println!(
         "Found {} training and {} validation images in {} classes ({}), skipped {} unreadable",

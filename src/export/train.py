@@ -12,7 +12,9 @@ spec's `train:` recipe).
     python DIR/train.py --data IMAGES --out RUN_DIR            (one process, no torchrun)
 
 IMAGES is se-compile's layout: IMAGES/train/<class>/*.png|jpg and IMAGES/test/<class>/*
-(or a seeded `val_split` of train/). RUN_DIR is se-compile's run directory: history.csv,
+(or a seeded `val_split` of train/), or WebDataset shards (a folder of .tar files or a brace
+pattern; KEY.png|jpg plus KEY.cls; classes.txt beside them; --val-data for validation
+shards, else a `val_split` of the shard list): each process then reads its own shards. RUN_DIR is se-compile's run directory: history.csv,
 history.json, steps.csv, last.safetensors and best.safetensors in se-compile's tensor names
 and layouts, config.json and the spec. So `se-compile eval`, `predict` and
 `train --resume` work on it, and `--resume` here continues an `se-compile train` run.
@@ -149,8 +151,241 @@ def load_lists(root, val_split, seed, verbose):
     return names, train, val
 
 
+# --- WebDataset shards: the same index, classes, split and epoch order as src/train/shards.rs.
+# Each process reads only its own shards (the epoch's shard order dealt out over the ranks).
+SHUFFLE_BUFFER = 1000
+
+
+def is_shards(data):
+    if data.endswith(".tar") or ("{" in data and ".." in data):
+        return True
+    return (os.path.isdir(data) and not os.path.isdir(os.path.join(data, "train"))
+            and any(f.endswith(".tar") for f in os.listdir(data)))
+
+
+def expand_braces(p):
+    i = p.find("{")
+    if i < 0:
+        return [p]
+    j = p.find("}", i)
+    a, _, b = p[i + 1:j].partition("..")
+    if j < 0 or not a.isdigit() or not b.isdigit() or int(b) < int(a):
+        fail(f"{p}: a brace range is {{FIRST..LAST}} with decimal numbers, as in "
+             "train-{000000..000099}.tar")
+    out = []
+    for k in range(int(a), int(b) + 1):
+        out += expand_braces(f"{p[:i]}{k:0{len(a)}d}{p[j + 1:]}")
+    return out
+
+
+def resolve_shards(data):
+    if os.path.isdir(data):
+        shards = sorted(os.path.join(data, f) for f in os.listdir(data)
+                        if f.endswith(".tar") and os.path.isfile(os.path.join(data, f)))
+        d = data
+    else:
+        shards = expand_braces(data)
+        d = os.path.dirname(shards[0]) or "."
+    if not shards:
+        fail(f"{data}: holds no .tar shards (write some with `se-compile shard DIR -o {data}`)")
+    for s in shards:
+        if not os.path.isfile(s):
+            fail(f"{s}: no such shard (from {data}); fix the pattern or the folder")
+    return shards, d
+
+
+def scan_shard(path, warn):
+    """(member, label) of each labelled sample; member = (tar, name, offset, size). A damaged
+    shard keeps the samples before the damage; unlabelled samples are left out."""
+    import tarfile
+    size = os.path.getsize(path)
+    order, pend, damage, end = [], {}, None, 0
+    try:
+        with tarfile.open(path, "r:") as tf:
+            while True:
+                try:
+                    m = tf.next()
+                except tarfile.TarError as e:
+                    damage = str(e)
+                    break
+                if m is None:
+                    break
+                if not m.isfile():
+                    continue
+                if m.offset_data + m.size > size:
+                    damage = (f"truncated: a member ends at byte {m.offset_data + m.size} of a "
+                              f"{size}-byte file")
+                    break
+                end = -(-(m.offset_data + m.size) // 512) * 512
+                base = m.name.rfind("/") + 1
+                dot = m.name.find(".", base)
+                if dot < 0:
+                    continue
+                key, ext = m.name[:dot], m.name[dot + 1:].lower()
+                if key not in pend:
+                    order.append(key)
+                    pend[key] = [None, None]
+                if ext == "cls":
+                    txt = tf.extractfile(m).read().decode("utf-8", "replace").strip()
+                    pend[key][1] = int(txt) if txt.isdigit() else ValueError(
+                        f"{m.name} holds {txt!r}, not a class index")
+                elif ext in ("png", "jpg", "jpeg") and pend[key][0] is None:
+                    pend[key][0] = (path, m.name, m.offset_data, m.size)
+    except (OSError, tarfile.TarError) as e:
+        damage = str(e)
+    if damage is None and end > 0:
+        # tarfile ends quietly at a truncated or corrupt header: a written tar has two zero
+        # blocks after its last member.
+        with open(path, "rb") as f:
+            f.seek(end)
+            if f.read(1024) != bytes(1024):
+                damage = ("truncated or corrupt: no end-of-archive blocks after the last "
+                          f"member, at byte {end}")
+    out, unlabelled, bad = [], [], []
+    for key in order:
+        img, cls = pend[key]
+        if img is None:
+            continue
+        if cls is None:
+            unlabelled.append(key)
+        elif isinstance(cls, Exception):
+            bad.append(str(cls))
+        else:
+            out.append((img, cls))
+    if warn:
+        if damage:
+            print(f"warning: {path}: damaged ({damage}); kept the {len(out)} samples before the "
+                  "damage, skipped the rest", file=sys.stderr)
+        if unlabelled:
+            print(f"warning: {path}: {len(unlabelled)} sample(s) with no .cls label skipped "
+                  f"(first: {unlabelled[0]})", file=sys.stderr)
+        if bad:
+            print(f"warning: {path}: {len(bad)} sample(s) with a bad .cls label skipped "
+                  f"(first: {bad[0]})", file=sys.stderr)
+    return out
+
+
+def load_shards(data, val_data, val_split, seed, verbose):
+    """names, train, val as load_lists gives them, and train's shard ranges."""
+    shards, d = resolve_shards(data)
+    if val_data:
+        val_shards = resolve_shards(val_data)[0]
+    else:
+        Rng(seed ^ 0x5EED).shuffle(shards)
+        n = len(shards)
+        n_val = int(math.floor(float(np.float32(n) * np.float32(val_split)) + 0.5))
+        if val_split > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        val_shards, shards = shards[:n_val], sorted(shards[n_val:])
+    scanned = {}
+
+    def read(lst):
+        paths, labels, ranges = [], [], []
+        for s in lst:
+            if s not in scanned:
+                scanned[s] = scan_shard(s, verbose)
+            start = len(paths)
+            for m, c in scanned[s]:
+                paths.append(m)
+                labels.append(c)
+            ranges.append((start, len(paths)))
+        return paths, labels, ranges
+
+    train, val = read(shards), read(val_shards)
+    cf = os.path.join(d, "classes.txt")
+    if os.path.isfile(cf):
+        with open(cf) as f:
+            names = [ln.strip() for ln in f if ln.strip()]
+    else:
+        names = [str(i) for i in range(max(train[1] + val[1], default=-1) + 1)]
+    kept = []
+    for paths, labels, ranges in (train, val):
+        bad = [i for i, c in enumerate(labels) if c >= len(names)]
+        if bad and verbose:
+            print(f"warning: {len(bad)} sample(s) skipped: their .cls is not below the "
+                  f"{len(names)} classes of {cf}", file=sys.stderr)
+        p2, l2, r2 = [], [], []
+        for a, b in ranges:
+            start = len(p2)
+            for i in range(a, b):
+                if labels[i] < len(names):
+                    p2.append(paths[i])
+                    l2.append(labels[i])
+            r2.append((start, len(p2)))
+        kept.append(((p2, l2), r2))
+    (train, ranges), (val, _) = kept
+    if len(names) < 2:
+        fail(f"{data}: the shards hold {len(names)} class(es); classification needs at least 2 "
+             "(KEY.cls holds the class index)")
+    if not train[0]:
+        fail(f"{data}: no readable training samples (each needs KEY.png or KEY.jpg and KEY.cls)")
+    return names, train, val, ranges
+
+
+def buffered(ranges, ids, rng):
+    """The samples of shards `ids` in turn through a SHUFFLE_BUFFER-sample shuffle buffer."""
+    buf, out = [], []
+
+    def take():
+        j = rng.below(len(buf))
+        v = buf[j]
+        buf[j] = buf[-1]
+        buf.pop()
+        out.append(v)
+
+    for s in ids:
+        for i in range(*ranges[s]):
+            buf.append(i)
+            if len(buf) >= SHUFFLE_BUFFER:
+                take()
+    while buf:
+        take()
+    return out
+
+
+def shard_batches(ranges, n, batch, seed, epoch, world):
+    """An epoch's global batches over shards. The shards go in a seeded order, dealt out over
+    the ranks (rank r reads shards r, r + world, ...), each rank's through its own shuffle
+    buffer. Step k takes each rank's share of the global batch from its own stream, which
+    starts again from its beginning if it runs out (ranks' shards may hold unequal counts).
+    Rank r's items sit at r, r + world, ... of each batch (as RankBatches reads them). With
+    one process this is exactly se-compile's epoch over the same shards."""
+    rng = Rng(seed ^ (((epoch + 1) * 0x9E3779B9) & M64))
+    ids = list(range(len(ranges)))
+    rng.shuffle(ids)
+    if world == 1:
+        order = buffered(ranges, ids, rng)
+        return [order[k:k + batch] for k in range(0, n, batch)]
+    if len(ids) < world:
+        fail(f"{len(ids)} training shard(s) for {world} processes: each process reads its own "
+             "shards; write smaller ones (se-compile shard --shard-size)")
+    streams = [buffered(ranges, ids[r::world], Rng(rng.next_u64() ^ r)) for r in range(world)]
+    pos = [0] * world
+    batches = []
+    for k in range(0, n, batch):
+        nk = min(batch, n - k)
+        share = [nk // world + (1 if r < nk % world else 0) for r in range(world)]
+        per = []
+        for r in range(world):
+            got = []
+            for _ in range(share[r]):
+                got.append(streams[r][pos[r] % len(streams[r])])
+                pos[r] += 1
+            per.append(got)
+        b = []
+        for j in range(max(share)):
+            b += [per[r][j] for r in range(world) if j < share[r]]
+        batches.append(b)
+    return batches
+
+
 def decode(path, h, w, c):
     from PIL import Image
+    if isinstance(path, tuple):  # a shard member: (tar, name, offset, size)
+        import io
+        with open(path[0], "rb") as f:
+            f.seek(path[2])
+            path = io.BytesIO(f.read(path[3]))
     with Image.open(path) as im:
         im = im.convert("L" if c == 1 else "RGB")
         if im.size != (w, h):
@@ -196,6 +431,7 @@ class Images(torch.utils.data.Dataset):
 
     def __init__(self, paths, labels, shape, aug):
         self.paths, self.labels, self.shape, self.aug = paths, labels, shape, aug
+        self.warned = set()
 
     def __len__(self):
         return len(self.paths)
@@ -206,8 +442,12 @@ class Images(torch.utils.data.Dataset):
         try:
             px = decode(self.paths[i], h, w, c)
         except Exception as e:  # noqa: BLE001
-            print(f"warning: cannot decode {self.paths[i]}: {e}; using a black image",
-                  file=sys.stderr)
+            p = self.paths[i]
+            if p not in self.warned:  # once per image (and loader process)
+                self.warned.add(p)
+                name = f"{p[0]}:{p[1]}" if isinstance(p, tuple) else p
+                print(f"warning: cannot decode {name}: {e}; using a black image",
+                      file=sys.stderr)
             px = np.zeros((h, w, c), np.uint8)
         if seed is not None and self.aug["enabled"]:
             x = augment(px, self.aug, Rng(seed ^ ((i * 0x2545F4914F6CDD1D) & M64)))
@@ -544,7 +784,10 @@ def parse_args(recipe):
     p = argparse.ArgumentParser(
         description=f"Train {recipe['model']} (exported from {recipe['spec']}) with PyTorch "
                     "DDP; launch with torchrun for more than one process.")
-    p.add_argument("--data", required=True, help="DIR with train/<class>/ (and test/<class>/)")
+    p.add_argument("--data", required=True,
+                   help="DIR with train/<class>/ (and test/<class>/), or WebDataset shards: a "
+                        "folder of .tar files or a pattern such as 'train-{000000..000099}.tar'")
+    p.add_argument("--val-data", help="validation shards (folder or pattern) with shards")
     p.add_argument("--out", help="run directory (default runs/<model>)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue RUN_DIR (an se-compile or train.py run) from its last epoch")
@@ -626,7 +869,15 @@ def main():
         os.makedirs(out, exist_ok=True)
 
     h, w, c = recipe["input"]
-    names_cls, train, val = load_lists(args.data, cfg["val_split"], cfg["seed"], lead)
+    ranges = None
+    if is_shards(args.data):
+        names_cls, train, val, ranges = load_shards(args.data, args.val_data, cfg["val_split"],
+                                                    cfg["seed"], lead)
+    elif args.val_data:
+        fail(f"--val-data {args.val_data}: only for shards; with class folders, validation "
+             f"images go in {args.data}/test/<class>/")
+    else:
+        names_cls, train, val = load_lists(args.data, cfg["val_split"], cfg["seed"], lead)
     if recipe.get("classes") and len(names_cls) != recipe["classes"]:
         fail(f"{args.data} has {len(names_cls)} classes but the model's output has "
              f"{recipe['classes']} units; set `classes: {len(names_cls)}` in the spec")
@@ -736,7 +987,8 @@ def main():
             print(f"Epoch {epoch + 1}/{cfg['epochs']}", flush=True)
         t0 = time.time()
         torch.manual_seed((cfg["seed"] * 1000003 + epoch) % (1 << 63))
-        batches = epoch_batches(len(train[0]), B, cfg["seed"], epoch)
+        batches = (epoch_batches(len(train[0]), B, cfg["seed"], epoch) if ranges is None else
+                   shard_batches(ranges, len(train[0]), B, cfg["seed"], epoch, world))
         sampler = RankBatches(batches, rank, world, cfg["seed"], epoch,
                               cfg["augment"]["enabled"])
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, **loader_kw)

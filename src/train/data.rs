@@ -8,20 +8,46 @@
 //!
 //! A file whose header reads but whose data does not decode is left out of every batch it falls
 //! in; [`Dataset::warn_once`] reports it once.
+//!
+//! `--data` may also name WebDataset shards ([`super::shards`]): then each image is a member of
+//! a tar file, read from it when a batch needs it, and an epoch's order is the shards' own
+//! ([`Dataset::epoch_order`]).
 
+use super::shards::{self, Member};
 use crate::spec::recipe::Augment;
 use crate::util::rng::Rng;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-/// The files of one split and their labels.
+/// Where an image's bytes are: a file, or a member of a shard.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    File(PathBuf),
+    Shard(Member),
+}
+
+impl Source {
+    /// The file, or `SHARD.tar:MEMBER`, for messages.
+    pub fn display(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Shard(m) => format!("{}:{}", m.tar.display(), m.name),
+        }
+    }
+}
+
+/// The images of one split and their labels.
 #[derive(Clone, Debug, Default)]
 pub struct Split {
     pub labels: Vec<usize>,
-    pub paths: Vec<PathBuf>,
+    pub sources: Vec<Source>,
+    /// For shards: each shard's range of indices in this split (an epoch visits them in a
+    /// seeded order); empty for folders.
+    pub shards: Vec<Range<usize>>,
     /// Each image's H x W x C bytes after its first decode, when the dataset is cached; empty
     /// when it is streamed.
     cache: Vec<OnceLock<Box<[u8]>>>,
@@ -37,9 +63,37 @@ impl Split {
     fn pick(&self, ids: &[usize]) -> Split {
         Split {
             labels: ids.iter().map(|&i| self.labels[i]).collect(),
-            paths: ids.iter().map(|&i| self.paths[i].clone()).collect(),
+            sources: ids.iter().map(|&i| self.sources[i].clone()).collect(),
+            shards: vec![],
             cache: vec![],
         }
+    }
+    /// Drops the samples labelled `n` or more, keeping the shard ranges; returns how many went
+    /// and the first one, if any did.
+    fn keep_labels_below(&mut self, n: usize) -> Option<(usize, String)> {
+        let first = (0..self.len()).find(|&i| self.labels[i] >= n)?;
+        let first = format!("{} = {}", self.sources[first].display(), self.labels[first]);
+        let before = self.len();
+        let mut kept = Split::default();
+        for r in &self.shards {
+            let start = kept.len();
+            for i in r.clone().filter(|&i| self.labels[i] < n) {
+                kept.labels.push(self.labels[i]);
+                kept.sources.push(self.sources[i].clone());
+            }
+            kept.shards.push(start..kept.len());
+        }
+        *self = kept;
+        Some((before - self.len(), first))
+    }
+    /// Appends the samples of one shard as one shard range.
+    fn push_shard(&mut self, samples: Vec<(Member, usize)>) {
+        let start = self.len();
+        for (m, l) in samples {
+            self.labels.push(l);
+            self.sources.push(Source::Shard(m));
+        }
+        self.shards.push(start..self.len());
     }
 }
 
@@ -50,11 +104,13 @@ pub struct Dataset {
     pub val: Split,
     /// Files whose header could not be read: (path, reason). They are skipped, never fatal.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Damaged shards and unlabelled samples, one warning line each (shards only).
+    pub warnings: Vec<String>,
     pub h: usize,
     pub w: usize,
     pub c: usize,
     /// Files already reported by [`Dataset::warn_once`].
-    warned: Mutex<HashSet<PathBuf>>,
+    warned: Mutex<HashSet<String>>,
 }
 
 /// One assembled batch.
@@ -183,7 +239,25 @@ fn check_header(path: &Path) -> Result<(), String> {
 
 /// Decodes one file to H x W x C bytes, resized (bilinear) to the model input.
 pub fn decode(path: &Path, h: usize, w: usize, c: usize) -> Result<Vec<u8>, String> {
-    let img = reader(path)?.decode().map_err(|e| e.to_string())?;
+    to_input(reader(path)?.decode().map_err(|e| e.to_string())?, h, w, c)
+}
+
+/// Decodes one image, a file or a shard member, as [`decode`].
+pub fn decode_source(src: &Source, h: usize, w: usize, c: usize) -> Result<Vec<u8>, String> {
+    match src {
+        Source::File(p) => decode(p, h, w, c),
+        Source::Shard(m) => {
+            let img = image::ImageReader::new(std::io::Cursor::new(m.read()?))
+                .with_guessed_format()
+                .map_err(|e| e.to_string())?
+                .decode()
+                .map_err(|e| e.to_string())?;
+            to_input(img, h, w, c)
+        }
+    }
+}
+
+fn to_input(img: image::DynamicImage, h: usize, w: usize, c: usize) -> Result<Vec<u8>, String> {
     let img = if img.width() as usize != w || img.height() as usize != h {
         img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle)
     } else {
@@ -212,12 +286,37 @@ fn load_split(
         match ok {
             Ok(()) => {
                 split.labels.push(l);
-                split.paths.push(p);
+                split.sources.push(Source::File(p));
             }
             Err(e) => skipped.push((p, e)),
         }
     }
     Ok(split)
+}
+
+/// A folder of class folders (`dir/<class>/*.png`): the sorted class names, each readable
+/// image with its label, and the images whose header does not read (path, reason).
+#[allow(clippy::type_complexity)]
+pub fn list_class_folders(
+    dir: &Path,
+) -> Result<(Vec<String>, Vec<(PathBuf, usize)>, Vec<(PathBuf, String)>), String> {
+    let classes = class_dirs(dir)?;
+    let mut skipped = vec![];
+    let split = load_split(&classes, &mut skipped)?;
+    let files = split
+        .sources
+        .into_iter()
+        .zip(split.labels)
+        .filter_map(|(s, l)| match s {
+            Source::File(p) => Some((p, l)),
+            Source::Shard(_) => None,
+        })
+        .collect();
+    Ok((
+        classes.into_iter().map(|(n, _)| n).collect(),
+        files,
+        skipped,
+    ))
 }
 
 impl Dataset {
@@ -279,11 +378,109 @@ impl Dataset {
             train,
             val,
             skipped,
+            warnings: vec![],
             h,
             w,
             c,
             warned: Mutex::default(),
         })
+    }
+
+    /// `--data` as given: shards ([`super::shards`]) or a class-folder root. `val_data` (shards
+    /// only) gives the validation shards; without it, `val_split` of the shards (at least one
+    /// when the fraction is not 0 and there are two) is held out, chosen by `seed`.
+    /// `shape` is the model input (H, W, C).
+    pub fn load_any(
+        data: &str,
+        val_data: Option<&str>,
+        shape: &[usize],
+        val_split: f32,
+        seed: u64,
+    ) -> Result<Dataset, String> {
+        let (h, w, c) = (shape[0], shape[1], shape[2]);
+        if !shards::is_shards(data) {
+            if let Some(v) = val_data {
+                return Err(format!(
+                    "--val-data {v}: only for shards; with class folders, validation images go in {data}/test/<class>/"
+                ));
+            }
+            return Dataset::load(Path::new(data), h, w, c, val_split, seed);
+        }
+        let (mut train_shards, dir) = shards::resolve(data)?;
+        let val_shards = match val_data {
+            Some(v) => shards::resolve(v)?.0,
+            None => {
+                Rng::new(seed ^ 0x5EED).shuffle(&mut train_shards);
+                let n = train_shards.len();
+                let mut n_val = ((n as f32) * val_split).round() as usize;
+                if val_split > 0.0 && n >= 2 {
+                    n_val = n_val.clamp(1, n - 1);
+                }
+                let val = train_shards.drain(..n_val.min(n)).collect::<Vec<_>>();
+                train_shards.sort();
+                val
+            }
+        };
+        let mut warnings = vec![];
+        let mut read = |list: &[PathBuf]| {
+            let scanned: Vec<shards::Scanned> = list.par_iter().map(|p| shards::scan(p)).collect();
+            let mut split = Split::default();
+            for (p, s) in list.iter().zip(scanned) {
+                warnings.extend(s.warnings.iter().map(|w| format!("{}: {w}", p.display())));
+                split.push_shard(s.samples);
+            }
+            split
+        };
+        let (mut train, mut val) = (read(&train_shards), read(&val_shards));
+        let top = train.labels.iter().chain(&val.labels).max().copied();
+        let classes = match shards::class_names(&dir)? {
+            Some(names) => names,
+            None => (0..top.map_or(0, |t| t + 1))
+                .map(|i| i.to_string())
+                .collect(),
+        };
+        for split in [&mut train, &mut val] {
+            if let Some((n, first)) = split.keep_labels_below(classes.len()) {
+                warnings.push(format!(
+                    "{n} sample(s) skipped: their .cls is not below the {} classes of {} (first: {first})",
+                    classes.len(),
+                    dir.join("classes.txt").display(),
+                ));
+            }
+        }
+        if classes.len() < 2 {
+            return Err(format!(
+                "{data}: the shards hold {} class(es); classification needs at least 2 (KEY.cls holds the class index)",
+                classes.len()
+            ));
+        }
+        if train.is_empty() {
+            return Err(format!(
+                "{data}: no readable training samples (each needs KEY.png or KEY.jpg and KEY.cls)"
+            ));
+        }
+        Ok(Dataset {
+            classes,
+            train,
+            val,
+            skipped: vec![],
+            warnings,
+            h,
+            w,
+            c,
+            warned: Mutex::default(),
+        })
+    }
+
+    /// The order of one training epoch: a seeded shuffle of all images for folders; for shards,
+    /// [`shards::epoch_order`] (the shards shuffled, then a shuffle buffer).
+    pub fn epoch_order(&self, seed: u64, epoch: usize) -> Vec<usize> {
+        if !self.train.shards.is_empty() {
+            return shards::epoch_order(&self.train.shards, seed, epoch);
+        }
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
+        order
     }
 
     /// A dataset of loose files (`predict`): all in `train`, label 0, no classes, no header check.
@@ -292,11 +489,13 @@ impl Dataset {
             classes: vec![],
             train: Split {
                 labels: vec![0; paths.len()],
-                paths,
+                sources: paths.into_iter().map(Source::File).collect(),
+                shards: vec![],
                 cache: vec![],
             },
             val: Split::default(),
             skipped: vec![],
+            warnings: vec![],
             h,
             w,
             c,
@@ -333,16 +532,17 @@ impl Dataset {
 
     /// Image `i` of `split` as H x W x C bytes: from the cache, or decoded (and cached).
     fn pixels<'a>(&self, split: &'a Split, i: usize) -> Result<Cow<'a, [u8]>, String> {
-        let path = &split.paths[i];
+        let src = &split.sources[i];
         match split.cache.get(i) {
             Some(cell) => {
                 if cell.get().is_none() {
                     // Another thread may set it first: the bytes are the same.
-                    let _ = cell.set(decode(path, self.h, self.w, self.c)?.into_boxed_slice());
+                    let _ =
+                        cell.set(decode_source(src, self.h, self.w, self.c)?.into_boxed_slice());
                 }
                 Ok(Cow::Borrowed(cell.get().expect("set above")))
             }
-            None => decode(path, self.h, self.w, self.c).map(Cow::Owned),
+            None => decode_source(src, self.h, self.w, self.c).map(Cow::Owned),
         }
     }
 
@@ -417,12 +617,9 @@ impl Dataset {
         }
         let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
         for (i, why) in failed {
-            let p = &split.paths[*i];
+            let p = split.sources[*i].display();
             if warned.insert(p.clone()) {
-                eprintln!(
-                    "warning: {}: cannot decode, left out of its batches: {why}",
-                    p.display()
-                );
+                eprintln!("warning: {p}: cannot decode, left out of its batches: {why}");
             }
         }
     }

@@ -343,8 +343,7 @@ pub fn train(
         let lr = callbacks.lr(cfg, epoch);
         println!("Epoch {}/{}", epoch + 1, cfg.epochs);
         let t0 = Instant::now();
-        let mut order: Vec<usize> = (0..n).collect();
-        Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
+        let order = ds.epoch_order(cfg.seed, epoch);
         let batches: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(|c| c.to_vec()).collect();
         // Batches are decoded, assembled and augmented on a worker thread while the step runs.
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
