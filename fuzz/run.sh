@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(cd .. && pwd)
-TARGETS="spec_yaml spec_dsl weights run_files image"
+TARGETS=${TARGETS:-"spec_yaml spec_dsl weights run_files image shard"}
 case "${1:-}" in
 seed)
     rm -rf seeds && mkdir -p seeds
@@ -26,6 +26,14 @@ seed)
     { printf '\2'; cat "$run/config.json"; } > seeds/run_files/config_json
     find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '1,8p' \
         | while read -r f; do cp "$f" "seeds/image/$(basename "$(dirname "$f")")_$(basename "$f")"; done
+    # Shards as se-compile writes them (webdataset's layout), from a few bundled images.
+    sdir=$(mktemp -d)
+    mkdir -p "$sdir/data/train/a" "$sdir/data/train/b"
+    find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '1,3p' | xargs -I{} cp {} "$sdir/data/train/a/"
+    find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '4,6p' | xargs -I{} cp {} "$sdir/data/train/b/"
+    cargo run --quiet --release --manifest-path "$ROOT/Cargo.toml" -- shard "$sdir/data" -o "$sdir/shards" --shard-size 3 > /dev/null
+    find "$sdir/shards" -name '*.tar' | sort | while read -r f; do cp "$f" "seeds/shard/$(basename "$f")"; done
+    rm -rf "$sdir"
     # Dictionaries: the DSL grammar's literals, and the schema's keys and allowed words.
     mkdir -p dict
     grep -o '"[^"]*"' "$ROOT/grammar/se.pest" | sort -u | awk '{ printf "kw%d=%s\n", NR, $0 }' > dict/spec_dsl.dict
@@ -50,6 +58,7 @@ run)
     minutes=${2:-15}
     jobs_max=${JOBS:-1}
     cargo afl build --release --quiet
+    mkdir -p out
     fuzz_one() {
         local t=$1
         rm -rf "out/$t"
@@ -61,6 +70,10 @@ run)
             cargo afl fuzz -V "$((minutes * 60))" -t 1000 -m 1024 "${dict[@]}" \
             -i "seeds/$t" -o "out/$t" "target/release/$t" > "out-$t.log" 2>&1 || true
         rm -rf "corpus/$t.new" && mkdir -p "corpus/$t.new" "crashes/$t"
+        if [ ! -d "out/$t/default/queue" ]; then
+            echo "$t: AFL did not run; see fuzz/out-$t.log" >&2
+            return 1
+        fi
         cargo afl cmin -t 1000 -m 1024 -i "out/$t/default/queue" -o "corpus/$t.new" \
             -- "target/release/$t" > "cmin-$t.log" 2>&1 \
             || cp "out/$t/default/queue"/id* "corpus/$t.new/"

@@ -16,6 +16,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("weights", weights),
     ("run_files", run_files),
     ("image", image),
+    ("shard", shard),
 ];
 
 /// A spec's path: parse, expand, validate, then the summary at every depth; an invalid spec's
@@ -125,4 +126,15 @@ pub fn image(data: &[u8]) {
     let path = scratch("image.png", data);
     let _ = crate::train::data::decode(&path, 28, 28, 1);
     let _ = crate::train::data::decode(&path, 32, 32, 3);
+}
+
+/// A WebDataset shard as `--data` reads it: its headers and labels scanned, then each sample's
+/// image read and decoded as the loader does (the first 64).
+pub fn shard(data: &[u8]) {
+    use crate::train::data::{decode_source, Source};
+    let path = scratch("shard.tar", data);
+    let scanned = crate::train::shards::scan(&path);
+    for (m, _) in scanned.samples.into_iter().take(64) {
+        let _ = decode_source(&Source::Shard(m), 28, 28, 1);
+    }
 }
