@@ -6,7 +6,7 @@ mod commands;
 use clap::{Parser, Subcommand};
 use commands::shared::{ColorChoice, Ctx};
 use commands::{
-    analyze, bench, check, compile, diff, eval, export, graph, import_weights, memory, parity,
+    analyze, bench, check, compile, diff, eval, export, graph, import_weights, lsp, memory, parity,
     predict, schema, summary, train, view,
 };
 use std::process::ExitCode;
@@ -45,6 +45,7 @@ enum Cmd {
     Schema(schema::SchemaArgs),
     Graph(graph::GraphArgs),
     View(view::ViewArgs),
+    Lsp(lsp::LspArgs),
 }
 
 fn run(cli: Cli) -> Result<(), u8> {
@@ -66,6 +67,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Schema(a) => schema::run(a),
         Cmd::Graph(a) => graph::run(&cx, a),
         Cmd::View(a) => view::run(&cx, a),
+        Cmd::Lsp(a) => lsp::run(a),
     }
 }
 

@@ -1,0 +1,370 @@
+//! `se-compile lsp` driven as an editor drives it: initialize, didOpen, didChange, hover,
+//! inlay hints, symbols, definition, completion, codeAction, shutdown. The same session runs
+//! twice: in process through the server's message loop (`Connection::memory`), and over stdio
+//! with JSON-RPC framing against the built binary. Expected values come from the compiler
+//! (`compile`, the summary's stats), not from copies of them.
+
+use lsp_server::{Connection, Message, Notification, Request, RequestId, Response};
+use se_compile::ir::keras_shape;
+use se_compile::report::thousands;
+use se_compile::{compile, SourceFile};
+use serde_json::{json, Value};
+use std::io::BufReader;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TINY: &str = include_str!("lsp/tiny.se");
+
+/// One side of a conversation with the server.
+trait Client {
+    fn send(&mut self, m: Message);
+    fn recv(&mut self) -> Message;
+}
+
+struct Memory {
+    conn: Connection,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Memory {
+    fn start() -> Memory {
+        let (server, client) = Connection::memory();
+        let h = std::thread::spawn(move || se_compile::lsp::serve(&server).expect("server loop"));
+        Memory {
+            conn: client,
+            server: Some(h),
+        }
+    }
+}
+
+impl Client for Memory {
+    fn send(&mut self, m: Message) {
+        self.conn.sender.send(m).unwrap();
+    }
+    fn recv(&mut self) -> Message {
+        self.conn
+            .receiver
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server answers")
+    }
+}
+
+struct Stdio_ {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Stdio_ {
+    fn start() -> Stdio_ {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_se-compile"))
+            .arg("lsp")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Stdio_ { child, out }
+    }
+}
+
+impl Client for Stdio_ {
+    fn send(&mut self, m: Message) {
+        m.write(self.child.stdin.as_mut().unwrap()).unwrap();
+    }
+    fn recv(&mut self) -> Message {
+        Message::read(&mut self.out).unwrap().expect("a message")
+    }
+}
+
+struct Session<C: Client> {
+    c: C,
+    next: i32,
+}
+
+impl<C: Client> Session<C> {
+    fn request(&mut self, method: &str, params: Value) -> Response {
+        self.next += 1;
+        let id = RequestId::from(self.next);
+        self.c.send(Message::Request(Request::new(
+            id.clone(),
+            method.into(),
+            params,
+        )));
+        loop {
+            match self.c.recv() {
+                Message::Response(r) if r.id == id => return r,
+                _ => {}
+            }
+        }
+    }
+    fn result(&mut self, method: &str, params: Value) -> Value {
+        match self.request(method, params).response_result {
+            Ok(v) => v,
+            Err(e) => panic!("{method}: {e:?}"),
+        }
+    }
+    fn notify(&mut self, method: &str, params: Value) {
+        self.c.send(Message::Notification(Notification::new(
+            method.into(),
+            params,
+        )));
+    }
+    /// The next diagnostics published for `uri`.
+    fn diagnostics(&mut self, uri: &str) -> Vec<Value> {
+        loop {
+            if let Message::Notification(n) = self.c.recv() {
+                if n.method == "textDocument/publishDiagnostics" && n.params["uri"] == uri {
+                    return n.params["diagnostics"].as_array().unwrap().clone();
+                }
+            }
+        }
+    }
+    fn open(&mut self, uri: &str, lang: &str, text: &str) -> Vec<Value> {
+        self.notify(
+            "textDocument/didOpen",
+            json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": text}}),
+        );
+        self.diagnostics(uri)
+    }
+    fn hover(&mut self, uri: &str, line: usize, character: usize) -> String {
+        let h = self.result(
+            "textDocument/hover",
+            json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}}),
+        );
+        h["contents"]["value"].as_str().unwrap_or("").to_string()
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap()
+}
+
+fn session<C: Client>(c: C) -> Session<C> {
+    let mut s = Session { c, next: 0 };
+    let init = s.result(
+        "initialize",
+        json!({"capabilities": {}, "initializationOptions": {"debounceMs": 10}}),
+    );
+    assert_eq!(init["capabilities"]["hoverProvider"], true);
+    assert_eq!(init["capabilities"]["textDocumentSync"], 2);
+    s.notify("initialized", json!({}));
+    s
+}
+
+fn conversation<C: Client>(c: C) -> Session<C> {
+    let mut s = session(c);
+    let uri = "file:///w/tiny.se";
+    // A broken spec: the diagnostic is `check`'s, with its range and help.
+    let broken = TINY.replace("conv2d(filters = 16", "conv2dd(filters = 16");
+    let d = s.open(uri, "se", &broken);
+    assert_eq!(d.len(), 1, "{d:?}");
+    let line = line_of(&broken, "conv2dd");
+    assert_eq!(
+        d[0]["range"],
+        json!({"start": {"line": line, "character": 4}, "end": {"line": line, "character": 11}})
+    );
+    assert_eq!(d[0]["code"], "spec::unknown-layer");
+    assert_eq!(
+        d[0]["message"],
+        "unknown layer or block `conv2dd` (unknown layer)\nhelp: did you mean `conv2d`?"
+    );
+    // The quick fix is the suggestion, as an edit of that range.
+    let actions = s.result(
+        "textDocument/codeAction",
+        json!({"textDocument": {"uri": uri}, "range": d[0]["range"], "context": {"diagnostics": d}}),
+    );
+    let edit = &actions[0]["edit"]["changes"][uri][0];
+    assert_eq!(edit["newText"], "conv2d");
+    assert_eq!(edit["range"], d[0]["range"]);
+    // Applying it (an incremental change) clears the diagnostics.
+    s.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": uri, "version": 2},
+               "contentChanges": [{"range": d[0]["range"], "text": "conv2d"}]}),
+    );
+    assert_eq!(s.diagnostics(uri), Vec::<Value>::new());
+
+    // Hover values equal the compiler's.
+    let vg = compile(&SourceFile::new("tiny.se", TINY)).unwrap();
+    let g = vg.graph();
+    let stem = g.ids().find(|&i| g.node(i).name == "conv2d").unwrap();
+    let l = line_of(TINY, "conv2d(filters = 16");
+    let h = s.hover(uri, l, 6);
+    let st = vg.stats(stem);
+    assert!(
+        h.contains(&format!(
+            "| `{}` | {} | {} |",
+            keras_shape(&g.node(stem).shape),
+            thousands(st.params.total()),
+            thousands(st.macs)
+        )),
+        "{h}"
+    );
+    // A stage: the totals of its expansion.
+    let (mut p, mut m, mut n) = (0, 0, 0);
+    for i in g.ids() {
+        if g.node(i)
+            .scope
+            .stage
+            .as_ref()
+            .is_some_and(|s| s.0 == "stage1")
+        {
+            p += vg.stats(i).params.total();
+            m += vg.stats(i).macs;
+            n += 1;
+        }
+    }
+    let h = s.hover(uri, line_of(TINY, "stage(basic"), 4);
+    assert!(h.contains("**stage** of `basic` — 2 blocks"), "{h}");
+    assert!(
+        h.contains(&format!(
+            "| {n} | `(None, 16, 16, 32)` | {} | {} |",
+            thousands(p),
+            thousands(m)
+        )),
+        "{h}"
+    );
+    // The `se` setting: the blocks it makes (32 channels, squeeze 32 // 4) and their cost.
+    let h = s.hover(uri, line_of(TINY, "se(r = 4)"), 3);
+    assert!(h.contains("the model makes 2 SE blocks"), "{h}");
+    assert!(h.contains("| 32 (×2) | 8 | sigmoid |"), "{h}");
+    let se_params: u64 = g
+        .ids()
+        .filter(|&i| {
+            g.node(i).span
+                == g.node(g.ids().find(|&i| g.node(i).name == "multiply").unwrap())
+                    .span
+        })
+        .map(|i| vg.stats(i).params.total())
+        .sum();
+    // Both blocks come from the one `se` line, so the overhead is twice one block's.
+    assert!(
+        h.contains(&format!("params {}", thousands(se_params))),
+        "{h}"
+    );
+
+    // Inlay hint at the end of the stem's line.
+    let hints = s.result(
+        "textDocument/inlayHint",
+        json!({"textDocument": {"uri": uri},
+               "range": {"start": {"line": 0, "character": 0}, "end": {"line": 99, "character": 0}}}),
+    );
+    let stem_line = TINY.lines().nth(l).unwrap();
+    let hint = hints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["position"]["line"] == l)
+        .unwrap();
+    assert_eq!(hint["position"]["character"], stem_line.len());
+    assert_eq!(hint["label"], "→ (None, 32, 32, 16)");
+
+    // Go to definition: the template use → `block basic`.
+    let sl = line_of(TINY, "stage(basic");
+    let def = s.result(
+        "textDocument/definition",
+        json!({"textDocument": {"uri": uri}, "position": {"line": sl, "character": 10}}),
+    );
+    let bl = line_of(TINY, "block basic");
+    assert_eq!(
+        def["range"],
+        json!({"start": {"line": bl, "character": 8}, "end": {"line": bl, "character": 13}})
+    );
+
+    // Symbols: the block, then the layers with the stage among them.
+    let syms = s.result(
+        "textDocument/documentSymbol",
+        json!({"textDocument": {"uri": uri}}),
+    );
+    assert_eq!(syms[0]["name"], "block basic");
+    let layers: Vec<&str> = syms[1]["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        layers,
+        ["conv2d", "stage basic", "global_avg_pool", "dense"]
+    );
+    assert_eq!(syms[1]["children"][0]["detail"], "(None, 32, 32, 16)");
+
+    // Completion: the words dense's `activation` allows, from the parser's own table.
+    let cl = line_of(TINY, "dense(units");
+    let col = TINY.lines().nth(cl).unwrap().find("softmax").unwrap();
+    let items = s.result(
+        "textDocument/completion",
+        json!({"textDocument": {"uri": uri}, "position": {"line": cl, "character": col}}),
+    );
+    let labels: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_str().unwrap())
+        .collect();
+    let schema = se_compile::schema::schema();
+    let words = schema["$defs"]["kind_dense"]["anyOf"][0]["properties"]["activation"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert!(words.len() > 5 && words.contains(&"softmax"));
+    assert_eq!(labels[..words.len()], words[..], "{labels:?}");
+    s
+}
+
+fn yaml_and_garbage<C: Client>(s: &mut Session<C>) {
+    // YAML: a wrong value, with the suggestion's quick fix.
+    let uri = "file:///w/se_block.yaml";
+    let text = include_str!("../models/se_block.yaml").replace("form: dense", "form: dens");
+    let d = s.open(uri, "yaml", &text);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["code"], "spec::unknown-value");
+    let l = line_of(&text, "form: dens");
+    assert_eq!(d[0]["range"]["start"], json!({"line": l, "character": 18}));
+    let a = s.result(
+        "textDocument/codeAction",
+        json!({"textDocument": {"uri": uri}, "range": d[0]["range"], "context": {"diagnostics": d}}),
+    );
+    assert_eq!(a[0]["edit"]["changes"][uri][0]["newText"], "dense");
+    // A YAML file that is no spec gets no diagnostics.
+    assert_eq!(
+        s.open("file:///w/ci.yaml", "yaml", "on: push\njobs: {}\n"),
+        Vec::<Value>::new()
+    );
+    // Garbage, positions past the end, bad parameters: answers, never a dead server.
+    let g = "file:///w/g.se";
+    let d = s.open(g, "se", "model { ((( \u{1F600} é \0 ]]] ");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["code"], "parse::syntax");
+    assert_eq!(s.hover(g, 999, 999), "");
+    let r = s.request("textDocument/hover", json!({"nope": 1}));
+    assert!(r.response_result.is_err());
+    let r = s.request("textDocument/formatting", json!({}));
+    assert!(r.response_result.is_err());
+    s.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": g, "version": 2},
+               "contentChanges": [{"range": {"start": {"line": 7, "character": 3}, "end": {"line": 0, "character": 1}}, "text": "é"}]}),
+    );
+    assert_eq!(s.diagnostics(g).len(), 1);
+}
+
+#[test]
+fn in_process() {
+    let mut s = conversation(Memory::start());
+    yaml_and_garbage(&mut s);
+    s.result("shutdown", Value::Null);
+    s.notify("exit", Value::Null);
+    s.c.server.take().unwrap().join().unwrap();
+}
+
+#[test]
+fn over_stdio() {
+    let mut s = conversation(Stdio_::start());
+    s.result("shutdown", Value::Null);
+    s.notify("exit", Value::Null);
+    let status = s.c.child.wait().unwrap();
+    assert!(status.success());
+}
