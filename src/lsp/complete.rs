@@ -37,8 +37,9 @@ pub fn keys_of(kind: &str) -> Option<RecordedKeys> {
 fn ident_before(s: &str) -> Option<&str> {
     let s = s.trim_end();
     let start = s
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     (start < s.len()).then(|| &s[start..])
 }
 
