@@ -28,6 +28,7 @@ fn neovim_shows_diagnostics_and_hover() {
     )
     .unwrap();
     let out = dir.join("out.txt");
+    let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new("timeout")
         .args(["120", "nvim", "--headless", "--clean", "-c"])
         .arg(format!(
@@ -35,7 +36,8 @@ fn neovim_shows_diagnostics_and_hover() {
             env!("CARGO_MANIFEST_DIR")
         ))
         .env("SE_FILE", &file)
-        .env("SE_BIN", env!("CARGO_BIN_EXE_se-compile"))
+        .env("SE_COMPILE", env!("CARGO_BIN_EXE_se-compile"))
+        .env("SE_CONFIG", format!("{root}/editors/neovim/se-compile.lua"))
         .env("SE_OUT", &out)
         .current_dir(&dir)
         .status()
@@ -52,18 +54,19 @@ fn neovim_shows_diagnostics_and_hover() {
     let g = vg.graph();
     let stem = g.ids().find(|&i| g.node(i).name == "conv2d").unwrap();
     let st = vg.stats(stem);
-    assert_eq!(lines[0], "diagnostics true", "{text}");
+    assert_eq!(lines[0], "filetype se", "{text}");
+    assert_eq!(lines[1], "diagnostics true", "{text}");
     assert_eq!(
-        lines[1],
+        lines[2],
         format!("diagnostic {line}:5 spec::unknown-layer unknown layer or block `conv2dd` (unknown layer) | help: did you mean `conv2d`?")
     );
-    assert_eq!(lines[2], "cleared true", "{text}");
+    assert_eq!(lines[3], "cleared true", "{text}");
     assert!(
-        lines[3].starts_with("hover **conv2d** `conv2d` (Conv2D)"),
+        lines[4].starts_with("hover **conv2d** `conv2d` (Conv2D)"),
         "{text}"
     );
     assert!(
-        lines[3].contains(&format!(
+        lines[4].contains(&format!(
             "| `{}` | {} | {} |",
             keras_shape(&g.node(stem).shape),
             thousands(st.params.total()),
@@ -72,4 +75,12 @@ fn neovim_shows_diagnostics_and_hover() {
         "{text}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The README's Neovim lines are the configuration the test above runs.
+#[test]
+fn readme_has_the_tested_neovim_configuration() {
+    let readme = include_str!("../README.md");
+    let config = include_str!("../editors/neovim/se-compile.lua");
+    assert!(readme.contains(&format!("```lua\n{config}```")));
 }

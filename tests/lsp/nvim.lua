@@ -1,16 +1,12 @@
--- Neovim's own LSP client against `se-compile lsp` (tests/lsp_nvim.rs runs this headless).
--- Opens SE_FILE, waits for its diagnostics, fixes the typo through the buffer (a didChange),
+-- Neovim's own LSP client against `se-compile lsp` (tests/lsp_nvim.rs runs this headless),
+-- set up by the README's configuration (editors/neovim/se-compile.lua). Opens SE_FILE, waits for its diagnostics, fixes the typo through the buffer (a didChange),
 -- waits for the diagnostics to clear, asks for a hover on the fixed line, writes all to SE_OUT.
 local out = {}
 local function log(s) table.insert(out, (s:gsub('\n', ' | '))) end
+dofile(vim.env.SE_CONFIG)
 vim.cmd('edit ' .. vim.env.SE_FILE)
 local buf = vim.api.nvim_get_current_buf()
-local client = vim.lsp.start_client({
-  name = 'se-compile',
-  cmd = { vim.env.SE_BIN, 'lsp' },
-  root_dir = vim.fn.getcwd(),
-})
-vim.lsp.buf_attach_client(buf, client)
+log('filetype ' .. vim.bo[buf].filetype)
 local got = vim.wait(15000, function() return #vim.diagnostic.get(buf) > 0 end, 20)
 log('diagnostics ' .. tostring(got))
 local row, col
