@@ -288,6 +288,7 @@ fn conversation<C: Client>(c: C) -> Session<C> {
         ["conv2d", "stage basic", "global_avg_pool", "dense"]
     );
     assert_eq!(syms[1]["children"][0]["detail"], "(None, 32, 32, 16)");
+    nested(&syms);
 
     // Completion: the words dense's `activation` allows, from the parser's own table.
     let cl = line_of(TINY, "dense(units");
@@ -312,6 +313,89 @@ fn conversation<C: Client>(c: C) -> Session<C> {
     assert!(words.len() > 5 && words.contains(&"softmax"));
     assert_eq!(labels[..words.len()], words[..], "{labels:?}");
     s
+}
+
+/// The range of the `n`th `word` on the line holding `needle`.
+fn range_of(text: &str, needle: &str, word: &str, n: usize) -> Value {
+    let l = line_of(text, needle);
+    let line = text.lines().nth(l).unwrap();
+    let c = line.match_indices(word).nth(n).unwrap().0;
+    json!({"start": {"line": l, "character": c}, "end": {"line": l, "character": c + word.len()}})
+}
+
+fn yaml_references<C: Client>(s: &mut Session<C>) {
+    let uri = "file:///w/refs.yaml";
+    let text = include_str!("lsp/refs.yaml");
+    // A layer that feeds nothing: the related place is the model's output.
+    let broken = text.replace(
+        "  - global_avg_pool",
+        "  - batch_norm: {}\n  - global_avg_pool",
+    );
+    let d = s.open(uri, "yaml", &broken);
+    assert_eq!(d[0]["code"], "shape::unused");
+    let rel = &d[0]["relatedInformation"][0];
+    assert_eq!(rel["message"], "the output is `dense`");
+    assert_eq!(rel["location"]["uri"], uri);
+    assert_eq!(
+        rel["location"]["range"],
+        range_of(&broken, "- dense", "dense", 0)
+    );
+    s.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": text}]}),
+    );
+    assert_eq!(s.diagnostics(uri), Vec::<Value>::new());
+    let mut def = |needle: &str, word: &str, n: usize| {
+        let r = range_of(text, needle, word, n);
+        s.result(
+            "textDocument/definition",
+            json!({"textDocument": {"uri": uri}, "position": r["start"]}),
+        )["range"]
+            .clone()
+    };
+    // Template use → its definition; `from` → the labelled or named layer; a parameter → its
+    // declaration.
+    for (from, word, n, to) in [
+        ("block: twin", "twin", 0, "  twin:"),
+        ("from: left", "left", 0, "id: left"),
+        ("from: head_conv", "head_conv", 0, "name: head_conv"),
+        ("filters * 2", "filters", 1, "params:"),
+    ] {
+        assert_eq!(def(from, word, n), range_of(text, to, word, 0), "{from}");
+    }
+    let h = s.hover(uri, line_of(text, "- stage"), 6);
+    assert!(h.contains("**stage** of `twin` — 2 blocks"), "{h}");
+    // The outline: every symbol holds its selection and its children.
+    let syms = s.result(
+        "textDocument/documentSymbol",
+        json!({"textDocument": {"uri": uri}}),
+    );
+    assert_eq!(syms[0]["name"], "block twin");
+    assert_eq!(syms[0]["children"].as_array().unwrap().len(), 2);
+    assert_eq!(syms[1]["children"][1]["name"], "conv2d `head_conv`");
+    nested(&syms);
+}
+
+/// Each document symbol's range holds its selection range and its children's ranges.
+fn nested(syms: &Value) {
+    let pos = |p: &Value| {
+        (
+            p["line"].as_u64().unwrap(),
+            p["character"].as_u64().unwrap(),
+        )
+    };
+    let within = |outer: &Value, inner: &Value| {
+        pos(&outer["start"]) <= pos(&inner["start"]) && pos(&inner["end"]) <= pos(&outer["end"])
+    };
+    for s in syms.as_array().unwrap() {
+        assert!(within(&s["range"], &s["selectionRange"]), "{s}");
+        if let Some(c) = s.get("children") {
+            for k in c.as_array().unwrap() {
+                assert!(within(&s["range"], &k["range"]), "{s}");
+            }
+            nested(c);
+        }
+    }
 }
 
 fn yaml_and_garbage<C: Client>(s: &mut Session<C>) {
@@ -354,6 +438,7 @@ fn yaml_and_garbage<C: Client>(s: &mut Session<C>) {
 #[test]
 fn in_process() {
     let mut s = conversation(Memory::start());
+    yaml_references(&mut s);
     yaml_and_garbage(&mut s);
     s.result("shutdown", Value::Null);
     s.notify("exit", Value::Null);

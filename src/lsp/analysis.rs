@@ -98,6 +98,37 @@ pub fn all_items(spec: &Spec) -> Vec<&Item> {
     out
 }
 
+/// All the text an item covers: its span with its words, arguments and nested items (a YAML
+/// item's own span is only where its entry starts).
+pub fn extent(it: &Item) -> Span {
+    let mut s = it.span;
+    for i in [&it.name, &it.id].into_iter().flatten().chain(&it.from) {
+        s = s.join(i.span);
+    }
+    if let Some(w) = &it.when {
+        s = s.join(w.span);
+    }
+    match &it.kind {
+        ItemKind::Call { op, args } | ItemKind::Stage { block: op, args } => {
+            s = s.join(op.span);
+            for a in args {
+                s = s.join(a.value.span);
+            }
+        }
+        ItemKind::Residual { shortcut, branch } => {
+            for c in shortcut.iter().chain(branch) {
+                s = s.join(extent(c));
+            }
+        }
+        ItemKind::Parallel { branches } => {
+            for c in branches.iter().flat_map(|(_, b)| b) {
+                s = s.join(extent(c));
+            }
+        }
+    }
+    s
+}
+
 fn contains(s: Span, off: usize) -> bool {
     s.start <= off && off < s.end.max(s.start + 1)
 }
@@ -195,8 +226,8 @@ impl Analysis {
         let items = all_items(spec);
         if let Some(it) = items
             .iter()
-            .filter(|it| contains(it.span, off))
-            .min_by_key(|it| it.span.len())
+            .filter(|it| contains(extent(it), off))
+            .min_by_key(|it| extent(it).len())
         {
             return Some(it);
         }
@@ -529,7 +560,7 @@ impl Analysis {
                         (None, Some(i)) => format!("{name} as {}", i.name),
                         _ => name,
                     };
-                    symbol(idx, name, shape_of(it), kind, it.span, sel, children)
+                    symbol(idx, name, shape_of(it), kind, extent(it), sel, children)
                 })
                 .collect()
         }
@@ -541,7 +572,7 @@ impl Analysis {
                 format!("block {}", b.name.name),
                 Some(format!("({})", params.join(", "))),
                 lt::SymbolKind::CLASS,
-                b.span.join(b.name.span),
+                b.body.iter().fold(b.span, |s, it| s.join(extent(it))),
                 b.name.span,
                 items(&b.body, &idx, &shape_of),
             ));
@@ -549,7 +580,7 @@ impl Analysis {
         let layers_span = spec
             .layers
             .iter()
-            .fold(spec.layers_span, |s, it| s.join(it.span));
+            .fold(spec.layers_span, |s, it| s.join(extent(it)));
         out.push(symbol(
             &idx,
             "layers".into(),
@@ -606,7 +637,7 @@ impl Analysis {
             }
         }
         // A parameter used inside its block.
-        let b = spec.blocks.iter().find(|b| contains(b.span, off))?;
+        let b = block_at(spec, off)?;
         b.params
             .iter()
             .find(|p| p.name.name == word && p.name.span != at)
@@ -629,6 +660,26 @@ impl Analysis {
             .filter(|(s, w)| s.start == span.start && !w.is_empty() && old.starts_with(w))?;
         Some((old_span, fix.to_string(), format!("replace with `{fix}`")))
     }
+}
+
+/// The block template whose text holds `off`. A DSL block's span is its whole text; a YAML
+/// block's is its name, so there it reaches to the next top-level thing (another block,
+/// `layers`, `train`, `input`).
+pub fn block_at(spec: &Spec, off: usize) -> Option<&BlockDef> {
+    if let Some(b) = spec
+        .blocks
+        .iter()
+        .find(|b| b.span != b.name.span && contains(b.span, off))
+    {
+        return Some(b);
+    }
+    let mut starts: Vec<usize> = spec.blocks.iter().map(|b| b.span.start).collect();
+    starts.extend([spec.layers_span.start, spec.input_span.start]);
+    starts.extend(spec.train_span.map(|s| s.start));
+    spec.blocks.iter().rfind(|b| {
+        let end = starts.iter().filter(|&&s| s > b.span.start).min();
+        b.span == b.name.span && b.span.start <= off && end.is_none_or(|&e| off < e)
+    })
 }
 
 fn symbol(

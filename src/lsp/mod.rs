@@ -346,11 +346,7 @@ impl Server {
                 let params: Vec<String> = a
                     .spec
                     .as_ref()
-                    .and_then(|s| {
-                        s.blocks
-                            .iter()
-                            .find(|b| b.span.start <= off && off <= b.span.end)
-                    })
+                    .and_then(|s| analysis::block_at(s, off))
                     .map(|b| b.params.iter().map(|p| p.name.name.clone()).collect())
                     .unwrap_or_default();
                 let items =
