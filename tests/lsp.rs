@@ -363,6 +363,31 @@ fn yaml_references<C: Client>(s: &mut Session<C>) {
     ] {
         assert_eq!(def(from, word, n), range_of(text, to, word, 0), "{from}");
     }
+    // Find references: the definition, then the uses.
+    let mut refs = |needle: &str, word: &str, decl: bool| {
+        let r = range_of(text, needle, word, 0);
+        let v = s.result(
+            "textDocument/references",
+            json!({"textDocument": {"uri": uri}, "position": r["start"],
+                   "context": {"includeDeclaration": decl}}),
+        );
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["range"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        refs("block: twin", "twin", true),
+        [
+            range_of(text, "  twin:", "twin", 0),
+            range_of(text, "block: twin", "twin", 0)
+        ]
+    );
+    assert_eq!(
+        refs("id: left", "left", false),
+        [range_of(text, "from: left", "left", 0)]
+    );
     let h = s.hover(uri, line_of(text, "- stage"), 6);
     assert!(h.contains("**stage** of `twin` — 2 blocks"), "{h}");
     // The outline: every symbol holds its selection and its children.

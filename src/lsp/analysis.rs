@@ -644,6 +644,52 @@ impl Analysis {
             .map(|p| p.name.span)
     }
 
+    /// Find references: for a block template, its definition and every use; for a label or a
+    /// layer name, where it is given and every `from` that reads it. Definitions come first.
+    pub fn references(&self, off: usize, with_definition: bool) -> Vec<Span> {
+        let Some(spec) = &self.spec else {
+            return vec![];
+        };
+        let Some((_, word)) = word_at(&self.src.text, off) else {
+            return vec![];
+        };
+        let items = all_items(spec);
+        let (mut defs, mut uses) = (vec![], vec![]);
+        if let Some(b) = spec.blocks.iter().find(|b| b.name.name == word) {
+            defs.push(b.name.span);
+            for it in &items {
+                match &it.kind {
+                    ItemKind::Call { op: i, .. } | ItemKind::Stage { block: i, .. }
+                        if i.name == word =>
+                    {
+                        uses.push(i.span)
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            for it in &items {
+                defs.extend(
+                    [&it.id, &it.name]
+                        .into_iter()
+                        .flatten()
+                        .filter(|i| i.name == word)
+                        .map(|i| i.span),
+                );
+                uses.extend(it.from.iter().filter(|i| i.name == word).map(|i| i.span));
+            }
+        }
+        if defs.is_empty() && uses.is_empty() {
+            return vec![];
+        }
+        if with_definition {
+            defs.extend(uses);
+            defs
+        } else {
+            uses
+        }
+    }
+
     /// Quick fixes: the error's "did you mean `x`?" as an edit of its span.
     pub fn quick_fix(&self, range: Span) -> Option<(Span, String, String)> {
         let d = self.error.as_ref()?;

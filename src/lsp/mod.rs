@@ -62,6 +62,7 @@ pub fn capabilities() -> lt::ServerCapabilities {
             ..Default::default()
         }),
         definition_provider: Some(lt::OneOf::Left(true)),
+        references_provider: Some(lt::OneOf::Left(true)),
         document_symbol_provider: Some(lt::OneOf::Left(true)),
         inlay_hint_provider: Some(lt::OneOf::Left(true)),
         code_action_provider: Some(lt::CodeActionProviderCapability::Simple(true)),
@@ -210,6 +211,22 @@ impl Server {
         Some((a, off))
     }
 
+    /// The places `find` gives for a position, as locations in its document.
+    fn locations(
+        &mut self,
+        tp: lt::TextDocumentPositionParams,
+        find: impl FnOnce(&Analysis, usize) -> Vec<crate::source::Span>,
+    ) -> Vec<lt::Location> {
+        let Some((a, off)) = self.at(&tp) else {
+            return vec![];
+        };
+        let idx = LineIndex::new(&a.src.text);
+        find(a, off)
+            .into_iter()
+            .map(|s| lt::Location::new(tp.text_document.uri.clone(), idx.range(s)))
+            .collect()
+    }
+
     fn notification(&mut self, n: Notification) {
         use lt::notification::*;
         match n.method.as_str() {
@@ -325,18 +342,20 @@ impl Server {
             }
             GotoDefinition::METHOD => {
                 let p: lt::GotoDefinitionParams = Self::parse(req)?;
-                let tp = p.text_document_position_params;
-                let Some((a, off)) = self.at(&tp) else {
-                    return Ok(null);
-                };
-                let uri = tp.text_document.uri;
-                let idx = LineIndex::new(&a.src.text);
-                match a.definition(off) {
-                    Some(s) => to_json(serde_json::to_value(lt::GotoDefinitionResponse::Scalar(
-                        lt::Location::new(uri.clone(), idx.range(s)),
-                    ))),
+                let found = self.locations(p.text_document_position_params, |a, off| {
+                    a.definition(off).into_iter().collect()
+                });
+                match found.into_iter().next() {
+                    Some(l) => to_json(serde_json::to_value(lt::GotoDefinitionResponse::Scalar(l))),
                     None => Ok(null),
                 }
+            }
+            References::METHOD => {
+                let p: lt::ReferenceParams = Self::parse(req)?;
+                let decl = p.context.include_declaration;
+                let found =
+                    self.locations(p.text_document_position, |a, off| a.references(off, decl));
+                to_json(serde_json::to_value(found))
             }
             Completion::METHOD => {
                 let p: lt::CompletionParams = Self::parse(req)?;
