@@ -224,6 +224,11 @@ fn conversation<C: Client>(c: C) -> Session<C> {
         )),
         "{h}"
     );
+    // A line inside the template made one layer per block; its `se` one SE block per block.
+    let h = s.hover(uri, line_of(TINY, "        relu"), 9);
+    assert!(h.contains("**relu** — 2 layers from this line"), "{h}");
+    let h = s.hover(uri, line_of(TINY, "        se"), 9);
+    assert!(h.contains("**se** — 2 SE blocks"), "{h}");
     // The `se` setting: the blocks it makes (32 channels, squeeze 32 // 4) and their cost.
     let h = s.hover(uri, line_of(TINY, "se(r = 4)"), 3);
     assert!(h.contains("the model makes 2 SE blocks"), "{h}");
@@ -477,4 +482,39 @@ fn over_stdio() {
     s.notify("exit", Value::Null);
     let status = s.c.child.wait().unwrap();
     assert!(status.success());
+}
+
+/// Every text an editor sends while the specs are typed (each prefix) or edited (each one
+/// character deleted) gets answers without a panic, in the compiler or in any handler.
+#[test]
+fn every_prefix_and_deletion_is_answered() {
+    use se_compile::lsp::{analysis::analyze, complete::complete};
+    use se_compile::source::Span;
+    for (name, text) in [("t.se", TINY), ("r.yaml", include_str!("lsp/refs.yaml"))] {
+        let cuts: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        let mut texts: Vec<String> = cuts.iter().map(|&i| text[..i].to_string()).collect();
+        for w in cuts.windows(2) {
+            texts.push(format!("{}{}", &text[..w[0]], &text[w[1]..]));
+        }
+        for t in &texts {
+            let a = analyze(name, t);
+            if let Some(e) = &a.error {
+                assert_ne!(e.code, "internal::panic", "{t}");
+            }
+            let uri: lsp_types::Uri = "file:///t".parse().unwrap();
+            a.diagnostics(&uri);
+            a.symbols();
+            a.inlay_hints(Span::new(0, t.len()));
+            a.quick_fix(Span::new(0, t.len()));
+            for off in [0, t.len() / 3, t.len() / 2, t.len()] {
+                a.hover(off);
+                a.definition(off);
+                a.references(off, true);
+                let off = (0..=off).rev().find(|&i| t.is_char_boundary(i)).unwrap();
+                complete(t, &t[..off], a.src.syntax(), &[]);
+            }
+        }
+    }
 }
