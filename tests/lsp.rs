@@ -140,10 +140,14 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 fn session<C: Client>(c: C) -> Session<C> {
+    session_with(c, json!({"debounceMs": 10}))
+}
+
+fn session_with<C: Client>(c: C, options: Value) -> Session<C> {
     let mut s = Session { c, next: 0 };
     let init = s.result(
         "initialize",
-        json!({"capabilities": {}, "initializationOptions": {"debounceMs": 10}}),
+        json!({"capabilities": {}, "initializationOptions": options}),
     );
     assert_eq!(init["capabilities"]["hoverProvider"], true);
     assert_eq!(init["capabilities"]["textDocumentSync"], 2);
@@ -473,6 +477,24 @@ fn in_process() {
     s.result("shutdown", Value::Null);
     s.notify("exit", Value::Null);
     s.c.server.take().unwrap().join().unwrap();
+}
+
+#[test]
+fn inlay_hints_can_be_turned_off() {
+    let hints = |options: Value| {
+        let mut s = session_with(Memory::start(), options);
+        s.open("file:///w/t.se", "se", TINY);
+        let h = s.result(
+            "textDocument/inlayHint",
+            json!({"textDocument": {"uri": "file:///w/t.se"},
+                   "range": {"start": {"line": 0, "character": 0}, "end": {"line": 99, "character": 0}}}),
+        );
+        h.as_array().unwrap().len()
+    };
+    // One hint per line that ends an item: the 4 of `layers`, and in the template the
+    // shortcut's conv, the branch's 3 items and the residual's closing line.
+    assert_eq!(hints(json!({})), 9);
+    assert_eq!(hints(json!({"inlayHints": false})), 0);
 }
 
 #[test]
