@@ -461,6 +461,8 @@ fn yaml_and_garbage<C: Client>(s: &mut Session<C>) {
     assert!(r.response_result.is_err());
     let r = s.request("textDocument/formatting", json!({}));
     assert!(r.response_result.is_err());
+    let r = s.request("textDocument/typeDefinition", json!({}));
+    assert!(r.response_result.is_err());
     s.notify(
         "textDocument/didChange",
         json!({"textDocument": {"uri": g, "version": 2},
@@ -539,4 +541,43 @@ fn every_prefix_and_deletion_is_answered() {
             }
         }
     }
+}
+
+/// Formatting `.se` files: the zoo's specs are canonical already, a messed-up copy formats back
+/// to them (the edit replaces the whole text), and YAML gets no edit.
+#[test]
+fn formatting() {
+    let mut s = session(Memory::start());
+    let fmt = |s: &mut Session<Memory>, uri: &str| {
+        s.result(
+            "textDocument/formatting",
+            json!({"textDocument": {"uri": uri}, "options": {"tabSize": 2, "insertSpaces": true}}),
+        )
+    };
+    for (uri, text) in [
+        ("file:///w/a.se", include_str!("../models/se_resnet50.se")),
+        ("file:///w/t.se", TINY),
+    ] {
+        s.open(uri, "se", text);
+        assert_eq!(fmt(&mut s, uri), json!([]), "{uri}");
+        let messy: String = text
+            .lines()
+            .map(|l| match l.trim_start() {
+                // Blank lines collapse to one; comments keep their text.
+                "" => "\n \n\n".to_string(),
+                c if c.contains('#') => format!("\t{c}  \n"),
+                c => format!("\t{}   \n", c.replace(", ", " ,").replace(" = ", "=")),
+            })
+            .collect();
+        let m = format!("{uri}.messy.se");
+        s.open(&m, "se", &messy);
+        let edits = fmt(&mut s, &m);
+        assert_eq!(edits[0]["newText"].as_str().unwrap(), text, "{uri}");
+        assert_eq!(
+            edits[0]["range"]["start"],
+            json!({"line": 0, "character": 0})
+        );
+    }
+    s.open("file:///w/y.yaml", "yaml", include_str!("lsp/refs.yaml"));
+    assert_eq!(fmt(&mut s, "file:///w/y.yaml"), Value::Null);
 }

@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod complete;
+pub mod format;
 pub mod text;
 
 use analysis::{analyze, Analysis};
@@ -66,6 +67,7 @@ pub fn capabilities() -> lt::ServerCapabilities {
         document_symbol_provider: Some(lt::OneOf::Left(true)),
         inlay_hint_provider: Some(lt::OneOf::Left(true)),
         code_action_provider: Some(lt::CodeActionProviderCapability::Simple(true)),
+        document_formatting_provider: Some(lt::OneOf::Left(true)),
         ..Default::default()
     }
 }
@@ -398,6 +400,25 @@ impl Server {
                     })
                     .collect();
                 to_json(serde_json::to_value(actions))
+            }
+            Formatting::METHOD => {
+                let p: lt::DocumentFormattingParams = Self::parse(req)?;
+                let Some(a) = self.analysis(&p.text_document.uri) else {
+                    return Ok(null);
+                };
+                // YAML is left alone.
+                if a.src.syntax() != crate::source::Syntax::Dsl {
+                    return Ok(null);
+                }
+                let new = format::format_dsl(&a.src.text);
+                let idx = LineIndex::new(&a.src.text);
+                let whole = idx.range(crate::source::Span::new(0, a.src.text.len()));
+                let edits = if new == a.src.text {
+                    vec![]
+                } else {
+                    vec![lt::TextEdit::new(whole, new)]
+                };
+                to_json(serde_json::to_value(edits))
             }
             _ => Err((
                 ErrorCode::MethodNotFound,
