@@ -6,6 +6,7 @@ pub mod diag;
 pub mod expand;
 pub mod export;
 pub mod ir;
+pub mod lsp;
 pub mod report;
 pub mod schema;
 pub mod source;

@@ -6,7 +6,7 @@ mod commands;
 use clap::{Parser, Subcommand};
 use commands::shared::{ColorChoice, Ctx};
 use commands::{
-    analyze, bench, check, compile, diff, eval, export, graph, import_weights, memory, parity,
+    analyze, bench, check, compile, diff, eval, export, graph, import_weights, lsp, memory, parity,
     predict, schema, shard, summary, train, view,
 };
 use std::process::ExitCode;
@@ -46,6 +46,7 @@ enum Cmd {
     Graph(graph::GraphArgs),
     Shard(shard::ShardArgs),
     View(view::ViewArgs),
+    Lsp(lsp::LspArgs),
 }
 
 fn run(cli: Cli) -> Result<(), u8> {
@@ -68,6 +69,7 @@ fn run(cli: Cli) -> Result<(), u8> {
         Cmd::Graph(a) => graph::run(&cx, a),
         Cmd::Shard(a) => shard::run(a),
         Cmd::View(a) => view::run(&cx, a),
+        Cmd::Lsp(a) => lsp::run(a),
     }
 }
 

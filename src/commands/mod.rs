@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 pub mod graph;
 pub mod import_weights;
+pub mod lsp;
 pub mod memory;
 pub mod parity;
 pub mod predict;

@@ -48,6 +48,17 @@ pub struct Expander<'a> {
     blocks: usize,
     /// Every `se` item expands to nothing (`diff`'s SE overhead: the spec without SE).
     se_off: bool,
+    /// With `expand_traced`: the nodes each item instance made, for the language server.
+    trace: Option<Vec<Traced>>,
+}
+
+/// One expansion of one spec item (a template body's items expand once per use): the item's
+/// span, the nodes it created (consecutive ids) and its output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Traced {
+    pub span: Span,
+    pub nodes: std::ops::Range<u32>,
+    pub out: NodeId,
 }
 
 pub fn expand(spec: &Spec) -> Result<Graph> {
@@ -57,17 +68,14 @@ pub fn expand(spec: &Spec) -> Result<Graph> {
 /// `expand`, with every `se` item skipped when `se_off` (whatever the model, stage or item
 /// says): the same network without its SE layers.
 pub fn expand_with(spec: &Spec, se_off: bool) -> Result<Graph> {
-    Expander {
-        spec,
-        graph: Graph::default(),
-        counters: HashMap::new(),
-        names: HashMap::new(),
-        stack: vec![],
-        stages: 0,
-        blocks: 0,
-        se_off,
-    }
-    .run()
+    Expander::new(spec, se_off, None).run()
+}
+
+/// `expand`, also returning what each item instance made (in the order items finished).
+pub fn expand_traced(spec: &Spec) -> Result<(Graph, Vec<Traced>)> {
+    let mut ex = Expander::new(spec, false, Some(vec![]));
+    let graph = ex.build()?;
+    Ok((graph, ex.trace.unwrap_or_default()))
 }
 
 fn eval_vals(args: &[Arg], vars: &Vars) -> Result<Vec<ArgVal>> {
@@ -106,7 +114,25 @@ fn as_int(v: &Value, span: Span, what: &str, min: i64) -> Result<i64> {
 }
 
 impl<'a> Expander<'a> {
+    fn new(spec: &'a Spec, se_off: bool, trace: Option<Vec<Traced>>) -> Self {
+        Expander {
+            spec,
+            graph: Graph::default(),
+            counters: HashMap::new(),
+            names: HashMap::new(),
+            stack: vec![],
+            stages: 0,
+            blocks: 0,
+            se_off,
+            trace,
+        }
+    }
+
     fn run(mut self) -> Result<Graph> {
+        self.build()
+    }
+
+    fn build(&mut self) -> Result<Graph> {
         let spec = self.spec;
         let mut vars = Vars::default();
         self.graph.model = spec
@@ -216,7 +242,7 @@ impl<'a> Expander<'a> {
         }
         let out = self.seq(&spec.layers, input, &mut env)?;
         self.graph.output = out;
-        Ok(self.graph)
+        Ok(std::mem::take(&mut self.graph))
     }
 
     fn seq(&mut self, items: &[Item], mut cur: NodeId, env: &mut Env) -> Result<NodeId> {
@@ -249,6 +275,19 @@ impl<'a> Expander<'a> {
     }
 
     fn item(&mut self, item: &Item, cur: NodeId, env: &mut Env) -> Result<NodeId> {
+        let first = self.graph.nodes.len() as u32;
+        let out = self.item_nodes(item, cur, env)?;
+        if let Some(t) = &mut self.trace {
+            t.push(Traced {
+                span: item.span,
+                nodes: first..self.graph.nodes.len() as u32,
+                out,
+            });
+        }
+        Ok(out)
+    }
+
+    fn item_nodes(&mut self, item: &Item, cur: NodeId, env: &mut Env) -> Result<NodeId> {
         if let Some(w) = &item.when {
             match eval(w, &env.vars)? {
                 Value::Bool(true) => {}
