@@ -9,8 +9,11 @@ use crate::report::summary::{self, Depth, Format, Options};
 use crate::source::SourceFile;
 use std::path::PathBuf;
 
+/// A fuzz target: an input's bytes, handled as se-compile handles that kind of file.
+pub type Target = fn(&[u8]);
+
 /// The targets, by the name of their `fuzz/` harness and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("spec_yaml", spec_yaml),
     ("spec_dsl", spec_dsl),
     ("weights", weights),
