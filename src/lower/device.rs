@@ -102,12 +102,7 @@ impl Opened {
         Ok(match self {
             // The CPU network runs activations after BatchNorms and Adds inside them, and
             // each SE tail (multiply, Add) as one op.
-            Opened::Cpu => Box::new(
-                net.with_fused_bn_and_add_activations()
-                    .0
-                    .with_fused_se_tails()
-                    .0,
-            ),
+            Opened::Cpu => Box::new(net.for_cpu_network()),
             Opened::KernelNetHost => Box::new(
                 KernelNet::from_net(&net, Host, "cpu-kernelnet".into())
                     .map_err(DeviceError::Unavailable)?,

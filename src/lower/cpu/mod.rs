@@ -98,6 +98,11 @@ impl Net {
         (self.with_plan(plan), n)
     }
 
+    /// `Plan::for_cpu_network`: the network as the CPU device runs it.
+    pub fn for_cpu_network(&self) -> Net {
+        self.with_plan(self.plan.for_cpu_network())
+    }
+
     /// `Plan::with_fused_se_tails`.
     pub fn with_fused_se_tails(&self) -> (Net, usize) {
         let (plan, n) = self.plan.with_fused_se_tails();

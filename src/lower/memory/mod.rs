@@ -283,10 +283,10 @@ impl Planner {
             .collect();
         // The CPU network places its passes on the plan (`device::Opened::place`) and runs
         // inference on the plan `commands::shared::lowered_for_inference` makes.
-        let cpu_train = cpu_plan(&lowered.plan);
+        let cpu_train = lowered.plan.for_cpu_network();
         let mut infer_params = lowered.params;
         let (folded, _) = lowered.plan.folded_for_inference(&mut infer_params);
-        let cpu_infer = cpu_plan(&folded.with_fused_activations().0);
+        let cpu_infer = folded.with_fused_activations().0.for_cpu_network();
         let kn_infer_flags = infer_params.iter().map(|p| p.trainable).collect();
         let node_params = vg
             .graph()
@@ -432,12 +432,4 @@ impl Planner {
         }
         Some(lo)
     }
-}
-
-/// The CPU network's passes over a plan (`device::Opened::place`).
-fn cpu_plan(p: &Plan) -> Plan {
-    p.with_fused_bn_and_add_activations()
-        .0
-        .with_fused_se_tails()
-        .0
 }

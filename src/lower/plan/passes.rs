@@ -185,6 +185,16 @@ impl Plan {
         (Plan::new(g.clone(), layers), fused)
     }
 
+    /// The passes the CPU network runs its plan through (`device::Opened::place`), in their
+    /// order: activations into the BatchNorms and Adds before them, then each SE tail as one
+    /// op. `lower::memory` models the same plan.
+    pub fn for_cpu_network(&self) -> Plan {
+        self.with_fused_bn_and_add_activations()
+            .0
+            .with_fused_se_tails()
+            .0
+    }
+
     /// A copy whose SE tails run as one op each: an Add (with or without a fused ReLU) reading
     /// an SE multiply x · gate (N, H, W, C) × (N, 1, 1, C) that nothing else reads becomes a
     /// `Layer::GatedAdd` reading x, the gate and the Add's other inputs, and the multiply is
