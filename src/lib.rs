@@ -57,6 +57,28 @@ pub enum FileError {
     Empty(String),
     Binary(String),
     NotUtf8(String, usize),
+    /// Larger than `MAX_SPEC_BYTES`: the size in bytes.
+    TooLarge(String, u64),
+}
+
+/// The largest spec file se-compile reads: 16 MiB. A flat spec at the layer limit
+/// (`expand::MAX_LAYERS`, one layer of about 50 bytes a line) takes about 5 MiB.
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
+
+/// The error for a spec text over `MAX_SPEC_BYTES` (the language server's, for a buffer).
+pub fn too_large(len: u64) -> Diagnostic {
+    Diagnostic::new(
+        "limit::file-size",
+        format!(
+            "the spec is {:.1} MiB, above se-compile's limit of {} MiB",
+            len as f64 / (1 << 20) as f64,
+            MAX_SPEC_BYTES >> 20
+        ),
+    )
+    .help(format!(
+        "a flat spec at the limit of {} layers, 50 bytes a line, takes about 5 MiB; write repeats as `stage` or block templates",
+        report::thousands(expand::MAX_LAYERS as u64)
+    ))
 }
 
 impl std::fmt::Display for FileError {
@@ -68,6 +90,7 @@ impl std::fmt::Display for FileError {
             FileError::Empty(p) => write!(f, "{p}: the file is empty; a spec needs at least `input` and `layers`"),
             FileError::Binary(p) => write!(f, "{p}: looks like a binary file (it holds NUL bytes), not a spec"),
             FileError::NotUtf8(p, at) => write!(f, "{p}: is not valid UTF-8 (first bad byte at offset {at}); save it as UTF-8"),
+            FileError::TooLarge(p, n) => write!(f, "{p}: is {:.1} MiB, above se-compile's limit of {} MiB for a spec; write repeats as `stage` or block templates", *n as f64 / (1 << 20) as f64, MAX_SPEC_BYTES >> 20),
         }
     }
 }
@@ -90,7 +113,22 @@ pub fn load(path: &str) -> Result<SourceFile, FileError> {
             .map(|(name, text)| SourceFile::new(name, text))
             .ok_or_else(|| FileError::NotFound(path.into()));
     }
-    let bytes = std::fs::read(p).map_err(|e| FileError::Unreadable(path.into(), e.to_string()))?;
+    let unreadable = |e: std::io::Error| FileError::Unreadable(path.into(), e.to_string());
+    // Read at most one byte past the limit, so a huge file (or a device) is never read whole.
+    let mut bytes = vec![];
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(p).map_err(unreadable)?,
+            MAX_SPEC_BYTES + 1,
+        ),
+        &mut bytes,
+    )
+    .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_SPEC_BYTES {
+        let size =
+            std::fs::metadata(p).map_or(bytes.len() as u64, |m| m.len().max(bytes.len() as u64));
+        return Err(FileError::TooLarge(path.into(), size));
+    }
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(FileError::Empty(path.into()));
     }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 /// The largest graph a spec may expand to. ResNet-152 has about 520 Keras layers; this is 200x that.
 pub const MAX_LAYERS: usize = 100_000;
 /// Deepest nesting of block templates.
-const MAX_NESTING: usize = 32;
+pub const MAX_NESTING: usize = 32;
 
 /// SE settings in force: off, or the arguments to apply (model level, then stage, then item).
 #[derive(Clone, Debug)]
@@ -576,10 +576,12 @@ impl<'a> Expander<'a> {
         if self.stack.len() >= MAX_NESTING {
             return Err(Diagnostic::new(
                 "limit::nesting",
-                format!("blocks nest deeper than {MAX_NESTING} levels"),
+                format!("block templates nest deeper than {MAX_NESTING} levels"),
             )
             .at(site, "too deep")
-            .help("flatten the block structure"));
+            .help(format!(
+                "a template may use templates at most {MAX_NESTING} levels deep; write the innermost ones' layers in place"
+            )));
         }
         // Bind parameters: named or positional arguments, then defaults.
         let mut vars = Vars {

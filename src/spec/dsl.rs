@@ -131,6 +131,7 @@ fn primary(p: Pair<Rule>, base: usize) -> Result<Expr> {
 
 /// Parses one expression that starts at byte `base` of the file (used for YAML strings).
 pub fn parse_expr(text: &str, base: usize) -> Result<Expr> {
+    super::check_nesting(text, base, "write the expression with fewer parentheses")?;
     let mut pairs =
         SeParser::parse(Rule::expr_only, text).map_err(|e| pest_error(e, base, "an expression"))?;
     let top = pairs.next().expect("grammar: expr_only");

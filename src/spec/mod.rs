@@ -8,12 +8,64 @@ pub mod eval;
 pub mod recipe;
 pub mod yaml;
 
-use crate::diag::Result;
-use crate::source::{SourceFile, Syntax};
+use crate::diag::{Diagnostic, Result};
+use crate::source::{SourceFile, Span, Syntax};
 
 pub fn parse(src: &SourceFile) -> Result<ast::Spec> {
+    if src.text.len() as u64 > crate::MAX_SPEC_BYTES {
+        return Err(crate::too_large(src.text.len() as u64));
+    }
     match src.syntax() {
         Syntax::Yaml => yaml::parse(src),
-        Syntax::Dsl => dsl::parse(src),
+        Syntax::Dsl => {
+            check_nesting(
+                &src.text,
+                0,
+                "name the inner part as a block template and use it",
+            )?;
+            dsl::parse(src)
+        }
     }
+}
+
+/// The deepest nesting of brackets (`{`, `(`, `[`) the DSL and the expressions in YAML strings
+/// may have. The parser and the passes after it recurse once per level, so a deeper text
+/// could exhaust the stack; real specs nest well under 20.
+pub const MAX_BRACKET_NESTING: usize = 64;
+
+/// Refuses text whose brackets nest deeper than `MAX_BRACKET_NESTING` (outside comments and
+/// strings), at the first bracket past the limit; `base` is the text's offset in its file, and
+/// `fix` the error's advice.
+pub fn check_nesting(text: &str, base: usize, fix: &str) -> Result<()> {
+    let mut depth = 0usize;
+    let mut in_comment = false;
+    let mut in_string = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '{' | '(' | '[' => {
+                depth += 1;
+                if depth > MAX_BRACKET_NESTING {
+                    return Err(Diagnostic::new(
+                        "limit::nesting",
+                        format!("brackets nest deeper than {MAX_BRACKET_NESTING} levels"),
+                    )
+                    .at(Span::new(base + i, base + i + 1), format!("level {depth}"))
+                    .help(format!(
+                        "se-compile reads at most {MAX_BRACKET_NESTING} levels of `{{`, `(` and `[`; {fix}"
+                    )));
+                }
+            }
+            '}' | ')' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -351,22 +351,80 @@ pub const TOP_KEYS: &[&str] = &[
     "model", "input", "classes", "se", "defaults", "blocks", "layers", "train",
 ];
 
+/// The YAML reader's limits (serde-saphyr's budget): nodes (mappings, sequences and
+/// scalars), nesting depth, and aliases (serde-saphyr's defaults, named here so the README and
+/// the errors state them).
+pub const YAML_MAX_NODES: usize = 250_000;
+pub const YAML_MAX_DEPTH: usize = 64;
+pub const YAML_MAX_ALIASES: usize = 50_000;
+
+/// The error for a breached budget, in se-compile's words.
+fn budget_error(e: &serde_saphyr::Error) -> Option<(String, String)> {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let mut e = e;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = e
+    {
+        e = error;
+    }
+    let serde_saphyr::Error::Budget { breach, .. } = e else {
+        return None;
+    };
+    Some(match breach {
+        B::Depth { .. } => (
+            format!("the YAML nests deeper than {YAML_MAX_DEPTH} levels"),
+            "name the inner part as a block template (`blocks:`) and use it".into(),
+        ),
+        B::Nodes { .. } => (
+            format!(
+                "the YAML has more than {} nodes",
+                crate::report::thousands(YAML_MAX_NODES as u64)
+            ),
+            "write repeated layers as a `stage` of a block template".into(),
+        ),
+        B::Aliases { .. } => (
+            format!(
+                "the YAML has more than {} aliases",
+                crate::report::thousands(YAML_MAX_ALIASES as u64)
+            ),
+            "use block templates instead of YAML aliases".into(),
+        ),
+        other => (
+            format!("the YAML exceeds se-compile's reading budget ({other:?})"),
+            "the file is far larger than a spec; check it is the right file".into(),
+        ),
+    })
+}
+
 /// YAML text → AST.
 pub fn parse(src: &SourceFile) -> Result<Spec> {
-    let opts = serde_saphyr::options! { duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins };
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = YAML_MAX_NODES;
+    budget.max_depth = YAML_MAX_DEPTH;
+    budget.max_aliases = YAML_MAX_ALIASES;
+    let opts = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins,
+        budget: Some(budget),
+    };
     let root: Spanned<YNode> = match serde_saphyr::from_str_with_options(&src.text, opts) {
         Ok(r) => r,
         Err(e) => {
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
-            let d = Diagnostic::new("parse::yaml", format!("invalid YAML: {first}"));
-            let d = match e.location() {
+            let at = |d: Diagnostic| match e.location() {
                 Some(loc) if loc.line() > 0 => {
                     let off = src.offset_of(loc.line() as usize, loc.column() as usize);
                     d.at(Span::new(off, off + 1), "here")
                 }
                 _ => d,
             };
+            if let Some((msg, help)) = budget_error(&e) {
+                return Err(at(Diagnostic::new("limit::yaml", msg)).help(help));
+            }
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
+            let d = at(Diagnostic::new(
+                "parse::yaml",
+                format!("invalid YAML: {first}"),
+            ));
             return Err(d.help("check the indentation and the `key: value` syntax near this place"));
         }
     };
