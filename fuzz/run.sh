@@ -10,30 +10,37 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(cd .. && pwd)
-TARGETS=${TARGETS:-"spec_yaml spec_dsl weights run_files image shard"}
+TARGETS=${TARGETS:-"spec_yaml spec_dsl weights run_files image shard lsp_edits"}
 case "${1:-}" in
 seed)
-    rm -rf seeds && mkdir -p seeds
-    for t in $TARGETS; do mkdir -p "seeds/$t"; done
-    find "$ROOT/models" "$ROOT/tests/ok" "$ROOT/tests/bad" -name '*.yaml' 2>/dev/null \
+    want() { [[ " $TARGETS " == *" $1 "* ]]; }
+    for t in $TARGETS; do rm -rf "seeds/$t" && mkdir -p "seeds/$t"; done
+    want spec_yaml && find "$ROOT/models" "$ROOT/tests/ok" "$ROOT/tests/bad" -name '*.yaml' 2>/dev/null \
         | while read -r f; do cp "$f" "seeds/spec_yaml/$(basename "$(dirname "$f")")_$(basename "$f")"; done
-    find "$ROOT/models" "$ROOT/tests/ok" "$ROOT/tests/bad" -name '*.se' 2>/dev/null \
+    want spec_dsl && find "$ROOT/models" "$ROOT/tests/ok" "$ROOT/tests/bad" -name '*.se' 2>/dev/null \
         | while read -r f; do cp "$f" "seeds/spec_dsl/$(basename "$(dirname "$f")")_$(basename "$f")"; done
-    cargo run --quiet --release --bin seed -- seeds/weights/checkpoint.safetensors
+    want weights && cargo run --quiet --release --bin seed -- weights seeds/weights/checkpoint.safetensors
+    # Editing sessions (open, edits, requests) on a third of the specs, for the language server.
+    want lsp_edits && find "$ROOT/models" "$ROOT/tests/ok" "$ROOT/tests/bad" \( -name '*.yaml' -o -name '*.se' \) \
+        | sort | sed -n '1~3p' | xargs cargo run --quiet --release --bin seed -- lsp_edits seeds/lsp_edits
     run="$ROOT/docs/src/fashion-mnist-full"
-    { printf '\0'; cat "$run/history.csv"; } > seeds/run_files/history_csv
-    { printf '\1'; cat "$run/history.json"; } > seeds/run_files/history_json
-    { printf '\2'; cat "$run/config.json"; } > seeds/run_files/config_json
-    find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '1,8p' \
+    if want run_files; then
+        { printf '\0'; cat "$run/history.csv"; } > seeds/run_files/history_csv
+        { printf '\1'; cat "$run/history.json"; } > seeds/run_files/history_json
+        { printf '\2'; cat "$run/config.json"; } > seeds/run_files/config_json
+    fi
+    want image && find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '1,8p' \
         | while read -r f; do cp "$f" "seeds/image/$(basename "$(dirname "$f")")_$(basename "$f")"; done
-    # Shards as se-compile writes them (webdataset's layout), from a few bundled images.
-    sdir=$(mktemp -d)
-    mkdir -p "$sdir/data/train/a" "$sdir/data/train/b"
-    find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '1,3p' | xargs -I{} cp {} "$sdir/data/train/a/"
-    find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '4,6p' | xargs -I{} cp {} "$sdir/data/train/b/"
-    cargo run --quiet --release --manifest-path "$ROOT/Cargo.toml" -- shard "$sdir/data" -o "$sdir/shards" --shard-size 3 > /dev/null
-    find "$sdir/shards" -name '*.tar' | sort | while read -r f; do cp "$f" "seeds/shard/$(basename "$f")"; done
-    rm -rf "$sdir"
+    if want shard; then
+        # Shards as se-compile writes them (webdataset's layout), from a few bundled images.
+        sdir=$(mktemp -d)
+        mkdir -p "$sdir/data/train/a" "$sdir/data/train/b"
+        find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '1,3p' | xargs -I{} cp {} "$sdir/data/train/a/"
+        find "$ROOT/data/fashion-mnist-mini" -name '*.png' | sort | sed -n '4,6p' | xargs -I{} cp {} "$sdir/data/train/b/"
+        cargo run --quiet --release --manifest-path "$ROOT/Cargo.toml" -- shard "$sdir/data" -o "$sdir/shards" --shard-size 3 > /dev/null
+        find "$sdir/shards" -name '*.tar' | sort | while read -r f; do cp "$f" "seeds/shard/$(basename "$f")"; done
+        rm -rf "$sdir"
+    fi
     # Dictionaries: the DSL grammar's literals, and the schema's keys and allowed words.
     mkdir -p dict
     grep -o '"[^"]*"' "$ROOT/grammar/se.pest" | sort -u | awk '{ printf "kw%d=%s\n", NR, $0 }' > dict/spec_dsl.dict
@@ -52,6 +59,7 @@ def walk(v):
 walk(json.load(sys.stdin))
 for i, w in enumerate(sorted(words)):
     print("k%d=%s" % (i, json.dumps(w)))' > dict/spec_yaml.dict
+    cat dict/spec_dsl.dict dict/spec_yaml.dict > dict/lsp_edits.dict
     for t in $TARGETS; do echo "$t: $(ls "seeds/$t" | wc -l) seeds"; done
     ;;
 run)
@@ -74,9 +82,11 @@ run)
             echo "$t: AFL did not run; see fuzz/out-$t.log" >&2
             return 1
         fi
+        # afl-cmin, or (where it cannot run afl.rs's persistent harness) the same selection
+        # from afl-showmap's per-input coverage (cmin.py).
         cargo afl cmin -t 1000 -m 1024 -i "out/$t/default/queue" -o "corpus/$t.new" \
             -- "target/release/$t" > "cmin-$t.log" 2>&1 \
-            || cp "out/$t/default/queue"/id* "corpus/$t.new/"
+            || { rm -rf "corpus/$t.new" && python3 cmin.py "target/release/$t" "out/$t/default/queue" "corpus/$t.new" | tee -a "cmin-$t.log"; }
         rm -rf "corpus/$t" && mv "corpus/$t.new" "corpus/$t"
         for c in "out/$t/default/crashes"/id* "out/$t/default/hangs"/id*; do
             [ -f "$c" ] && cp "$c" "crashes/$t/$(basename "$(dirname "$c")")-$(md5sum < "$c" | cut -c1-8)"

@@ -44,3 +44,31 @@ fn every_kept_fuzz_input_runs_without_a_panic() {
         failures.join("\n")
     );
 }
+
+/// The `lsp_edits` target's seeds (an editing session on each spec of models/ and tests/) run
+/// clean: every request answered without a handler failing, and formatting every `.se` file
+/// keeps its meaning. A seed that failed would stop AFL before the campaign starts.
+#[test]
+fn an_editing_session_on_every_spec_runs_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut specs = vec![];
+    for dir in ["models", "models/ablations", "tests/ok", "tests/bad"] {
+        for e in std::fs::read_dir(root.join(dir))
+            .expect("the folder exists")
+            .flatten()
+        {
+            let p = e.path();
+            if matches!(p.extension().and_then(|x| x.to_str()), Some("se" | "yaml")) {
+                specs.push(p);
+            }
+        }
+    }
+    assert!(specs.len() > 50, "found only {} specs", specs.len());
+    for p in specs {
+        let text = std::fs::read_to_string(&p).expect("readable");
+        let yaml = p.extension().is_some_and(|x| x == "yaml");
+        let seed = se_compile::fuzzing::lsp_edits_seed(&text, yaml);
+        let r = std::panic::catch_unwind(|| se_compile::fuzzing::lsp_edits(&seed));
+        assert!(r.is_ok(), "{} failed", p.display());
+    }
+}

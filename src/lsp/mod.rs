@@ -104,6 +104,21 @@ pub fn serve(conn: &Connection) -> Result<(), Error> {
 }
 
 impl Server {
+    /// A server with no connection, driven by calling `notification` and `request` as the
+    /// message loop does (the `lsp_edits` fuzz target).
+    pub fn detached(inlay_hints: bool) -> Self {
+        Server {
+            docs: HashMap::new(),
+            debounce: DEBOUNCE,
+            inlay_hints,
+        }
+    }
+
+    /// The diagnostics `publishDiagnostics` would send for a document now.
+    pub fn diagnostics(&mut self, uri: &lt::Uri) -> Vec<lt::Diagnostic> {
+        self.analysis(uri).map_or(vec![], |a| a.diagnostics(uri))
+    }
+
     fn main_loop(&mut self, conn: &Connection) -> Result<(), Error> {
         loop {
             let due = self
@@ -157,7 +172,7 @@ impl Server {
         d.changed = None;
         d.opened = false;
         let version = d.version;
-        let diagnostics = self.analysis(uri).map_or(vec![], |a| a.diagnostics(uri));
+        let diagnostics = self.diagnostics(uri);
         let params = lt::PublishDiagnosticsParams {
             uri: uri.clone(),
             diagnostics,
@@ -229,7 +244,8 @@ impl Server {
             .collect()
     }
 
-    fn notification(&mut self, n: Notification) {
+    /// Handles a notification from the client (documents opened, changed, closed).
+    pub fn notification(&mut self, n: Notification) {
         use lt::notification::*;
         match n.method.as_str() {
             DidOpenTextDocument::METHOD => {
@@ -266,7 +282,8 @@ impl Server {
         }
     }
 
-    fn request(&mut self, req: Request) -> Response {
+    /// Answers a request; a handler that panicked gives an `InternalError` reply.
+    pub fn request(&mut self, req: Request) -> Response {
         let id = req.id.clone();
         let method = req.method.clone();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(req)));
