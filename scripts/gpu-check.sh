@@ -129,6 +129,9 @@ if "$TPY" -c "import torch" 2>/dev/null; then
   timeout 120 "$TPY" tests/python/torch_memory.py /tmp/se-mem-torch 64 224 224 3 --cuda 2>/dev/null | tail -1 > "$OUTD/mem-torch.json"
   pred=$(timeout 60 $RUN memory models/se_resnet50.yaml --engine pytorch --batch 64 --format json | sed -n 's/^ *"train_step_bytes": \([0-9]*\).*/\1/p')
   echo "PyTorch model.py, 224², batch 64: predicted step $(awk -v p="$pred" 'BEGIN{printf "%.2f", p/1e9}') GB, measured $(cat "$OUTD/mem-torch.json")" | tee -a "$OUTD/memory.txt"
+  timeout 120 "$TPY" tests/python/torch_memory.py /tmp/se-mem-torch 64 224 224 3 --cuda --bf16 2>/dev/null | tail -1 > "$OUTD/mem-torch-bf16.json"
+  pred=$(timeout 60 $RUN memory models/se_resnet50.yaml --engine pytorch --precision bf16 --batch 64 --format json | sed -n 's/^ *"train_step_bytes": \([0-9]*\).*/\1/p')
+  echo "PyTorch model.py, bf16 autocast, 224², batch 64: predicted step $(awk -v p="$pred" 'BEGIN{printf "%.2f", p/1e9}') GB, measured $(cat "$OUTD/mem-torch-bf16.json")" | tee -a "$OUTD/memory.txt"
 fi
 
 echo "== 4. summary =="

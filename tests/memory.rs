@@ -7,7 +7,7 @@ mod common;
 
 use se_compile::lower::device;
 use se_compile::lower::layers::Net;
-use se_compile::lower::memory::{Engine, Planner, Prediction};
+use se_compile::lower::memory::{Engine, Planner, Precision, Prediction};
 use se_compile::lower::model::{Batch, OptSettings};
 use se_compile::spec::recipe::{Optimizer, TrainConfig};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -267,7 +267,7 @@ fn predictions_follow_the_batch_and_the_phase() {
 /// The PyTorch engine's prediction against `torch.profiler` (profile_memory=True) running the
 /// exported model.py of the seed SE-ResNet-50 on the CPU at 224², batch 8: a training step as
 /// train.py runs it and an inference batch under no_grad, each above what was live before it
-/// (tests/python/torch_memory.py), and Adam's state.
+/// (tests/python/torch_memory.py), and Adam's state; in float32 and under bf16 autocast.
 #[test]
 fn pytorch_predictions_match_torch_profiler_within_10_percent() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,61 +292,98 @@ fn pytorch_predictions_match_torch_profiler_within_10_percent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = std::process::Command::new(py)
-        .arg(root.join("tests/python/torch_memory.py"))
-        .arg(&dir)
-        .args(["8", "224", "224", "3"])
-        .output()
-        .expect("python runs");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .expect("a JSON line");
-    let m: serde_json::Value = serde_json::from_str(line).expect("JSON");
-    let get = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k} in {m}"));
     let src = se_compile::load("models/se_resnet50.yaml").expect("zoo model");
     let vg = se_compile::compile(&src).expect("compiles");
-    let p = Planner::new(&vg).predict(8, Optimizer::Adam, Engine::Pytorch);
+    let pl = Planner::new(&vg);
     let mut table = String::new();
     let mut ok = true;
-    let name = "se_resnet50 (PyTorch, CPU), 224², batch 8";
-    ok &= within(
-        &format!("{name}: training step"),
-        p.train_step_bytes,
-        get("train_step_bytes"),
-        0.10,
-        &mut table,
-    );
-    ok &= within(
-        &format!("{name}: inference batch"),
-        p.infer_step_bytes,
-        get("infer_step_bytes"),
-        0.10,
-        &mut table,
-    );
-    ok &= within(
-        &format!("{name}: Adam state"),
-        p.optimizer_bytes,
-        get("optimizer_bytes"),
-        0.01,
-        &mut table,
-    );
-    ok &= within(
-        &format!("{name}: parameters and buffers"),
-        p.param_bytes,
-        get("param_bytes") + get("buffer_bytes"),
-        0.01,
-        &mut table,
-    );
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let mut cmd = std::process::Command::new(py);
+        cmd.arg(root.join("tests/python/torch_memory.py"))
+            .arg(&dir)
+            .args(["8", "224", "224", "3"]);
+        if precision == Precision::Bf16 {
+            cmd.arg("--bf16");
+        }
+        let out = cmd.output().expect("python runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .rfind(|l| l.starts_with('{'))
+            .expect("a JSON line");
+        let m: serde_json::Value = serde_json::from_str(line).expect("JSON");
+        let get = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k} in {m}"));
+        let p = pl
+            .predict_in(8, Optimizer::Adam, Engine::Pytorch, precision)
+            .expect("pytorch runs both");
+        let name = format!(
+            "se_resnet50 (PyTorch, CPU, {}), 224², batch 8",
+            precision.name()
+        );
+        ok &= within(
+            &format!("{name}: training step"),
+            p.train_step_bytes,
+            get("train_step_bytes"),
+            0.10,
+            &mut table,
+        );
+        ok &= within(
+            &format!("{name}: inference batch"),
+            p.infer_step_bytes,
+            get("infer_step_bytes"),
+            0.10,
+            &mut table,
+        );
+        ok &= within(
+            &format!("{name}: Adam state"),
+            p.optimizer_bytes,
+            get("optimizer_bytes"),
+            0.01,
+            &mut table,
+        );
+        ok &= within(
+            &format!("{name}: parameters and buffers"),
+            p.param_bytes,
+            get("param_bytes") + get("buffer_bytes"),
+            0.01,
+            &mut table,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     println!("{table}");
     assert!(ok, "a PyTorch prediction is off:\n{table}");
+}
+
+/// bf16 is modelled for PyTorch's autocast only; the engines that train in float32 refuse it,
+/// and `--fit` finds no batch for them.
+#[test]
+fn bf16_is_refused_where_the_engine_trains_in_float32_only() {
+    let src = se_compile::load("models/se_resnet_mini.yaml").expect("zoo model");
+    let vg = se_compile::compile(&src).expect("compiles");
+    let pl = Planner::new(&vg);
+    for engine in [Engine::Cpu, Engine::Cuda] {
+        let e = pl
+            .predict_in(8, Optimizer::Adam, engine, Precision::Bf16)
+            .err()
+            .expect("refused");
+        assert!(e.contains("trains in float32 only"), "{e}");
+        assert_eq!(
+            pl.max_batch_in(Optimizer::Adam, engine, Precision::Bf16, 1 << 40),
+            None
+        );
+    }
+    let bf = pl
+        .predict_in(8, Optimizer::Adam, Engine::Pytorch, Precision::Bf16)
+        .unwrap();
+    let fp = pl.predict(8, Optimizer::Adam, Engine::Pytorch);
+    assert_eq!(bf.precision, Precision::Bf16);
+    assert_eq!(bf.optimizer_bytes, fp.optimizer_bytes);
+    assert!(bf.train_step_bytes < fp.train_step_bytes);
 }
 
 /// The per-parameter rows add up to the totals, for every engine.
@@ -402,6 +439,33 @@ fn the_command_gives_its_json_fields_and_clear_usage_errors() {
         assert!(v[k].as_u64().is_some(), "{k} in {v}");
     }
     assert!(v["peak_train_bytes"].as_u64() > v["peak_infer_bytes"].as_u64());
+    assert_eq!(v["precision"], "fp32");
+    // bf16: PyTorch's autocast, in the header and the JSON, and a larger batch fits.
+    let out = run(&[
+        "models/se_resnet_mini.yaml",
+        "--engine",
+        "pytorch",
+        "--precision",
+        "bf16",
+        "--fit",
+        "1GiB",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success());
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(b["precision"], "bf16");
+    let fp = run(&[
+        "models/se_resnet_mini.yaml",
+        "--engine",
+        "pytorch",
+        "--fit",
+        "1GiB",
+        "--format",
+        "json",
+    ]);
+    let f: serde_json::Value = serde_json::from_slice(&fp.stdout).expect("JSON");
+    assert!(b["max_batch"].as_u64() > f["max_batch"].as_u64(), "{b} {f}");
     for (args, says) in [
         (
             vec!["models/se_resnet_mini.yaml", "--fit", "12XB"],
@@ -413,7 +477,17 @@ fn the_command_gives_its_json_fields_and_clear_usage_errors() {
         ),
         (
             vec!["models/se_resnet_mini.yaml", "--precision", "bf16"],
-            "bf16",
+            "--precision bf16: the cpu engine trains in float32 only",
+        ),
+        (
+            vec![
+                "models/se_resnet_mini.yaml",
+                "--precision",
+                "bf16",
+                "--engine",
+                "cuda",
+            ],
+            "--precision bf16: the cuda engine trains in float32 only",
         ),
     ] {
         let out = run(&args);

@@ -3,7 +3,7 @@
 //! table).
 
 use super::shared::{fail, Ctx, DepthArg, FormatArg, EXIT_USAGE};
-use se_compile::lower::memory::{Engine, Planner};
+use se_compile::lower::memory::{Engine, Planner, Precision};
 use se_compile::report::memory::{render, Options};
 use se_compile::spec::recipe::Optimizer;
 
@@ -96,12 +96,10 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
         EngineArg::Pytorch => Engine::Pytorch,
         EngineArg::Cuda => Engine::Cuda,
     };
-    if a.precision == PrecisionArg::Bf16 {
-        eprintln!(
-            "error: --precision bf16: not modelled yet (the cpu engine trains in float32 only); drop --precision"
-        );
-        return Err(EXIT_USAGE);
-    }
+    let precision = match a.precision {
+        PrecisionArg::Fp32 => Precision::Fp32,
+        PrecisionArg::Bf16 => Precision::Bf16,
+    };
     if a.batch == 0 {
         eprintln!("error: --batch 0: a batch holds at least one image");
         return Err(EXIT_USAGE);
@@ -129,7 +127,13 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
         }
     }
     let planner = Planner::new(&vg);
-    let p = planner.predict(a.batch, optimizer, engine);
+    let p = match planner.predict_in(a.batch, optimizer, engine, precision) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(EXIT_USAGE);
+        }
+    };
     let s = vg.graph().input_shape();
     if s.len() != 3 {
         return Err(fail(format!(
@@ -140,7 +144,7 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
     let opts = Options {
         depth: a.depth.into(),
         format: a.format.into(),
-        fit: budget.map(|b| (b, planner.max_batch(optimizer, engine, b))),
+        fit: budget.map(|b| (b, planner.max_batch_in(optimizer, engine, precision, b))),
         optimizer: match optimizer {
             Optimizer::Adam => "Adam".into(),
             Optimizer::Sgd => "SGD".into(),

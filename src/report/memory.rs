@@ -4,12 +4,13 @@
 use super::summary::{group_of, mb, Depth, Format};
 use super::thousands;
 use crate::ir::{keras_shape, NodeId};
-use crate::lower::memory::{LayerMem, Prediction};
+use crate::lower::memory::{LayerMem, Precision, Prediction};
 use crate::validate::ValidGraph;
 use serde_json::{json, Value};
 
 /// What the numbers mean, printed under the table as the summary prints its MAC convention.
-pub const CONVENTION: &str = "Bytes as the engine allocates them, predicted from its allocation rules by replaying \
+pub const CONVENTION: &str =
+    "Bytes as the engine allocates them, predicted from its allocation rules by replaying \
 one step on a simulated heap: a tensor lives from the op that makes it to the last op that reads \
 or keeps it, so the peak is the most alive at once, not the sum of all tensors. Output: a layer's \
 result (0 when it reuses its input's buffer). Kept: what its backward holds until it runs (input \
@@ -17,7 +18,9 @@ values shared with other readers count in each reader's row; masks, indices and 
 own). Gradient: its output's gradient in the backward. Workspace: buffers made and freed inside \
 the layer (im2col, Winograd). Persistent: parameters as the engine holds them, optimizer moments, \
 per-thread scratch kept between steps (the matrix library's L2-sized packing buffer per thread). \
-Step: the peak above that, including the input batch, parameter gradients and the loss. MB = 10^6 bytes, \
+Step: the peak above that, including the input batch, parameter gradients and the loss. bf16 (the \
+pytorch engine under autocast): activations after the first convolution and the weights' casts are \
+2 bytes an element; parameters, gradients and optimizer state stay float32. MB = 10^6 bytes, \
 GiB = 2^30.";
 
 pub struct Options {
@@ -122,10 +125,14 @@ fn gib(b: u64) -> String {
 fn header(vg: &ValidGraph, p: &Prediction, o: &Options) -> String {
     let [h, w, c] = o.input;
     format!(
-        "{} at {h}x{w}x{c}, batch {}, {}, float32, engine {}",
+        "{} at {h}x{w}x{c}, batch {}, {}, {}, engine {}",
         vg.graph().model,
         p.batch,
         o.optimizer,
+        match p.precision {
+            Precision::Fp32 => "float32",
+            Precision::Bf16 => "bf16 autocast",
+        },
         p.engine.name()
     )
 }
@@ -326,7 +333,7 @@ fn json_of(vg: &ValidGraph, p: &Prediction, o: &Options) -> Value {
         "batch": p.batch,
         "input": o.input,
         "optimizer": o.optimizer,
-        "precision": "fp32",
+        "precision": p.precision.name(),
         "param_bytes": p.param_bytes,
         "param_values_bytes": p.param_values_bytes,
         "optimizer_bytes": p.optimizer_bytes,

@@ -2,10 +2,12 @@
 inference batch, with torch.profiler (profile_memory=True): the allocator's events in time order,
 summed, give the peak above what was live when the step began. Prints one JSON line.
 
-usage: torch_memory.py EXPORT_DIR BATCH H W C [--cuda]
+usage: torch_memory.py EXPORT_DIR BATCH H W C [--cuda] [--bf16]
 
 With --cuda (the GPU machine's check, scripts/gpu-check.sh): the same step on the GPU, measured
 with torch.cuda.max_memory_allocated above what was allocated when the step began.
+With --bf16: the forward and the loss under autocast(bfloat16), as timm's --amp-dtype bfloat16
+and scripts/torch_bench.py run it (the parameters and Adam's state stay float32).
 """
 import importlib.util
 import json
@@ -29,6 +31,7 @@ def peak_above_start(prof):
 def main():
     out_dir, n, h, w, c = sys.argv[1], *map(int, sys.argv[2:6])
     cuda = "--cuda" in sys.argv[6:]
+    bf16 = "--bf16" in sys.argv[6:]
     dev = torch.device("cuda" if cuda else "cpu")
     spec = importlib.util.spec_from_file_location("model", f"{out_dir}/model.py")
     mod = importlib.util.module_from_spec(spec)
@@ -42,10 +45,14 @@ def main():
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     y = (torch.arange(n) % 2).to(dev)
 
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
     def step():
         x = torch.rand(n, c, h, w, device=dev)
-        out = net(x)
-        loss = F.cross_entropy(out, y, reduction="sum")
+        with autocast():
+            out = net(x)
+            loss = F.cross_entropy(out, y, reduction="sum")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -71,10 +78,14 @@ def main():
     grads = sum(p.grad.numel() * p.grad.element_size() for p in net.parameters()
                 if p.grad is not None)
     net.eval()
+    # One autocast per batch, as timm's validate runs it (its cache of weight casts is the
+    # batch's own).
     with torch.no_grad():
-        net(torch.rand(n, c, h, w))
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with autocast():
             net(torch.rand(n, c, h, w))
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with autocast():
+                net(torch.rand(n, c, h, w))
     infer = peak_above_start(prof)
     print(json.dumps({"train_step_bytes": train, "infer_step_bytes": infer, "param_bytes": params,
                       "buffer_bytes": buffers, "optimizer_bytes": state, "grad_bytes": grads,

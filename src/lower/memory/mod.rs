@@ -62,6 +62,23 @@ impl StepSim {
     }
 }
 
+/// The precision of a training step: float32 throughout, or bf16 autocast (bfloat16
+/// activations and weight copies, float32 parameters, gradients and optimizer state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
     /// se-compile's CPU network (`lower::cpu`).
@@ -96,6 +113,7 @@ pub struct ParamMem {
 /// A prediction for one engine, optimizer and batch.
 pub struct Prediction {
     pub engine: Engine,
+    pub precision: Precision,
     pub batch: usize,
     /// The parameters as the engine holds them (the CPU network keeps a dfdx tensor and a
     /// host copy of each).
@@ -170,6 +188,7 @@ impl Prediction {
         Prediction {
             params,
             engine,
+            precision: Precision::Fp32,
             batch,
             param_bytes: p.param_bytes,
             param_values_bytes: p.param_values_bytes,
@@ -311,8 +330,39 @@ impl Planner {
         }
     }
 
-    /// Predicts `engine`'s memory at batch `batch` with `optimizer`.
+    /// Predicts `engine`'s memory at batch `batch` with `optimizer`, in float32.
     pub fn predict(&self, batch: usize, optimizer: Optimizer, engine: Engine) -> Prediction {
+        self.predict_in(batch, optimizer, engine, Precision::Fp32)
+            .expect("every engine trains in float32")
+    }
+
+    /// Predicts `engine`'s memory at batch `batch` with `optimizer` in `precision`; an
+    /// engine that cannot run in that precision gives an error saying so.
+    pub fn predict_in(
+        &self,
+        batch: usize,
+        optimizer: Optimizer,
+        engine: Engine,
+        precision: Precision,
+    ) -> Result<Prediction, String> {
+        if precision == Precision::Bf16 && engine != Engine::Pytorch {
+            return Err(format!(
+                "--precision bf16: the {} engine trains in float32 only (bf16 on the GPU is the work of the GPU speed issue); bf16 is modelled for --engine pytorch (autocast)",
+                engine.name()
+            ));
+        }
+        let mut p = self.predict_engine(batch, optimizer, engine, precision);
+        p.precision = precision;
+        Ok(p)
+    }
+
+    fn predict_engine(
+        &self,
+        batch: usize,
+        optimizer: Optimizer,
+        engine: Engine,
+        precision: Precision,
+    ) -> Prediction {
         let f = std::mem::size_of::<f32>() as u64;
         let values = self.lens.iter().sum::<usize>() as u64 * f;
         match engine {
@@ -345,8 +395,9 @@ impl Planner {
                 _ => self.kernelnet(batch, optimizer, &kernelnet::auto_lib),
             },
             Engine::Pytorch => {
-                let train = torch::simulate(&self.graph, &self.node_params, batch, true);
-                let infer = torch::simulate(&self.graph, &self.node_params, batch, false);
+                let train = torch::simulate(&self.graph, &self.node_params, batch, true, precision);
+                let infer =
+                    torch::simulate(&self.graph, &self.node_params, batch, false, precision);
                 let trainable = self.trainable as u64 * f;
                 // torch.optim.Adam keeps exp_avg and exp_avg_sq, SGD with momentum one buffer.
                 let moments = match optimizer {
@@ -410,7 +461,21 @@ impl Planner {
     /// The largest batch whose predicted training peak fits in `budget` bytes, if batch 1
     /// fits. Every term grows with the batch, so the search is a bisection over predictions.
     pub fn max_batch(&self, optimizer: Optimizer, engine: Engine, budget: u64) -> Option<usize> {
-        let fits = |b: usize| self.predict(b, optimizer, engine).peak_train_bytes() <= budget;
+        self.max_batch_in(optimizer, engine, Precision::Fp32, budget)
+    }
+
+    /// `max_batch` in `precision` (an engine that cannot run in it fits nothing).
+    pub fn max_batch_in(
+        &self,
+        optimizer: Optimizer,
+        engine: Engine,
+        precision: Precision,
+        budget: u64,
+    ) -> Option<usize> {
+        let fits = |b: usize| {
+            self.predict_in(b, optimizer, engine, precision)
+                .is_ok_and(|p| p.peak_train_bytes() <= budget)
+        };
         if !fits(1) {
             return None;
         }
