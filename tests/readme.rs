@@ -47,6 +47,14 @@ const SKIPPED: &[(&str, &str)] = &[
         "se-compile train models/se_resnet_mini.yaml --engine torchrun --nproc-per-node 2 --epochs 1",
         "needs PyTorch's torchrun; tests/scale_out.rs runs this engine with the reference venv",
     ),
+    (
+        "cd editors/vscode && npm ci && npm run compile",
+        "builds the VS Code extension in the clone; tests/vscode.rs runs these steps in a scratch copy",
+    ),
+    (
+        "ln -s \"$PWD\" ~/.vscode/extensions/se-compile",
+        "installs into the user's VS Code, which CI does not have",
+    ),
 ];
 
 /// README commands that must exit with a code other than 0.
