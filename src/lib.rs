@@ -61,25 +61,7 @@ pub enum FileError {
     TooLarge(String, u64),
 }
 
-/// The largest spec file se-compile reads: 16 MiB. A flat spec at the layer limit
-/// (`expand::MAX_LAYERS`, one layer of about 50 bytes a line) takes about 5 MiB.
-pub const MAX_SPEC_BYTES: u64 = 16 << 20;
-
-/// The error for a spec text over `MAX_SPEC_BYTES` (the language server's, for a buffer).
-pub fn too_large(len: u64) -> Diagnostic {
-    Diagnostic::new(
-        "limit::file-size",
-        format!(
-            "the spec is {:.1} MiB, above se-compile's limit of {} MiB",
-            len as f64 / (1 << 20) as f64,
-            MAX_SPEC_BYTES >> 20
-        ),
-    )
-    .help(format!(
-        "a flat spec at the limit of {} layers, 50 bytes a line, takes about 5 MiB; write repeats as `stage` or block templates",
-        report::thousands(expand::MAX_LAYERS as u64)
-    ))
-}
+pub use spec::{too_large, MAX_SPEC_BYTES};
 
 impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {

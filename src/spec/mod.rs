@@ -11,9 +11,27 @@ pub mod yaml;
 use crate::diag::{Diagnostic, Result};
 use crate::source::{SourceFile, Span, Syntax};
 
+/// The largest spec se-compile reads: 16 MiB. A flat spec at the layer limit, one layer of
+/// about 50 bytes a line, takes about 5 MiB.
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
+
+/// The error for a spec text over `MAX_SPEC_BYTES` (a buffer of the language server's; a file
+/// is refused before it is read, `crate::load`).
+pub fn too_large(len: u64) -> Diagnostic {
+    Diagnostic::new(
+        "limit::file-size",
+        format!(
+            "the spec is {:.1} MiB, above se-compile's limit of {} MiB",
+            len as f64 / (1 << 20) as f64,
+            MAX_SPEC_BYTES >> 20
+        ),
+    )
+    .help("a flat spec at the layer limit, 50 bytes a line, takes about 5 MiB; write repeats as `stage` or block templates")
+}
+
 pub fn parse(src: &SourceFile) -> Result<ast::Spec> {
-    if src.text.len() as u64 > crate::MAX_SPEC_BYTES {
-        return Err(crate::too_large(src.text.len() as u64));
+    if src.text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(too_large(src.text.len() as u64));
     }
     match src.syntax() {
         Syntax::Yaml => yaml::parse(src),

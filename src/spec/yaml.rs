@@ -378,14 +378,14 @@ fn budget_error(e: &serde_saphyr::Error) -> Option<(String, String)> {
         B::Nodes { .. } => (
             format!(
                 "the YAML has more than {} nodes",
-                crate::report::thousands(YAML_MAX_NODES as u64)
+                crate::util::thousands(YAML_MAX_NODES as u64)
             ),
             "write repeated layers as a `stage` of a block template".into(),
         ),
         B::Aliases { .. } => (
             format!(
                 "the YAML has more than {} aliases",
-                crate::report::thousands(YAML_MAX_ALIASES as u64)
+                crate::util::thousands(YAML_MAX_ALIASES as u64)
             ),
             "use block templates instead of YAML aliases".into(),
         ),
