@@ -48,6 +48,15 @@ impl Geom {
             groups: i(groups),
         }
     }
+    /// Whether a library that pads both sides equally (cuDNN) gives this window's output size:
+    /// its padding is `pt`/`pl` on both sides, or the far side's shortfall is rows the window
+    /// never reaches.
+    pub fn equal_padding(&self) -> bool {
+        let size =
+            |len: i32, k: i32, s: i32, d: i32, p: i32| (len + 2 * p - d * (k - 1) - 1) / s + 1;
+        size(self.h, self.kh, self.sh, self.dh, self.pt) == self.ho
+            && size(self.w, self.kw, self.sw, self.dw, self.pl) == self.wo
+    }
     pub fn out_rows(&self) -> usize {
         (self.n * self.ho * self.wo) as usize
     }
@@ -271,6 +280,30 @@ pub enum ConvDir {
     Data,
     /// The filter gradient.
     Filter,
+}
+
+/// Which convolutions a convolution library (cuDNN) runs, `SE_COMPILE_CONV`. One rule for the
+/// library (`cudnn::Cudnn`), its stand-in in the tests (`host::RefConvLib`) and the memory
+/// model (`memory::kernelnet::auto_lib`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// What measured faster on the H200 in fp32 (NHWC): the forward of convolutions with more
+    /// than one tap (3×3, 7×7); 1×1 convolutions and every gradient run as gemm, the backward
+    /// making its im2col matrix afresh instead of keeping it from the forward.
+    Auto,
+    /// Every convolution and gradient the library has an algorithm for.
+    All,
+}
+
+impl Policy {
+    /// Whether the policy sends this computation to the library (which must also express the
+    /// window: `Geom::equal_padding`).
+    pub fn wants(self, g: &Geom, dir: ConvDir) -> bool {
+        match self {
+            Policy::All => true,
+            Policy::Auto => dir == ConvDir::Forward && g.kh * g.kw > 1,
+        }
+    }
 }
 
 /// A library that runs convolutions straight on NHWC tensors (cuDNN on a GPU), with the

@@ -120,16 +120,7 @@ struct Plan {
     bwd_filter: Option<Option<Algo>>,
 }
 
-/// Which convolutions cuDNN runs (SE_COMPILE_CONV).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
-    /// What measured faster on the H200 in fp32 (NHWC): the forward of convolutions with more
-    /// than one tap (3×3, 7×7); 1×1 convolutions and every gradient run as gemm, the backward
-    /// making its im2col matrix afresh instead of keeping it from the forward.
-    Auto,
-    /// Every convolution and gradient cuDNN has an algorithm for.
-    All,
-}
+pub use super::backend::Policy;
 
 pub struct Cudnn {
     api: Api,
@@ -478,11 +469,7 @@ fn ptr_mut(b: &mut CudaSlice<f32>) -> *mut c_void {
 
 impl ConvLib<CudaSlice<f32>> for Cudnn {
     fn supports(&self, g: &Geom, cout: usize, dir: ConvDir) -> bool {
-        let wanted = match self.policy {
-            Policy::All => true,
-            Policy::Auto => dir == ConvDir::Forward && g.kh * g.kw > 1,
-        };
-        wanted
+        self.policy.wants(g, dir)
             && self
                 .plan(g, cout)
                 .is_some_and(|p| self.algo(&p, dir).is_some())

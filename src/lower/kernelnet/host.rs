@@ -430,11 +430,9 @@ impl RefConvLib {
     }
 
     pub fn supports(&self, g: &Geom, _cout: usize, dir: super::backend::ConvDir) -> bool {
-        let size =
-            |len: i32, k: i32, s: i32, d: i32, p: i32| (len + 2 * p - d * (k - 1) - 1) / s + 1;
-        let same =
-            size(g.h, g.kh, g.sh, g.dh, g.pt) == g.ho && size(g.w, g.kw, g.sw, g.dw, g.pl) == g.wo;
-        same && (self.all || (dir == super::backend::ConvDir::Forward && g.kh * g.kw > 1))
+        use super::backend::Policy;
+        let policy = if self.all { Policy::All } else { Policy::Auto };
+        g.equal_padding() && policy.wants(g, dir)
     }
     pub fn forward(g: &Geom, cout: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
         y.fill(0.0);

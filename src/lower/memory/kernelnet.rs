@@ -19,14 +19,12 @@ use std::rc::Rc;
 
 const F: usize = std::mem::size_of::<f32>();
 
-/// Whether the convolution's forward runs in the library under `SE_COMPILE_CONV=auto`: more
-/// than one tap, and padding cuDNN can express (the same on both sides).
+/// Whether the convolution's forward runs in the library under `SE_COMPILE_CONV=auto`: the
+/// policy's rule and the padding test the network itself applies (`backend::Policy`).
 pub fn auto_lib(s: &ConvShape) -> bool {
-    let w = &s.win;
-    let span = |k: usize, d: usize| d * (k - 1) + 1;
-    let pb = ((w.ho - 1) * w.sh + span(w.kh, w.dh)).checked_sub(w.h + w.pt);
-    let pr = ((w.wo - 1) * w.sw + span(w.kw, w.dw)).checked_sub(w.w + w.pl);
-    w.kh * w.kw > 1 && pb == Some(w.pt) && pr == Some(w.pl)
+    use crate::lower::kernelnet::backend::{ConvDir, Geom, Policy};
+    let g = Geom::of(&s.win, s.groups);
+    g.equal_padding() && Policy::Auto.wants(&g, ConvDir::Forward)
 }
 
 /// What a layer's record keeps besides its inputs and output (`kernelnet::Saved`).
