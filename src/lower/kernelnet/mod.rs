@@ -89,9 +89,61 @@ impl<Buf> Default for Moments<Buf> {
     }
 }
 
+/// A value as a record keeps it: its shape always, its buffer only where the layer's
+/// backward reads it (`backward_reads`), so that a value no later layer reads is freed.
+struct Kept<Buf> {
+    buf: Option<Rc<Buf>>,
+    shape: Vec<usize>,
+}
+
+impl<Buf> Kept<Buf> {
+    fn new(v: Val<Buf>, keep: bool) -> Self {
+        Kept {
+            buf: keep.then_some(v.buf),
+            shape: v.shape,
+        }
+    }
+    /// The buffer; `backward_reads` says it is kept wherever the backward asks for it.
+    fn buf(&self) -> &Rc<Buf> {
+        self.buf
+            .as_ref()
+            .expect("backward_reads keeps every value this backward reads")
+    }
+}
+
+/// Which of a layer's values its backward reads: one flag per input, and one for the output.
+/// A record keeps only these buffers (and shapes), so that a value is freed as soon as no
+/// later layer and no kept record reads it: the input of a ReLU (a BatchNorm's or an Add's
+/// output) goes right after the forward, as PyTorch's autograd lets it go. `cols`: the
+/// convolution kept its im2col matrix (then its input is not read again). The memory model
+/// (`memory::kernelnet`) keeps the same.
+pub fn backward_reads(layer: &Layer, n_ins: usize, cols: bool) -> (Vec<bool>, bool) {
+    let first = |b: bool| (0..n_ins).map(|i| i == 0 && b).collect::<Vec<_>>();
+    let (ins, out) = match layer {
+        Layer::Input
+        | Layer::Reshape
+        | Layer::Dropout(_)
+        | Layer::ZeroPad(_)
+        | Layer::Pool { .. }
+        | Layer::GlobalPool { .. } => (first(false), false),
+        Layer::Conv { .. } => (first(!cols), false),
+        Layer::BatchNorm { .. } => (first(true), false),
+        Layer::Activation(f) => (first(!f.grad_from_output()), true),
+        Layer::Dense { act, .. } => (first(true), act.is_some()),
+        Layer::Merge { kind, .. } => match kind {
+            MergeKind::Add | MergeKind::Concatenate => (first(false), false),
+            MergeKind::Multiply => (vec![true; n_ins], false),
+        },
+        // x and the gate; the Add's operands pass dy on.
+        Layer::GatedAdd { .. } => ((0..n_ins).map(|i| i < 2).collect(), false),
+    };
+    // A fused activation's gradient reads the layer's (activated) output.
+    (ins, out || layer.epilogue().is_some())
+}
+
 struct Record<Buf> {
-    ins: Vec<Val<Buf>>,
-    out: Val<Buf>,
+    ins: Vec<Kept<Buf>>,
+    out: Kept<Buf>,
     saved: Saved<Buf>,
     /// A layer with a fused activation (`Layer::epilogue`): its output before the activation,
     /// which the backward takes the activation's gradient at before the layer's own.
@@ -206,9 +258,15 @@ impl<B: Backend> KernelNet<B> {
                 format!("  forward: {}", kind_label(&plan.layers[idx]))
             });
             if let Some(r) = records.as_deref_mut() {
+                let cols = matches!(saved, Saved::Cols(_));
+                let (keep_ins, keep_out) = backward_reads(&plan.layers[idx], ins.len(), cols);
                 r[idx] = Some(Record {
-                    ins,
-                    out: out.clone(),
+                    ins: ins
+                        .into_iter()
+                        .zip(keep_ins)
+                        .map(|(v, k)| Kept::new(v, k))
+                        .collect(),
+                    out: Kept::new(out.clone(), keep_out),
                     saved,
                     pre_act,
                 });
@@ -557,7 +615,7 @@ impl<B: Backend> KernelNet<B> {
         let dy = match (layer.epilogue(), &rec.pre_act) {
             (Some(f), Some(z)) => {
                 let mut d = be.alloc(be.len(&dy));
-                be.act_back(z, &rec.out.buf, &dy, f.code(), &mut d, false);
+                be.act_back(z, rec.out.buf(), &dy, f.code(), &mut d, false);
                 d
             }
             _ => dy,
@@ -586,7 +644,7 @@ impl<B: Backend> KernelNet<B> {
                 }
                 if let (Some((lib, wk)), Some(_)) = (lib_filter, lib_data) {
                     let mut dwk = be.alloc(be.len(wk));
-                    lib.backward_filter(&g, cout, &x.buf, &dy, &mut dwk);
+                    lib.backward_filter(&g, cout, x.buf(), &dy, &mut dwk);
                     be.transpose(&dwk, cout, be.len(wk) / cout, &mut pgrads[w], true);
                     drop(dwk);
                     if xi != 0 {
@@ -600,9 +658,9 @@ impl<B: Backend> KernelNet<B> {
                 // Gemm: the im2col matrix kept by the forward, or made afresh.
                 let cols = cols.unwrap_or_else(|| {
                     if s.direct() {
-                        x.buf.clone()
+                        x.buf().clone()
                     } else {
-                        Rc::new(be.im2col(&x.buf, &g, 0.0))
+                        Rc::new(be.im2col(x.buf(), &g, 0.0))
                     }
                 });
                 let f = self.conv_gemm(&s, rows_out);
@@ -677,7 +735,7 @@ impl<B: Backend> KernelNet<B> {
                     unreachable!("bn saves statistics")
                 };
                 let (rows, c) = rows_of(&x.shape);
-                let (sdy, sdyx) = be.col_sums2(&dy, &x.buf, rows, c);
+                let (sdy, sdyx) = be.col_sums2(&dy, x.buf(), rows, c);
                 let (mut dg, mut db) = (None, None);
                 for (i, slot) in pgrads.iter_mut().enumerate() {
                     if Some(i) == gamma {
@@ -689,15 +747,19 @@ impl<B: Backend> KernelNet<B> {
                 let gm = gamma.map(|i| &self.params[i].buf);
                 let [s, t, d] = be.bn_back_coeffs(&sdy, &sdyx, &mean, &inv_std, gm, dg, db, rows);
                 self.add_grad(grads, xi, xlen, |dx, acc| {
-                    be.chan_affine(&dy, &s, Some((&x.buf, &t)), &d, c, dx, acc)
+                    be.chan_affine(&dy, &s, Some((x.buf(), &t)), &d, c, dx, acc)
                 });
             }
             Layer::Activation(f) => {
                 self.add_grad(grads, xi, xlen, |dx, acc| {
+                    let y = rec.out.buf();
                     if f == ActFn::Softmax {
-                        be.softmax_back(&rec.out.buf, &dy, cout, dx, acc);
+                        be.softmax_back(y, &dy, cout, dx, acc);
+                    } else if f.grad_from_output() {
+                        // The derivative read off the output alone (its input was let go).
+                        be.act_back(y, y, &dy, f.code(), dx, acc);
                     } else {
-                        be.act_back(&x.buf, &rec.out.buf, &dy, f.code(), dx, acc);
+                        be.act_back(x.buf(), y, &dy, f.code(), dx, acc);
                     }
                 });
             }
@@ -742,9 +804,9 @@ impl<B: Backend> KernelNet<B> {
                         let f = act.expect("an activation was applied");
                         let mut dz = be.alloc(rows_out * cout);
                         if f == ActFn::Softmax {
-                            be.softmax_back(&rec.out.buf, &dy, cout, &mut dz, false);
+                            be.softmax_back(rec.out.buf(), &dy, cout, &mut dz, false);
                         } else {
-                            be.act_back(&z, &rec.out.buf, &dy, f.code(), &mut dz, false);
+                            be.act_back(&z, rec.out.buf(), &dy, f.code(), &mut dz, false);
                         }
                         dz
                     }
@@ -762,7 +824,7 @@ impl<B: Backend> KernelNet<B> {
                     beta: 1.0,
                     ..Gemm::plain(cin, cout, rows_out)
                 };
-                be.gemm(&dw, &x.buf, &dz, &mut pgrads[w]);
+                be.gemm(&dw, x.buf(), &dz, &mut pgrads[w]);
                 let wt = &self.params[w].buf;
                 self.add_grad(grads, xi, xlen, |dx, acc| {
                     let g = Gemm {
@@ -816,10 +878,10 @@ impl<B: Backend> KernelNet<B> {
         let n = rec.out.shape[0];
         let (x, g) = (&rec.ins[at[0]], &rec.ins[at[1]]);
         self.add_grad(grads, inputs[at[0]], rows * last, |dx, acc| {
-            be.gate_mul(dy, &g.buf, n, last, dx, acc)
+            be.gate_mul(dy, g.buf(), n, last, dx, acc)
         });
         if inputs[at[1]] != 0 {
-            let dg = be.col_sums(dy, Some(&x.buf), n, rows / n.max(1), last, 1.0);
+            let dg = be.col_sums(dy, Some(x.buf()), n, rows / n.max(1), last, 1.0);
             self.accumulate(grads, inputs[at[1]], dg);
         }
     }
@@ -879,7 +941,7 @@ impl<B: Backend> KernelNet<B> {
                     let mut prod: Option<B::Buf> = None;
                     for (_, a) in ins.iter().enumerate().filter(|(j, _)| *j != k) {
                         let mut next = be.alloc(total);
-                        be.mul(prod.as_ref().unwrap_or(&dy), &a.buf, &mut next, false);
+                        be.mul(prod.as_ref().unwrap_or(&dy), a.buf(), &mut next, false);
                         prod = Some(next);
                     }
                     let prod = prod.unwrap_or_else(|| {

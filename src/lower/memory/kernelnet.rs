@@ -67,6 +67,23 @@ struct Rec {
     lib: bool,
 }
 
+/// A layer's record: the shapes of its values, and their buffers where its backward reads
+/// them (`kernelnet::backward_reads`, the network's own rule); the rest stand as empty.
+fn record(heap: &Heap, layer: &Layer, ins: &[V], out: &V, saved: Option<Buf>, lib: bool) -> Rec {
+    let cols = matches!(layer, Layer::Conv { .. }) && !lib && saved.is_some();
+    let (keep_ins, keep_out) = crate::lower::kernelnet::backward_reads(layer, ins.len(), cols);
+    let kept = |v: &V, k: bool| V {
+        buf: if k { v.buf.clone() } else { heap.shared(0) },
+        shape: v.shape.clone(),
+    };
+    Rec {
+        ins: ins.iter().zip(keep_ins).map(|(v, k)| kept(v, k)).collect(),
+        out: kept(out, keep_out),
+        _saved: saved,
+        lib,
+    }
+}
+
 /// Simulates a training step (`train`) or an inference batch at batch `n` of the kernel
 /// network running `plan`, whose convolutions take the library where `lib` holds.
 pub fn simulate(
@@ -167,12 +184,8 @@ pub fn simulate(
                     shape: out_shape.clone(),
                 };
                 if train {
-                    records[idx] = Some(Rec {
-                        ins: ins.clone(),
-                        out: v.clone(),
-                        _saved: Some(z),
-                        lib: is_lib,
-                    });
+                    records[idx] =
+                        Some(record(&heap, &plan.layers[idx], &ins, &v, Some(z), is_lib));
                 }
                 v
             }
@@ -200,12 +213,7 @@ pub fn simulate(
                     },
                 });
                 if train {
-                    records[idx] = Some(Rec {
-                        ins: ins.clone(),
-                        out: v.clone(),
-                        _saved: saved,
-                        lib: is_lib,
-                    });
+                    records[idx] = Some(record(&heap, &plan.layers[idx], &ins, &v, saved, is_lib));
                 }
                 v
             }
