@@ -103,14 +103,17 @@ impl Opened {
             // The CPU network runs activations after BatchNorms and Adds inside them, and
             // each SE tail (multiply, Add) as one op.
             Opened::Cpu => Box::new(net.for_cpu_network()),
+            // The kernel network runs activations inside the kernels before them, and each SE
+            // tail as one op.
             Opened::KernelNetHost => Box::new(
-                KernelNet::from_net(&net, Host, "cpu-kernelnet".into())
+                KernelNet::from_net(&net.for_kernel_network(), Host, "cpu-kernelnet".into())
                     .map_err(DeviceError::Unavailable)?,
             ),
             #[cfg(feature = "cuda")]
             Opened::Cuda(dev, i) => {
                 let be = CudaKernels::open(dev.clone()).map_err(DeviceError::Unavailable)?;
                 let name = format!("cuda:{i}, convolutions by {}", be.conv_engine());
+                let net = net.for_kernel_network();
                 Box::new(KernelNet::from_net(&net, be, name).map_err(DeviceError::Unavailable)?)
             }
         })

@@ -41,6 +41,10 @@ const WRITTEN: &[(&str, &str)] = &[
     ("SE block, max squeeze, tanh gate", "- se: {r: 2, squeeze: max, gate: tanh}"),
     ("SE block, relu gate, timm divisor", "- se: {r: 2, gate: relu, divisor: 3}"),
     ("SE block, hard_sigmoid gate, 3 channels", "- se: {form: dense, gate: hard_sigmoid, channels: 3}"),
+    ("conv2d 3x3 no bias + relu", "- conv2d: {filters: 5, kernel: 3, padding: same, use_bias: false}\n  - relu"),
+    ("batch_norm + relu", "- batch_norm\n  - relu"),
+    ("batch_norm + swish", "- batch_norm\n  - activation: swish"),
+    ("add + relu", "- conv2d: {filters: 4, kernel: 3, padding: same, use_bias: false}\n    id: b\n  - add: {}\n    from: [pre, b]\n  - relu"),
     ("SE tail: BN, SE, add, relu", "- batch_norm\n  - se: {r: 2}\n    id: s\n  - add: {}\n    from: [pre, s]\n  - relu"),
 ];
 

@@ -8,6 +8,8 @@
 use se_compile::lower::kernelnet::backend::{Backend, ConvDir, ConvLib, Gemm, Geom};
 use se_compile::lower::kernelnet::host::{Host, RefConvLib};
 use se_compile::lower::kernelnet::launch::{kernel_params, Arg, Device, Kernels};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
 
 const SHIM: &str = "#include <math.h>\n#define KERNEL\n#define __global__\n#define __device__\nstatic const struct { long long x; } blockIdx = {0}, threadIdx = {0}, blockDim = {1}, gridDim = {1};\n";
@@ -55,6 +57,10 @@ pub struct Emulated {
     lib: *mut c_void,
     /// A convolution library standing in for cuDNN, when the test asks for one.
     conv: Option<RefConvLib>,
+    /// Per kernel: launches, and the bytes of the buffers they were given (more than one
+    /// element: not the stand-in for an absent input), which an elementwise kernel or a column
+    /// sum reads or writes whole.
+    pub traffic: RefCell<BTreeMap<&'static str, (u64, u64)>>,
 }
 
 pub type EmulatedKernels = Kernels<Emulated>;
@@ -72,6 +78,7 @@ pub fn build_with(conv: Option<RefConvLib>) -> EmulatedKernels {
     Kernels::new(Emulated {
         lib: lib as *mut c_void,
         conv,
+        traffic: RefCell::new(BTreeMap::new()),
     })
 }
 
@@ -184,6 +191,19 @@ impl Device for Emulated {
         // SAFETY: looking up a symbol in a library we opened.
         let f = unsafe { libc::dlsym(self.lib, sym.as_ptr()) };
         assert!(!f.is_null(), "kernel {name} missing from kernels.cu");
+        let bytes: usize = args
+            .iter()
+            .map(|a| match a {
+                Arg::Buf(b) => b.data.len(),
+                Arg::BufMut(b) => b.data.len(),
+                _ => 0,
+            })
+            .filter(|n| *n > 1)
+            .sum();
+        let mut traffic = self.traffic.borrow_mut();
+        let e = traffic.entry(name).or_default();
+        *e = (e.0 + 1, e.1 + 4 * bytes as u64);
+        drop(traffic);
         let mut t = i32::try_from(total).expect("32-bit total");
         // A buffer argument is a pointer to its address, as a device pointer is on a GPU.
         let mut p = kernel_params(args, &mut t, |b| &b.addr as *const *mut f32 as *mut c_void);

@@ -103,6 +103,11 @@ impl Net {
         self.with_plan(self.plan.for_cpu_network())
     }
 
+    /// `Plan::for_kernel_network`: the network as the kernel network runs it.
+    pub fn for_kernel_network(&self) -> Net {
+        self.with_plan(self.plan.for_kernel_network())
+    }
+
     /// `Plan::with_fused_se_tails`.
     pub fn with_fused_se_tails(&self) -> (Net, usize) {
         let (plan, n) = self.plan.with_fused_se_tails();

@@ -4,6 +4,8 @@
 //! the kernels of `kernels.cu` on a device that can launch them (`cuda::Cuda`, or in the
 //! tests the same kernels compiled for the host).
 
+use crate::ir::ops::ActFn;
+
 /// A window over an NHWC tensor: convolution taps, pooling, zero padding (a 1×1 window with
 /// an offset). The im2col matrix has one row per output position and its columns ordered
 /// (group, ky, kx, channel in group), which for one group is Keras' kernel row order.
@@ -155,6 +157,10 @@ pub struct BnParams<'a, Buf> {
     pub beta: Option<&'a Buf>,
     pub eps: f32,
     pub momentum: f32,
+    /// The bias of the convolution before it, which the convolution left out for the
+    /// BatchNorm to take in (`KernelNet`'s `bias_in_bn`): the statistics are those of the
+    /// input without it, the moving mean and the output those of the input with it.
+    pub conv_bias: Option<&'a Buf>,
 }
 
 /// Adam (dfdx's formula, L2 weight decay added to the gradient) or SGD with classic momentum.
@@ -361,15 +367,33 @@ pub trait Backend {
         c: usize,
         scale: f32,
     ) -> Self::Buf;
-    /// (Σa, Σa·b) over the rows of (rows, C), reading a and b once.
+    /// (Σa, Σa·b) over the rows of (rows, C), reading a and b once. With `through` = (y, f),
+    /// a is first multiplied by the derivative of activation f read off its output y (f's
+    /// `grad_from_output`): BatchNorm's backward through its fused activation.
     fn col_sums2(
         &self,
         a: &Self::Buf,
         b: &Self::Buf,
+        through: Option<(&Self::Buf, ActFn)>,
         rows: usize,
         c: usize,
     ) -> (Self::Buf, Self::Buf);
-    /// out (+)= s[c]·u + t[c]·v + d[c] over (rows, C).
+    /// BatchNorm's backward: dx (+)= s[c]·g + t[c]·x + d[c] over (rows, C), where g is dy, or
+    /// with `through` = (y, f) dy times the derivative of its fused activation f read off the
+    /// output y.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_back_apply(
+        &self,
+        dy: &Self::Buf,
+        through: Option<(&Self::Buf, ActFn)>,
+        std: [&Self::Buf; 3],
+        x: &Self::Buf,
+        c: usize,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+    );
+    /// out (+)= act(s[c]·u + t[c]·v + d[c]) over (rows, C): BatchNorm's forward, with its
+    /// fused activation (`ActFn::Linear` for none).
     #[allow(clippy::too_many_arguments)]
     fn chan_affine(
         &self,
@@ -380,6 +404,7 @@ pub trait Backend {
         c: usize,
         out: &mut Self::Buf,
         accumulate: bool,
+        act: ActFn,
     );
     /// mean, inv_std, scale, shift per channel. In training `stats` holds Σx and Σx² over
     /// `rows` rows and the moving statistics are updated; otherwise they are read.
@@ -450,8 +475,24 @@ pub trait Backend {
     fn mul(&self, a: &Self::Buf, b: &Self::Buf, out: &mut Self::Buf, accumulate: bool);
     /// out += alpha · x.
     fn axpy(&self, x: &Self::Buf, alpha: f32, out: &mut Self::Buf);
-    /// y[r, c] += b[c].
-    fn add_bias(&self, y: &mut Self::Buf, b: &Self::Buf);
+    /// out = act(out + x): an Add's last operand, with the Add's fused activation.
+    fn add_act(&self, x: &Self::Buf, out: &mut Self::Buf, act: ActFn);
+    /// y[r, c] = act(y[r, c] + b[c]): a bias, with the layer's fused activation
+    /// (`ActFn::Linear` for none).
+    fn add_bias(&self, y: &mut Self::Buf, b: &Self::Buf, act: ActFn);
+    /// out[n, p, c] = act(x[n, p, c] · g[n, c] + r[n, p, c]): an SE tail of one residual
+    /// (`Layer::GatedAdd`) in one pass.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_add(
+        &self,
+        x: &Self::Buf,
+        g: &Self::Buf,
+        r: &Self::Buf,
+        n: usize,
+        c: usize,
+        out: &mut Self::Buf,
+        act: ActFn,
+    );
     /// dst[r, dst_off + j] (+)= src[r, src_off + j] for j < width, over `rows` rows.
     #[allow(clippy::too_many_arguments)]
     fn col_copy(

@@ -3,6 +3,7 @@
 //! matmul layouts, gradient flow) is checked against the CPU network without a GPU.
 
 use super::backend::{Backend, BnParams, Gemm, Geom, Update, UpdateCfg};
+use crate::ir::ops::ActFn;
 use crate::lower::layers::{softmax_backward, softmax_rows};
 
 pub struct Host;
@@ -28,6 +29,21 @@ fn for_each_tap(g: &Geom, mut f: impl FnMut(usize, Option<usize>)) {
                 }
             }
         }
+    }
+}
+
+/// Where element `i` of an (N, per / C, C) tensor finds its image's and channel's value in an
+/// (N, C) gate.
+fn gate_at(i: usize, per: usize, c: usize) -> usize {
+    (i / per) * c + i % c
+}
+
+/// dy[i], or dy[i] times the derivative of activation f read off its output y (`through` =
+/// (y, f); f's `grad_from_output`).
+fn through_grad(dy: &[f32], through: Option<(&Vec<f32>, ActFn)>, i: usize) -> f32 {
+    match through {
+        None => dy[i],
+        Some((y, f)) => dy[i] * f.grad(y[i], y[i]),
     }
 }
 
@@ -175,11 +191,39 @@ impl Backend for Host {
         out
     }
 
-    fn col_sums2(&self, a: &Vec<f32>, b: &Vec<f32>, rows: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
-        (
-            self.col_sums(a, None, 1, rows, c, 1.0),
-            self.col_sums(a, Some(b), 1, rows, c, 1.0),
-        )
+    fn col_sums2(
+        &self,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        through: Option<(&Vec<f32>, ActFn)>,
+        rows: usize,
+        c: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        // In f64, as `col_sums`.
+        let (mut s1, mut s2) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for k in 0..rows * c {
+            let g = through_grad(a, through, k);
+            s1[k % c] += g as f64;
+            s2[k % c] += (g * b[k]) as f64;
+        }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        (f32s(s1), f32s(s2))
+    }
+    fn bn_back_apply(
+        &self,
+        dy: &Vec<f32>,
+        through: Option<(&Vec<f32>, ActFn)>,
+        [s, t, d]: [&Vec<f32>; 3],
+        x: &Vec<f32>,
+        c: usize,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+    ) {
+        for i in 0..dy.len() {
+            let j = i % c;
+            let v = s[j] * through_grad(dy, through, i) + t[j] * x[i] + d[j];
+            dx[i] = if accumulate { dx[i] + v } else { v };
+        }
     }
     fn chan_affine(
         &self,
@@ -190,6 +234,7 @@ impl Backend for Host {
         c: usize,
         out: &mut Vec<f32>,
         accumulate: bool,
+        act: ActFn,
     ) {
         for i in 0..u.len() {
             let j = i % c;
@@ -197,6 +242,7 @@ impl Backend for Host {
             if let Some((v, t)) = vt {
                 y += t[j] * v[i];
             }
+            let y = act.value(y);
             out[i] = if accumulate { out[i] + y } else { y };
         }
     }
@@ -229,6 +275,14 @@ impl Backend for Host {
             out[1][j] = inv_std;
             out[2][j] = scale;
             out[3][j] = p.beta.map_or(0.0, |b| b[j]) - mean * scale;
+            // The convolution's bias it takes in (kernels.cu, bn_conv_bias).
+            if let Some(b) = p.conv_bias {
+                if stats.is_some() {
+                    mm[j] += (1.0 - p.momentum) * b[j];
+                } else {
+                    out[3][j] += scale * b[j];
+                }
+            }
         }
         out
     }
@@ -301,7 +355,7 @@ impl Backend for Host {
     ) {
         let per = x.len() / n.max(1);
         for i in 0..x.len() {
-            let v = x[i] * g[(i / per) * c + i % c];
+            let v = x[i] * g[gate_at(i, per, c)];
             out[i] = if acc { out[i] + v } else { v };
         }
     }
@@ -316,7 +370,7 @@ impl Backend for Host {
     ) {
         let per = out.len() / n.max(1);
         for i in 0..out.len() {
-            let v = scale * g[(i / per) * c + i % c];
+            let v = scale * g[gate_at(i, per, c)];
             out[i] = if acc { out[i] + v } else { v };
         }
     }
@@ -332,9 +386,31 @@ impl Backend for Host {
     fn axpy(&self, x: &Vec<f32>, alpha: f32, out: &mut Vec<f32>) {
         out.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
     }
-    fn add_bias(&self, y: &mut Vec<f32>, b: &Vec<f32>) {
+    fn add_act(&self, x: &Vec<f32>, out: &mut Vec<f32>, act: ActFn) {
+        out.iter_mut()
+            .zip(x)
+            .for_each(|(o, v)| *o = act.value(*o + v));
+    }
+    fn add_bias(&self, y: &mut Vec<f32>, b: &Vec<f32>, act: ActFn) {
         let c = b.len();
-        y.iter_mut().enumerate().for_each(|(i, v)| *v += b[i % c]);
+        y.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = act.value(*v + b[i % c]));
+    }
+    fn gated_add(
+        &self,
+        x: &Vec<f32>,
+        g: &Vec<f32>,
+        r: &Vec<f32>,
+        n: usize,
+        c: usize,
+        out: &mut Vec<f32>,
+        act: ActFn,
+    ) {
+        let per = x.len() / n.max(1);
+        for i in 0..x.len() {
+            out[i] = act.value(x[i] * g[gate_at(i, per, c)] + r[i]);
+        }
     }
     fn col_copy(
         &self,

@@ -145,11 +145,15 @@ KERNEL void taps_expand(const float* dy, const float* arg, float* dcols, Geom g,
     }
 }
 
+__device__ float act_grad_out(int f, float y);
+
 // Column sums in passes: each thread sums `chunk_rows` rows of one column (consecutive threads
 // read consecutive columns), writing one partial sum per chunk; no atomics. Mode 0 sums a,
 // mode 1 sums a·b, mode 2 writes both (one read of a and b for BatchNorm's two statistics).
-KERNEL void col_partial(const float* a, const float* b, int mode, int rows, int c, int chunks,
-                        int chunk_rows, float* part, float* part2, int total) {
+// With an activation f (not ACT_LINEAR), a is first multiplied by f's derivative read off its
+// output y (act_grad_out): BatchNorm's backward through its fused activation.
+KERNEL void col_partial(const float* a, const float* b, const float* y, int f, int mode, int rows,
+                        int c, int chunks, int chunk_rows, float* part, float* part2, int total) {
     LOOP(i, total) {
         int j = i % c;
         int q = (i / c) % chunks;
@@ -159,13 +163,14 @@ KERNEL void col_partial(const float* a, const float* b, int mode, int rows, int 
         float s = 0.0f, s2 = 0.0f;
         for (int r = r0; r < r1; r++) {
             int k = (gi * rows + r) * c + j;
+            float ak = f == ACT_LINEAR ? a[k] : a[k] * act_grad_out(f, y[k]);
             if (mode == 0) {
-                s += a[k];
+                s += ak;
             } else if (mode == 1) {
-                s += a[k] * b[k];
+                s += ak * b[k];
             } else {
-                s += a[k];
-                s2 += a[k] * b[k];
+                s += ak;
+                s2 += ak * b[k];
             }
         }
         part[i] = s;
@@ -183,15 +188,6 @@ KERNEL void col_finish(const float* part, int chunks, int c, float scale, float*
     }
 }
 
-KERNEL void chan_affine(const float* u, const float* s, const float* v, const float* t, int has_v,
-                                       const float* d, int c, float* out, int acc, int total) {
-    LOOP(i, total) {
-        int j = (int)(i % c);
-        float y = s[j] * u[i] + d[j];
-        if (has_v) y += t[j] * v[i];
-        out[i] = acc ? out[i] + y : y;
-    }
-}
 
 KERNEL void bn_coeffs(const float* s1, const float* s2, const float* gamma, const float* beta,
                                      float* mm, float* mv, float* mean_o, float* istd_o, float* scale_o,
@@ -215,6 +211,21 @@ KERNEL void bn_coeffs(const float* s1, const float* s2, const float* gamma, cons
         istd_o[j] = istd;
         scale_o[j] = scale;
         shift_o[j] = ((p.flags & 4) ? beta[j] : 0.0f) - mean * scale;
+    }
+}
+
+// A convolution's bias b that the BatchNorm after it takes in, the convolution having left it
+// out (after bn_coeffs ran on the input without b). In training the batch's variance is the
+// same and its mean moves by b, which the output does not see: only the moving mean takes b in.
+// Otherwise the moving mean is that of the input with b, so the shift takes b in.
+KERNEL void bn_conv_bias(const float* b, float* mm, const float* scale, float* shift, BnScalars p,
+                                        int c) {
+    LOOP(j, c) {
+        if (p.flags & 1) {
+            mm[j] += (1.0f - p.momentum) * b[j];
+        } else {
+            shift[j] += scale[j] * b[j];
+        }
     }
 }
 
@@ -286,6 +297,36 @@ __device__ float act_grad(int f, float x, float y) {
     return NOT_A_CASE;
 }
 
+// out (+)= f(s·u + d [+ t·v]), per channel: BatchNorm's forward with its fused activation `f`
+// (ACT_LINEAR for none), and its backward.
+KERNEL void chan_affine(const float* u, const float* s, const float* v, const float* t, int has_v,
+                                       const float* d, int c, float* out, int acc, int f, int total) {
+    LOOP(i, total) {
+        int j = (int)(i % c);
+        float y = s[j] * u[i] + d[j];
+        if (has_v) y += t[j] * v[i];
+        y = act_value(f, y);
+        out[i] = acc ? out[i] + y : y;
+    }
+}
+
+// The derivative of f at the input that gave output y, for the activations whose derivative
+// can be read off the output (ActFn::grad_from_output: their act_grad reads x only through its
+// sign or its range, which the output has too).
+__device__ float act_grad_out(int f, float y) { return act_grad(f, y, y); }
+
+// BatchNorm's backward: dx (+)= s·g + t·x + d with g = dy, or dy times the derivative of its
+// fused activation f read off its output y (ACT_LINEAR for none).
+KERNEL void bn_back_apply(const float* dy, const float* y, int f, const float* s, const float* x,
+                                         const float* t, const float* d, int c, float* dx, int acc, int total) {
+    LOOP(i, total) {
+        int j = (int)(i % c);
+        float g = f == ACT_LINEAR ? dy[i] : dy[i] * act_grad_out(f, y[i]);
+        float v = s[j] * g + t[j] * x[i] + d[j];
+        dx[i] = acc ? dx[i] + v : v;
+    }
+}
+
 KERNEL void act_fwd(const float* x, float* y, int f, int total) {
     LOOP(i, total) y[i] = act_value(f, x[i]);
 }
@@ -331,6 +372,13 @@ KERNEL void gate_mul(const float* x, const float* g, float* out, int per, int c,
     }
 }
 
+// out = f(x · gate + r): an SE tail (Layer::GatedAdd) of one residual, in one pass; the gate is
+// (N, C), x and r are (N, per / C, C).
+KERNEL void gated_add(const float* x, const float* g, const float* r, float* out, int per, int c,
+                                     int f, int total) {
+    LOOP(i, total) out[i] = act_value(f, x[i] * g[(i / per) * c + i % c] + r[i]);
+}
+
 KERNEL void bcast_rows(const float* g, float* out, int per, int c, float scale, int acc, int total) {
     LOOP(i, total) {
         float v = scale * g[(i / per) * c + i % c];
@@ -342,12 +390,15 @@ KERNEL void mul(const float* a, const float* b, float* out, int acc, int total) 
     LOOP(i, total) out[i] = acc ? out[i] + a[i] * b[i] : a[i] * b[i];
 }
 
-KERNEL void axpy(const float* x, float alpha, float* out, int total) {
-    LOOP(i, total) out[i] += alpha * x[i];
+// out = f(out + alpha·x): an Add's last operand with the Add's fused activation `f`
+// (ACT_LINEAR for none).
+KERNEL void axpy(const float* x, float alpha, float* out, int f, int total) {
+    LOOP(i, total) out[i] = act_value(f, out[i] + alpha * x[i]);
 }
 
-KERNEL void add_bias(float* y, const float* b, int c, int total) {
-    LOOP(i, total) y[i] += b[i % c];
+// y = f(y + b), per channel: a convolution's bias with its fused activation.
+KERNEL void add_bias(float* y, const float* b, int c, int f, int total) {
+    LOOP(i, total) y[i] = act_value(f, y[i] + b[i % c]);
 }
 
 KERNEL void col_copy(const float* src, int src_c, int src_off, float* dst, int dst_c, int dst_off,

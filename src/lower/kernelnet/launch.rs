@@ -7,6 +7,7 @@
 use super::backend::{
     Backend, BnParams, BnScalars, ConvLib, Gemm, Geom, Update, UpdateCfg, SUM_ROWS,
 };
+use crate::ir::ops::ActFn;
 use std::ffi::c_void;
 
 /// One kernel argument, in the kernel's parameter order.
@@ -88,11 +89,14 @@ impl<D: Device> Kernels<D> {
     }
 
     /// The first pass of a column sum (see `col_partial` in kernels.cu): partial sums over
-    /// chunks of SUM_ROWS rows, of a (mode 0), a·b (1) or both (2).
+    /// chunks of SUM_ROWS rows, of a (mode 0), a·b (1) or both (2); a through an activation's
+    /// derivative read off its output (`through`).
+    #[allow(clippy::too_many_arguments)]
     fn first_pass(
         &self,
         a: &D::Buf,
         b: Option<&D::Buf>,
+        through: Option<(&D::Buf, ActFn)>,
         mode: i32,
         groups: usize,
         rows: usize,
@@ -108,6 +112,8 @@ impl<D: Device> Kernels<D> {
             &mut [
                 In(a),
                 In(b.unwrap_or(&self.none)),
+                In(through.map_or(&self.none, |t| t.0)),
+                I32(through.map_or(ActFn::Linear, |t| t.1).code()),
                 I32(mode),
                 I32(rows as i32),
                 I32(c as i32),
@@ -131,7 +137,7 @@ impl<D: Device> Kernels<D> {
         scale: f32,
     ) -> D::Buf {
         while left > SUM_ROWS {
-            let (next, _) = self.first_pass(&part, None, 0, groups, left, c);
+            let (next, _) = self.first_pass(&part, None, None, 0, groups, left, c);
             part = next;
             left = left.div_ceil(SUM_ROWS);
         }
@@ -244,19 +250,53 @@ impl<D: Device> Backend for Kernels<D> {
         if rows == 0 {
             return self.zeros(groups * c);
         }
-        let (part, _) = self.first_pass(a, b, i32::from(b.is_some()), groups, rows, c);
+        let (part, _) = self.first_pass(a, b, None, i32::from(b.is_some()), groups, rows, c);
         self.finish_sums(part, groups, rows.div_ceil(SUM_ROWS), c, scale)
     }
-    fn col_sums2(&self, a: &D::Buf, b: &D::Buf, rows: usize, c: usize) -> (D::Buf, D::Buf) {
+    fn col_sums2(
+        &self,
+        a: &D::Buf,
+        b: &D::Buf,
+        through: Option<(&D::Buf, ActFn)>,
+        rows: usize,
+        c: usize,
+    ) -> (D::Buf, D::Buf) {
         if rows == 0 {
             return (self.zeros(c), self.zeros(c));
         }
-        let (p1, p2) = self.first_pass(a, Some(b), 2, 1, rows, c);
+        let (p1, p2) = self.first_pass(a, Some(b), through, 2, 1, rows, c);
         let left = rows.div_ceil(SUM_ROWS);
         (
             self.finish_sums(p1, 1, left, c, 1.0),
             self.finish_sums(p2.expect("mode 2 writes both"), 1, left, c, 1.0),
         )
+    }
+    fn bn_back_apply(
+        &self,
+        dy: &D::Buf,
+        through: Option<(&D::Buf, ActFn)>,
+        [s, t, d]: [&D::Buf; 3],
+        x: &D::Buf,
+        c: usize,
+        dx: &mut D::Buf,
+        accumulate: bool,
+    ) {
+        self.run(
+            "bn_back_apply",
+            self.d.len(dy),
+            &mut [
+                In(dy),
+                In(through.map_or(&self.none, |t| t.0)),
+                I32(through.map_or(ActFn::Linear, |t| t.1).code()),
+                In(s),
+                In(x),
+                In(t),
+                In(d),
+                I32(c as i32),
+                Out(dx),
+                fl(accumulate),
+            ],
+        );
     }
     fn chan_affine(
         &self,
@@ -267,6 +307,7 @@ impl<D: Device> Backend for Kernels<D> {
         c: usize,
         out: &mut D::Buf,
         accumulate: bool,
+        act: ActFn,
     ) {
         let (v, t) = vt.unwrap_or((&self.none, &self.none));
         self.run(
@@ -282,6 +323,7 @@ impl<D: Device> Backend for Kernels<D> {
                 I32(c as i32),
                 Out(out),
                 fl(accumulate),
+                I32(act.code()),
             ],
         );
     }
@@ -314,6 +356,14 @@ impl<D: Device> Backend for Kernels<D> {
                 Arg::Bn(sc),
             ],
         );
+        if let Some(b) = p.conv_bias {
+            let [_, _, s, sh] = &mut o;
+            self.run(
+                "bn_conv_bias",
+                c,
+                &mut [In(b), Out(mm), In(s), Out(sh), Arg::Bn(sc)],
+            );
+        }
         o
     }
     fn bn_back_coeffs(
@@ -415,11 +465,47 @@ impl<D: Device> Backend for Kernels<D> {
         self.run("mul", self.d.len(a), &mut [In(a), In(b), Out(out), fl(acc)]);
     }
     fn axpy(&self, x: &D::Buf, alpha: f32, out: &mut D::Buf) {
-        self.run("axpy", self.d.len(x), &mut [In(x), F32(alpha), Out(out)]);
+        let linear = I32(ActFn::Linear.code());
+        self.run(
+            "axpy",
+            self.d.len(x),
+            &mut [In(x), F32(alpha), Out(out), linear],
+        );
     }
-    fn add_bias(&self, y: &mut D::Buf, b: &D::Buf) {
+    fn add_act(&self, x: &D::Buf, out: &mut D::Buf, act: ActFn) {
+        let f = I32(act.code());
+        self.run("axpy", self.d.len(x), &mut [In(x), F32(1.0), Out(out), f]);
+    }
+    fn add_bias(&self, y: &mut D::Buf, b: &D::Buf, act: ActFn) {
         let (total, c) = (self.d.len(y), self.d.len(b));
-        self.run("add_bias", total, &mut [Out(y), In(b), I32(c as i32)]);
+        let f = I32(act.code());
+        self.run("add_bias", total, &mut [Out(y), In(b), I32(c as i32), f]);
+    }
+    fn gated_add(
+        &self,
+        x: &D::Buf,
+        g: &D::Buf,
+        r: &D::Buf,
+        n: usize,
+        c: usize,
+        out: &mut D::Buf,
+        act: ActFn,
+    ) {
+        let total = self.d.len(x);
+        let per = (total / n.max(1)) as i32;
+        self.run(
+            "gated_add",
+            total,
+            &mut [
+                In(x),
+                In(g),
+                In(r),
+                Out(out),
+                I32(per),
+                I32(c as i32),
+                I32(act.code()),
+            ],
+        );
     }
     fn col_copy(
         &self,

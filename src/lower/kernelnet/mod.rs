@@ -141,12 +141,87 @@ pub fn backward_reads(layer: &Layer, n_ins: usize, cols: bool) -> (Vec<bool>, bo
     (ins, out || layer.epilogue().is_some())
 }
 
+/// How the kernel network runs a layer's fused activation (`Layer::epilogue`). One rule for
+/// the network and for the memory model (`memory::kernelnet`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Epilogue {
+    /// No fused activation.
+    None,
+    /// Applied by the layer's own last kernel as it writes its output: a convolution's bias,
+    /// BatchNorm's affine pass, an Add's last operand, an SE tail's one pass. Nothing is
+    /// written twice, and the backward takes the activation's derivative from the output.
+    InKernel(ActFn),
+    /// A pass of its own after the layer, into a new buffer. `keep_pre`: the record keeps the
+    /// value before the activation, which the derivative of an activation that cannot be read
+    /// off its output (swish, GELU, ...) needs in training.
+    Pass { f: ActFn, keep_pre: bool },
+}
+
+/// `layer`'s fused activation as the kernel network runs it, in training (`train`) or not.
+pub fn epilogue(layer: &Layer, train: bool) -> Epilogue {
+    let Some(f) = layer.epilogue() else {
+        return Epilogue::None;
+    };
+    let keep_pre = train && !f.grad_from_output();
+    let in_kernel = match layer {
+        Layer::Conv { b, .. } => b.is_some(),
+        Layer::BatchNorm { .. } | Layer::GatedAdd { .. } => true,
+        Layer::Merge { kind, .. } => *kind == MergeKind::Add,
+        _ => false,
+    };
+    if in_kernel && !keep_pre {
+        Epilogue::InKernel(f)
+    } else {
+        Epilogue::Pass { f, keep_pre }
+    }
+}
+
+/// Whether `layer`'s own backward takes the derivative of its fused activation, read off its
+/// output, inside its passes (BatchNorm's column sums and dx pass), so that no pass of its own
+/// makes that gradient first and no buffer holds it. One rule for the network and the memory
+/// model.
+pub fn backward_takes_epilogue(layer: &Layer) -> bool {
+    matches!(layer, Layer::BatchNorm { .. })
+        && matches!(epilogue(layer, true), Epilogue::InKernel(_))
+}
+
+/// The kernel network's rule for a convolution's bias: where a convolution with a bias and no
+/// fused activation is read by one BatchNorm alone, the convolution leaves its bias pass out and
+/// the BatchNorm takes the bias in (`BnParams::conv_bias`). In training the bias cancels out of
+/// the normalised output and only moves the moving mean, so a whole pass over the convolution's
+/// output goes; the bias still gets its gradient. Per node: for such a BatchNorm, the bias
+/// parameter it takes in; for such a convolution, true.
+pub fn conv_bias_into_bn(plan: &Plan) -> (Vec<Option<usize>>, Vec<bool>) {
+    let n = plan.layers.len();
+    let (mut taken_in, mut left_out) = (vec![None; n], vec![false; n]);
+    let readers = plan.readers();
+    for (i, l) in plan.layers.iter().enumerate() {
+        let Layer::Conv {
+            b: Some(b),
+            act: None,
+            ..
+        } = l
+        else {
+            continue;
+        };
+        let [r] = readers[i][..] else { continue };
+        let reads_it_first = plan.inputs(r).first() == Some(&NodeId(i as u32));
+        if matches!(plan.layers[r.index()], Layer::BatchNorm { .. }) && reads_it_first {
+            taken_in[r.index()] = Some(*b);
+            left_out[i] = true;
+        }
+    }
+    (taken_in, left_out)
+}
+
 struct Record<Buf> {
     ins: Vec<Kept<Buf>>,
     out: Kept<Buf>,
     saved: Saved<Buf>,
-    /// A layer with a fused activation (`Layer::epilogue`): its output before the activation,
-    /// which the backward takes the activation's gradient at before the layer's own.
+    /// A layer whose fused activation ran as a pass of its own and cannot take its derivative
+    /// from its output (`Epilogue::Pass { keep_pre: true }`): the layer's output before the
+    /// activation, which the backward takes the activation's gradient at before the layer's
+    /// own.
     pre_act: Option<Rc<Buf>>,
 }
 
@@ -168,6 +243,9 @@ pub struct KernelNet<B: Backend> {
     pub be: B,
     device_name: String,
     plan: Arc<Plan>,
+    /// `conv_bias_into_bn` of the plan.
+    bias_taken_in: Vec<Option<usize>>,
+    bias_left_out: Vec<bool>,
     params: Vec<Param<B::Buf>>,
     dropout_rng: Rng,
     opt: Option<Moments<B::Buf>>,
@@ -220,10 +298,13 @@ impl<B: Backend> KernelNet<B> {
                 buf: be.upload(&p.data()),
             })
             .collect();
+        let (bias_taken_in, bias_left_out) = conv_bias_into_bn(&net.plan);
         Ok(KernelNet {
             be,
             device_name,
             plan: net.plan.clone(),
+            bias_taken_in,
+            bias_left_out,
             params,
             dropout_rng: Rng::new(0),
             opt: None,
@@ -247,13 +328,23 @@ impl<B: Backend> KernelNet<B> {
     ) -> Val<B::Buf> {
         let plan = self.plan.clone();
         let batch = x.shape[0];
+        let training = records.is_some();
         plan.walk(batch, x, Val::clone, |idx, ins, out_shape, skip| {
             let t = self.span_start();
-            let (mut out, saved) = self.layer_forward(idx, &ins, out_shape, train, skip);
-            let pre_act = plan.layers[idx].epilogue().map(|f| {
-                let y = self.be.act(&out.buf, f.code());
-                std::mem::replace(&mut out.buf, Rc::new(y))
-            });
+            let epi = epilogue(&plan.layers[idx], training);
+            let in_kernel = match epi {
+                Epilogue::InKernel(f) => f,
+                Epilogue::None | Epilogue::Pass { .. } => ActFn::Linear,
+            };
+            let (mut out, saved) = self.layer_forward(idx, &ins, out_shape, train, skip, in_kernel);
+            let pre_act = match epi {
+                Epilogue::Pass { f, keep_pre } => {
+                    let y = self.be.act(&out.buf, f.code());
+                    let z = std::mem::replace(&mut out.buf, Rc::new(y));
+                    keep_pre.then_some(z)
+                }
+                Epilogue::None | Epilogue::InKernel(_) => None,
+            };
             self.span_end(t, || {
                 format!("  forward: {}", kind_label(&plan.layers[idx]))
             });
@@ -316,6 +407,7 @@ impl<B: Backend> KernelNet<B> {
         out_shape: Vec<usize>,
         train: bool,
         skip_act: bool,
+        act: ActFn,
     ) -> (Val<B::Buf>, Saved<B::Buf>) {
         let layer = self.plan.layers[idx].clone();
         let be = &self.be;
@@ -332,8 +424,8 @@ impl<B: Backend> KernelNet<B> {
                     let wk = self.lib_filter(w, &s);
                     let mut y = be.alloc(total);
                     lib.forward(&geom, s.cout, &x.buf, &wk, &mut y);
-                    if let Some(b) = b {
-                        be.add_bias(&mut y, &self.params[b].buf);
+                    if let Some(b) = b.filter(|_| !self.bias_left_out[idx]) {
+                        be.add_bias(&mut y, &self.params[b].buf, act);
                     }
                     return (self.fresh(out_shape, y), Saved::Lib(wk));
                 }
@@ -349,8 +441,8 @@ impl<B: Backend> KernelNet<B> {
                     &self.params[w].buf,
                     &mut y,
                 );
-                if let Some(b) = b {
-                    be.add_bias(&mut y, &self.params[b].buf);
+                if let Some(b) = b.filter(|_| !self.bias_left_out[idx]) {
+                    be.add_bias(&mut y, &self.params[b].buf, act);
                 }
                 (y, Saved::Cols(cols))
             }
@@ -372,8 +464,9 @@ impl<B: Backend> KernelNet<B> {
                     beta: beta.map(|i| &self.params[i].buf),
                     eps,
                     momentum,
+                    conv_bias: self.bias_taken_in[idx].map(|i| &self.params[i].buf),
                 };
-                let sums = train.then(|| be.col_sums2(&x.buf, &x.buf, rows, c));
+                let sums = train.then(|| be.col_sums2(&x.buf, &x.buf, None, rows, c));
                 let [m, inv_std, scale, shift] = be.bn_coeffs(
                     sums.as_ref().map(|(a, b)| (a, b, rows)),
                     &p,
@@ -384,7 +477,7 @@ impl<B: Backend> KernelNet<B> {
                 self.params[mean].buf = mm;
                 self.params[var].buf = mv;
                 let mut y = be.alloc(total);
-                be.chan_affine(&x.buf, &scale, None, &shift, c, &mut y, false);
+                be.chan_affine(&x.buf, &scale, None, &shift, c, &mut y, false, act);
                 (y, Saved::Bn { mean: m, inv_std })
             }
             Layer::Activation(ActFn::Softmax) => (be.softmax(&x.buf, cout), Saved::None),
@@ -423,7 +516,7 @@ impl<B: Backend> KernelNet<B> {
                     &mut z,
                 );
                 if let Some(b) = b {
-                    be.add_bias(&mut z, &self.params[b].buf);
+                    be.add_bias(&mut z, &self.params[b].buf, ActFn::Linear);
                 }
                 match act {
                     Some(f) if !skip_act && f != ActFn::Linear => {
@@ -459,20 +552,36 @@ impl<B: Backend> KernelNet<B> {
                     Saved::None,
                 )
             }
-            Layer::Merge { kind, .. } => (self.merge_forward(ins, &out_shape, kind), Saved::None),
+            Layer::Merge { kind, .. } => {
+                (self.merge_forward(ins, &out_shape, kind, act), Saved::None)
+            }
             Layer::GatedAdd { .. } => {
-                // [x, gate, others...]: x · gate, then the others added.
+                // [x, gate, others...]: act(x · gate + others).
                 let (n, c) = (out_shape[0], cout);
                 let mut y = be.alloc(total);
-                be.gate_mul(&ins[0].buf, &ins[1].buf, n, c, &mut y, false);
-                ins[2..].iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
+                if let [x, g, r] = ins {
+                    be.gated_add(&x.buf, &g.buf, &r.buf, n, c, &mut y, act);
+                } else {
+                    be.gate_mul(&ins[0].buf, &ins[1].buf, n, c, &mut y, false);
+                    let (last, mid) = ins[2..].split_last().expect("an SE tail adds one or more");
+                    mid.iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
+                    be.add_act(&last.buf, &mut y, act);
+                }
                 (y, Saved::None)
             }
         };
         (self.fresh(out_shape, y), saved)
     }
 
-    fn merge_forward(&self, ins: &[Val<B::Buf>], out_shape: &[usize], kind: MergeKind) -> B::Buf {
+    /// `act`: an Add's fused activation (`ActFn::Linear` for none), applied as the last
+    /// operand is added; the other kinds have none (`epilogue`).
+    fn merge_forward(
+        &self,
+        ins: &[Val<B::Buf>],
+        out_shape: &[usize],
+        kind: MergeKind,
+        act: ActFn,
+    ) -> B::Buf {
         let be = &self.be;
         let (rows, last) = rows_of(out_shape);
         // Every kind writes all of y (Add copies its first operand in, then adds the others).
@@ -481,9 +590,21 @@ impl<B: Backend> KernelNet<B> {
         match kind {
             MergeKind::Add => {
                 be.col_copy(&ins[0].buf, n, 0, &mut y, n, 0, n, 1, false);
-                ins[1..].iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
+                match ins[1..].split_last() {
+                    Some((last, mid)) => {
+                        mid.iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
+                        be.add_act(&last.buf, &mut y, act);
+                    }
+                    None if act != ActFn::Linear => y = be.act(&y, act.code()),
+                    None => {}
+                }
             }
             MergeKind::Concatenate => {
+                debug_assert_eq!(
+                    act,
+                    ActFn::Linear,
+                    "epilogue: only an Add's is in its kernel"
+                );
                 let mut off = 0;
                 for a in ins {
                     let w = *a.shape.last().expect("rank >= 1");
@@ -492,6 +613,11 @@ impl<B: Backend> KernelNet<B> {
                 }
             }
             MergeKind::Multiply => {
+                debug_assert_eq!(
+                    act,
+                    ActFn::Linear,
+                    "epilogue: only an Add's is in its kernel"
+                );
                 if ins.len() == 2 && ins[0].shape != ins[1].shape {
                     let (x, g) = if ins[0].shape == out_shape {
                         (&ins[0], &ins[1])
@@ -612,13 +738,24 @@ impl<B: Backend> KernelNet<B> {
         let be = &self.be;
         // A fused activation's gradient first: dy becomes the gradient of the layer's own
         // output.
+        let through = layer
+            .epilogue()
+            .filter(|_| backward_takes_epilogue(&layer))
+            .map(|f| (&**rec.out.buf(), f));
         let dy = match (layer.epilogue(), &rec.pre_act) {
-            (Some(f), Some(z)) => {
+            (Some(_), _) if through.is_some() => dy,
+            (Some(f), pre) => {
+                let y = rec.out.buf();
+                // Without the value before the activation, its derivative is read off the
+                // output (`epilogue` keeps it for the activations that need it).
+                debug_assert!(pre.is_some() || f.grad_from_output(), "{f:?}");
                 let mut d = be.alloc(be.len(&dy));
-                be.act_back(z, rec.out.buf(), &dy, f.code(), &mut d, false);
+                be.act_back(pre.as_deref().unwrap_or(y), y, &dy, f.code(), &mut d, false);
+                // The gradient after the activation is not read again.
+                drop(dy);
                 d
             }
-            _ => dy,
+            (None, _) => dy,
         };
         let x = &rec.ins[0];
         let xi = inputs[0];
@@ -735,7 +872,7 @@ impl<B: Backend> KernelNet<B> {
                     unreachable!("bn saves statistics")
                 };
                 let (rows, c) = rows_of(&x.shape);
-                let (sdy, sdyx) = be.col_sums2(&dy, x.buf(), rows, c);
+                let (sdy, sdyx) = be.col_sums2(&dy, x.buf(), through, rows, c);
                 let (mut dg, mut db) = (None, None);
                 for (i, slot) in pgrads.iter_mut().enumerate() {
                     if Some(i) == gamma {
@@ -747,7 +884,7 @@ impl<B: Backend> KernelNet<B> {
                 let gm = gamma.map(|i| &self.params[i].buf);
                 let [s, t, d] = be.bn_back_coeffs(&sdy, &sdyx, &mean, &inv_std, gm, dg, db, rows);
                 self.add_grad(grads, xi, xlen, |dx, acc| {
-                    be.chan_affine(&dy, &s, Some((x.buf(), &t)), &d, c, dx, acc)
+                    be.bn_back_apply(&dy, through, [&s, &t, &d], x.buf(), c, dx, acc)
                 });
             }
             Layer::Activation(f) => {
@@ -858,7 +995,7 @@ impl<B: Backend> KernelNet<B> {
                 // y = x · gate + others: the SE multiply's gradients for x and the gate, and
                 // the Add's (dy itself) for the others.
                 self.gate_backward(&rec, [0, 1], &inputs, &dy, grads);
-                self.pass_through(&dy, &inputs[2..], rows_out * cout, grads);
+                self.pass_through(dy, &inputs[2..], rows_out * cout, grads);
             }
         }
     }
@@ -886,20 +1023,27 @@ impl<B: Backend> KernelNet<B> {
         }
     }
 
-    /// An Add's gradient: dy itself into each of `inputs`, as a copy or added.
+    /// An Add's gradient: dy itself into each of `inputs`, added, copied, or (the last
+    /// input's) taken over without a copy.
     fn pass_through(
         &self,
-        dy: &B::Buf,
+        dy: B::Buf,
         inputs: &[usize],
         total: usize,
         grads: &mut [Option<B::Buf>],
     ) {
         let be = &self.be;
-        for &i in inputs {
+        let Some((&last, rest)) = inputs.split_last() else {
+            return;
+        };
+        for &i in rest {
             // A one-row column copy of the whole tensor.
             self.add_grad(grads, i, total, |dx, acc| {
-                be.col_copy(dy, total, 0, dx, total, 0, total, 1, acc)
+                be.col_copy(&dy, total, 0, dx, total, 0, total, 1, acc)
             });
+        }
+        if last != 0 {
+            self.accumulate(grads, last, dy);
         }
     }
 
@@ -915,7 +1059,7 @@ impl<B: Backend> KernelNet<B> {
         let (rows, last) = rows_of(&rec.out.shape);
         let total = rows * last;
         match kind {
-            MergeKind::Add => self.pass_through(&dy, inputs, total, grads),
+            MergeKind::Add => self.pass_through(dy, inputs, total, grads),
             MergeKind::Concatenate => {
                 let mut off = 0;
                 for (a, &i) in rec.ins.iter().zip(inputs) {

@@ -13,6 +13,7 @@ use super::{LayerMem, StepSim};
 use crate::ir::ops::MergeKind;
 use crate::ir::NodeId;
 use crate::lower::kernelnet::backend::split_k;
+use crate::lower::kernelnet::{self, Epilogue};
 use crate::lower::kernels::ConvShape;
 use crate::lower::plan::{conv_shape, pool_window, rows_of, Layer, Plan};
 use std::rc::Rc;
@@ -27,9 +28,20 @@ pub fn auto_lib(s: &ConvShape) -> bool {
     g.equal_padding() && Policy::Auto.wants(&g, ConvDir::Forward)
 }
 
-/// What a layer's record keeps besides its inputs and output (`kernelnet::Saved`).
-fn kept_what(l: &Layer, lib: bool) -> &'static str {
+/// What a layer's record keeps besides its inputs and output (`kernelnet::Saved`), and
+/// `pre`: the value before its fused activation.
+fn kept_what(l: &Layer, lib: bool, pre: bool) -> &'static str {
     match l {
+        Layer::Conv { .. } if pre && lib => {
+            "inputs and output, the value before the fused activation; the filter in cuDNN's order (im2col is made again in the backward)"
+        }
+        Layer::Conv { .. } if pre => {
+            "inputs and output, the value before the fused activation, and the im2col matrix (the input for a 1x1)"
+        }
+        Layer::BatchNorm { .. } if pre => {
+            "inputs and output, the value before the fused activation, and the batch statistics"
+        }
+        _ if pre => "inputs and output, and the value before the fused activation",
         Layer::Conv { .. } if lib => {
             "inputs and output; the filter in cuDNN's order (im2col is made again in the backward)"
         }
@@ -64,6 +76,8 @@ struct Rec {
     out: V,
     /// Saved::Cols (shared with the input for a direct conv), Lib, Arg, PreAct, Mask.
     _saved: Option<Buf>,
+    /// `Record::pre_act`: the value before a fused activation that ran as a pass.
+    _pre: Option<Buf>,
     lib: bool,
 }
 
@@ -80,6 +94,7 @@ fn record(heap: &Heap, layer: &Layer, ins: &[V], out: &V, saved: Option<Buf>, li
         ins: ins.iter().zip(keep_ins).map(|(v, k)| kept(v, k)).collect(),
         out: kept(out, keep_out),
         _saved: saved,
+        _pre: None,
         lib,
     }
 }
@@ -174,51 +189,45 @@ pub fn simulate(
             | Layer::Merge { .. }
             | Layer::GatedAdd { .. } => (new(total), None),
         };
-        // A fused activation runs after the layer into a new buffer; the record keeps both.
-        let pre = plan.layers[idx].epilogue().map(|_| new(total));
-        let out = match pre {
-            Some(y) => {
-                let z = out;
-                let v = V {
-                    buf: y,
-                    shape: out_shape.clone(),
-                };
-                if train {
-                    records[idx] =
-                        Some(record(&heap, &plan.layers[idx], &ins, &v, Some(z), is_lib));
-                }
-                v
+        // A fused activation in the layer's own kernel writes nothing more; as a pass of its
+        // own it writes a new buffer, and the record keeps the one before it where the
+        // activation's derivative needs it.
+        let (out, pre) = match kernelnet::epilogue(&plan.layers[idx], train) {
+            Epilogue::Pass { keep_pre, .. } => {
+                let y = new(total);
+                (y, keep_pre.then_some(out))
             }
-            None => {
-                let v = V {
-                    buf: out,
-                    shape: out_shape.clone(),
-                };
-                let view = Rc::ptr_eq(&v.buf, &x.buf);
-                rows.push(LayerMem {
-                    node: idx,
-                    output: if view { 0 } else { v.buf.bytes() },
-                    saved: if train {
-                        saved.as_ref().map_or(0, |b| b.bytes())
-                    } else {
-                        0
-                    },
-                    grad: if train { (total * F) as u64 } else { 0 },
-                    workspace_forward: work,
-                    workspace_backward: 0,
-                    kept_what: if train {
-                        kept_what(&plan.layers[idx], is_lib)
-                    } else {
-                        ""
-                    },
-                });
-                if train {
-                    records[idx] = Some(record(&heap, &plan.layers[idx], &ins, &v, saved, is_lib));
-                }
-                v
-            }
+            Epilogue::None | Epilogue::InKernel(_) => (out, None),
         };
-        out
+        let v = V {
+            buf: out,
+            shape: out_shape.clone(),
+        };
+        let view = Rc::ptr_eq(&v.buf, &x.buf);
+        let bytes = |b: &Option<Buf>| b.as_ref().map_or(0, |b| b.bytes());
+        rows.push(LayerMem {
+            node: idx,
+            output: if view { 0 } else { v.buf.bytes() },
+            saved: if train {
+                bytes(&saved) + bytes(&pre)
+            } else {
+                0
+            },
+            grad: if train { (total * F) as u64 } else { 0 },
+            workspace_forward: work,
+            workspace_backward: 0,
+            kept_what: if train {
+                kept_what(&plan.layers[idx], is_lib, pre.is_some())
+            } else {
+                ""
+            },
+        });
+        if train {
+            let mut r = record(&heap, &plan.layers[idx], &ins, &v, saved, is_lib);
+            r._pre = pre;
+            records[idx] = Some(r);
+        }
+        v
     });
     // The loss on the host: the logits downloaded, their gradient uploaded.
     heap.at("the loss");
@@ -265,9 +274,15 @@ pub fn simulate(
             }
         };
         let layer = plan.layers[idx].clone();
+        // The fused activation's gradient, into a new buffer, unless the layer's backward
+        // takes it in its own passes.
         let dy = match layer.epilogue() {
-            Some(_) => heap.shared(dy.bytes() as usize),
-            None => dy,
+            Some(_) if !kernelnet::backward_takes_epilogue(&layer) => {
+                let d = heap.shared(dy.bytes() as usize);
+                drop(dy);
+                d
+            }
+            Some(_) | None => dy,
         };
         match layer {
             Layer::Input => {}
@@ -338,8 +353,24 @@ pub fn simulate(
                 add(&mut grads, inputs[x], xlen(x));
                 let dg = heap.shared(xlen(g) * F);
                 acc(&mut grads, inputs[g], dg);
-                for (i, &j) in inputs.iter().enumerate().skip(2) {
-                    add(&mut grads, j, xlen(i));
+                // An SE tail's other operands: dy passed on (`pass_through`).
+                if let Some((&last, rest)) = inputs[2.min(inputs.len())..].split_last() {
+                    for (i, &j) in rest.iter().enumerate() {
+                        add(&mut grads, j, xlen(i + 2));
+                    }
+                    acc(&mut grads, last, dy.clone());
+                }
+            }
+            Layer::Merge {
+                kind: MergeKind::Add,
+                ..
+            } => {
+                // Copies of dy for all but the last operand, which takes dy over.
+                if let Some((&last, rest)) = inputs.split_last() {
+                    for (i, &j) in rest.iter().enumerate() {
+                        add(&mut grads, j, xlen(i));
+                    }
+                    acc(&mut grads, last, dy.clone());
                 }
             }
             Layer::BatchNorm { .. }

@@ -273,7 +273,8 @@ pub struct Planner {
     cpu_train: Plan,
     cpu_infer: Plan,
     cpu_infer_lens: Vec<usize>,
-    /// The kernel network's plans: the spec's own, and folded for inference.
+    /// The kernel network's plans: the spec's own, and folded for inference, each through
+    /// its passes.
     kn_train: Plan,
     kn_infer: Plan,
     kn_infer_lens: Vec<usize>,
@@ -313,10 +314,11 @@ impl Planner {
             .map(|id| (id.index(), vg.stats(id).params.trainable as usize))
             .filter(|(_, p)| *p > 0)
             .collect();
+        // The kernel network places its own passes (`Plan::for_kernel_network`).
         Planner {
             names,
-            kn_train: lowered.plan,
-            kn_infer: folded,
+            kn_train: lowered.plan.for_kernel_network(),
+            kn_infer: folded.for_kernel_network(),
             kn_infer_lens: infer_params.iter().map(|p| p.values.len()).collect(),
             flags,
             kn_infer_flags,

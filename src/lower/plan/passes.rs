@@ -195,6 +195,20 @@ impl Plan {
             .0
     }
 
+    /// The passes the kernel network (`--device cuda`) runs its plan through, in their order:
+    /// activations into the convolutions before them (through folded BatchNorms: inference),
+    /// then into the BatchNorms and Adds before them, then each SE tail as one op. It applies
+    /// each activation in the kernel that writes its input where it can
+    /// (`kernelnet::epilogue`). `lower::memory` models the same plan.
+    pub fn for_kernel_network(&self) -> Plan {
+        self.with_fused_activations()
+            .0
+            .with_fused_bn_and_add_activations()
+            .0
+            .with_fused_se_tails()
+            .0
+    }
+
     /// A copy whose SE tails run as one op each: an Add (with or without a fused ReLU) reading
     /// an SE multiply x · gate (N, H, W, C) × (N, 1, 1, C) that nothing else reads becomes a
     /// `Layer::GatedAdd` reading x, the gate and the Add's other inputs, and the multiply is
