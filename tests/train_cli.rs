@@ -444,3 +444,43 @@ fn cached_and_streamed_runs_match_and_undecodable_images_are_left_out() {
     let (code, three, _) = predict("3");
     assert_eq!((code, three), (1, one));
 }
+
+/// `SE_COMPILE_PROFILE=1 bench`: a layer with a fused activation is named with it (its time
+/// includes the activation's), on the CPU network and on the kernel network with host loops,
+/// and the table's columns line up whatever the longest name.
+#[test]
+fn the_profile_names_fused_activations_and_lines_up() {
+    for device in ["cpu", "cpu-kernelnet"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SE_COMPILE_PROFILE", "1")
+            .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
+            .args(["--batch-size", "2", "--device", device])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        for label in [
+            "forward: batch_norm + relu",
+            "backward: se multiply + add + relu",
+        ] {
+            assert!(text.contains(label), "{device}: no `{label}` in\n{text}");
+        }
+        // Every table row's "ms total" figure ends where the header's column ends.
+        let mut rows = 0;
+        for table in text.split("phase / layer kind").skip(1) {
+            let head = table.lines().next().unwrap();
+            let end =
+                "phase / layer kind".len() + head.find("ms total").unwrap() + "ms total".len();
+            for row in table.lines().skip(1).take_while(|l| l.ends_with('%')) {
+                let cols: Vec<&str> = row.split_whitespace().rev().take(3).collect();
+                let ms = cols[2];
+                let at = row.rfind(&format!(" {ms} ")).unwrap() + 1 + ms.len();
+                assert_eq!(at, end, "{device}: misaligned row `{row}` under `{head}`");
+                rows += 1;
+            }
+        }
+        assert!(rows >= 20, "{device}: {rows} profile rows in\n{text}");
+    }
+}

@@ -60,13 +60,19 @@ impl Profile {
             .filter(|e| !e.0.starts_with("  "))
             .map(|e| e.1)
             .sum();
+        let head = "phase / layer kind";
+        let w = self
+            .entries
+            .iter()
+            .map(|e| e.0.chars().count())
+            .fold(head.len(), usize::max);
         let mut s = format!(
-            "{:<34} {:>10} {:>7} {:>7}\n",
-            "phase / layer kind", "ms total", "calls", "share"
+            "{head:<w$} {:>10} {:>7} {:>7}\n",
+            "ms total", "calls", "share"
         );
         for (what, secs, calls) in &self.entries {
             s.push_str(&format!(
-                "{what:<34} {:>10.1} {calls:>7} {:>6.1}%\n",
+                "{what:<w$} {:>10.1} {calls:>7} {:>6.1}%\n",
                 secs * 1e3,
                 100.0 * secs / total.max(1e-12)
             ));
@@ -107,6 +113,15 @@ impl Profile {
 
 /// The profile's name for a layer.
 pub fn kind_label(l: &Layer) -> String {
+    let kind = base_label(l);
+    match l.epilogue() {
+        // A fused activation's time is its layer's: say so.
+        Some(f) => format!("{kind} + {}", f.name()),
+        None => kind,
+    }
+}
+
+fn base_label(l: &Layer) -> String {
     match l {
         Layer::Input => "input".into(),
         Layer::Conv { op, .. } if op.groups > 1 => "conv (grouped)".into(),
