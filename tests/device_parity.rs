@@ -246,6 +246,59 @@ fn kernel_network_runs_its_fused_plans() {
     assert_eq!(seen, want.into_iter().collect::<BTreeSet<_>>());
 }
 
+/// Inference as `eval` and `predict` run it on the GPU: BatchNorms folded into their
+/// convolutions (`lowered_for_inference`), then the kernel network's passes, so that every
+/// activation after a convolution, whatever its kind, runs in the bias kernel. Against the
+/// CPU network's own inference, for every parity case, after a training pass has moved the
+/// BatchNorm statistics (so the folding is not an identity), with non-zero biases.
+#[test]
+fn the_kernel_network_infers_on_its_folded_plan_as_the_cpu_network_does() {
+    let mut folded_acts = 0;
+    for emulated in [false, true] {
+        for (name, layers) in parity::cases() {
+            let src = se_compile::SourceFile::new("f.yaml", parity::case_spec(&layers));
+            let vg = se_compile::compile(&src).expect("compiles");
+            let mut reference = Net::new(&vg, 3);
+            let mut rng = Rng::new(11);
+            for (i, p) in Model::param_info(&reference).iter().enumerate() {
+                if p.name.ends_with("bias") {
+                    reference.set_param(i, (0..p.len).map(|_| 0.5 * rng.normal()).collect());
+                }
+            }
+            let x: Vec<f32> = (0..3 * 6 * 5 * 4).map(|_| rng.normal()).collect();
+            let y = [0usize, 4, 2];
+            let batch = || Batch {
+                x: x.clone(),
+                shape: vec![3, 6, 5, 4],
+                labels: &y,
+            };
+            reference.gradients(batch(), 1);
+            let lowered = reference.folded_for_inference().0.for_kernel_network();
+            folded_acts += lowered
+                .plan
+                .layers
+                .iter()
+                .filter(|l| matches!(l, se_compile::lower::plan::Layer::Conv { act: Some(_), .. }))
+                .count();
+            let mut other: Box<dyn Model> = if emulated {
+                Box::new(KernelNet::from_net(&lowered, emulated_gpu::build(), "e".into()).unwrap())
+            } else {
+                Box::new(KernelNet::from_net(&lowered, Host, "h".into()).unwrap())
+            };
+            let (a, b) = (reference.infer(batch()), other.infer(batch()));
+            let d = a
+                .probs
+                .iter()
+                .flatten()
+                .zip(b.probs.iter().flatten())
+                .fold((a.loss - b.loss).abs(), |m, (p, q)| m.max((p - q).abs()));
+            assert!(d < 1e-4, "{name}: inference differs by {d}");
+        }
+    }
+    // Activations did go into convolutions (every activation case has one after a conv).
+    assert!(folded_acts >= 20, "{folded_acts}");
+}
+
 /// A convolution's bias that the BatchNorm after it takes in (`kernelnet::conv_bias_into_bn`)
 /// gives the CPU network's outputs, gradients and moving statistics with biases that are not
 /// zero (Keras starts them at zero, where dropping the bias altogether would pass as well):
