@@ -484,3 +484,51 @@ fn the_profile_names_fused_activations_and_lines_up() {
         assert!(rows >= 20, "{device}: {rows} profile rows in\n{text}");
     }
 }
+
+/// `SE_COMPILE_FUSE=0` runs the kernel network on the spec's plan, layer by layer (to measure
+/// what its passes gain), which the profile shows; any value but 0 or 1 is a usage error for
+/// the network and for `memory --engine cuda`.
+#[test]
+fn se_compile_fuse_switches_the_kernel_networks_passes() {
+    let bench = |fuse: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SE_COMPILE_PROFILE", "1")
+            .env("SE_COMPILE_FUSE", fuse)
+            .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
+            .args(["--batch-size", "2", "--device", "cpu-kernelnet"])
+            .output()
+            .unwrap()
+    };
+    for (fuse, relu_passes, fused) in [("1", false, true), ("0", true, false)] {
+        let o = bench(fuse);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            text.contains("forward: activation relu"),
+            relu_passes,
+            "{fuse}:\n{text}"
+        );
+        assert_eq!(
+            text.contains("forward: batch_norm + relu"),
+            fused,
+            "{fuse}:\n{text}"
+        );
+    }
+    let o = bench("yes");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("SE_COMPILE_FUSE=yes: use 1") && err.lines().count() == 1,
+        "{err}"
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SE_COMPILE_FUSE", "yes")
+        .args(["memory", "models/se_resnet_mini.yaml", "--engine", "cuda"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("SE_COMPILE_FUSE=yes: use 1"), "{err}");
+}

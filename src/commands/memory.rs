@@ -125,6 +125,10 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
                 return Err(EXIT_USAGE);
             }
         }
+        if let Err(e) = se_compile::lower::kernelnet::runs_its_passes() {
+            eprintln!("error: {e}");
+            return Err(EXIT_USAGE);
+        }
     }
     let planner = Planner::new(&vg);
     let p = match planner.predict_in(a.batch, optimizer, engine, precision) {

@@ -132,20 +132,20 @@ pub fn device_of(flag: &str) -> Result<DeviceSpec, u8> {
 /// The network on the device; a GPU that cannot be opened is an error, not a panic.
 pub fn on_device(net: Net, d: DeviceSpec) -> Result<Box<dyn Model>, u8> {
     let dev = open_device(d)?;
-    dev.place(net).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_INVALID
-    })
+    dev.place(net).map_err(device_failed)
 }
 
 pub fn open_device(d: DeviceSpec) -> Result<device::Opened, u8> {
-    device::open(d).map_err(|e| {
-        eprintln!("error: {e}");
-        match e {
-            device::DeviceError::Usage(_) => EXIT_USAGE,
-            device::DeviceError::Unavailable(_) => EXIT_INVALID,
-        }
-    })
+    device::open(d).map_err(device_failed)
+}
+
+/// Prints a device error; its exit code: a usage error's, or an invalid input's.
+fn device_failed(e: device::DeviceError) -> u8 {
+    eprintln!("error: {e}");
+    match e {
+        device::DeviceError::Usage(_) => EXIT_USAGE,
+        device::DeviceError::Unavailable(_) => EXIT_INVALID,
+    }
 }
 
 /// The Fashion-MNIST subset shipped in the repository.

@@ -5,7 +5,7 @@
 
 #[cfg(feature = "cuda")]
 use super::kernelnet::cuda::CudaKernels;
-use super::kernelnet::{host::Host, KernelNet};
+use super::kernelnet::{self, host::Host, KernelNet};
 use super::layers::Net;
 use super::model::Model;
 
@@ -105,15 +105,18 @@ impl Opened {
             Opened::Cpu => Box::new(net.for_cpu_network()),
             // The kernel network runs activations inside the kernels before them, and each SE
             // tail as one op.
-            Opened::KernelNetHost => Box::new(
-                KernelNet::from_net(&net.for_kernel_network(), Host, "cpu-kernelnet".into())
-                    .map_err(DeviceError::Unavailable)?,
-            ),
+            Opened::KernelNetHost => {
+                let net = kernelnet::placed(&net).map_err(DeviceError::Usage)?;
+                Box::new(
+                    KernelNet::from_net(&net, Host, "cpu-kernelnet".into())
+                        .map_err(DeviceError::Unavailable)?,
+                )
+            }
             #[cfg(feature = "cuda")]
             Opened::Cuda(dev, i) => {
                 let be = CudaKernels::open(dev.clone()).map_err(DeviceError::Unavailable)?;
                 let name = format!("cuda:{i}, convolutions by {}", be.conv_engine());
-                let net = net.for_kernel_network();
+                let net = kernelnet::placed(&net).map_err(DeviceError::Usage)?;
                 Box::new(KernelNet::from_net(&net, be, name).map_err(DeviceError::Unavailable)?)
             }
         })

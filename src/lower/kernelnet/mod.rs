@@ -141,6 +141,29 @@ pub fn backward_reads(layer: &Layer, n_ins: usize, cols: bool) -> (Vec<bool>, bo
     (ins, out || layer.epilogue().is_some())
 }
 
+/// Whether the kernel network runs its own plan passes (`Plan::for_kernel_network`: the
+/// default, `SE_COMPILE_FUSE` unset or `1`) or the spec's plan as it is (`SE_COMPILE_FUSE=0`),
+/// so that a GPU run can measure what the passes gain (scripts/gpu-speed.sh). The network
+/// (`device::Opened::place`) and `memory --engine cuda` read it alike.
+pub fn runs_its_passes() -> Result<bool, String> {
+    match std::env::var("SE_COMPILE_FUSE").as_deref() {
+        Err(_) | Ok("1") => Ok(true),
+        Ok("0") => Ok(false),
+        Ok(other) => Err(format!(
+            "SE_COMPILE_FUSE={other}: use 1 (the default: activations in the kernels before them, SE tails as one op) or 0 (the spec's layers one by one, to measure what that gains)"
+        )),
+    }
+}
+
+/// The plan the kernel network runs `net` on (`runs_its_passes`).
+pub fn placed(net: &Net) -> Result<Net, String> {
+    Ok(if runs_its_passes()? {
+        net.for_kernel_network()
+    } else {
+        net.clone_for_device()
+    })
+}
+
 /// How the kernel network runs a layer's fused activation (`Layer::epilogue`). One rule for
 /// the network and for the memory model (`memory::kernelnet`).
 #[derive(Clone, Copy, Debug, PartialEq)]

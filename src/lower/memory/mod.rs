@@ -274,9 +274,10 @@ pub struct Planner {
     cpu_infer: Plan,
     cpu_infer_lens: Vec<usize>,
     /// The kernel network's plans: the spec's own, and folded for inference, each through
-    /// its passes.
+    /// its passes; and both without them (`SE_COMPILE_FUSE=0`, `kernelnet::runs_its_passes`).
     kn_train: Plan,
     kn_infer: Plan,
+    kn_plain: (Plan, Plan),
     kn_infer_lens: Vec<usize>,
     flags: Vec<bool>,
     kn_infer_flags: Vec<bool>,
@@ -315,10 +316,15 @@ impl Planner {
             .filter(|(_, p)| *p > 0)
             .collect();
         // The kernel network places its own passes (`Plan::for_kernel_network`).
+        let (kn_train, kn_infer) = (
+            lowered.plan.for_kernel_network(),
+            folded.for_kernel_network(),
+        );
         Planner {
             names,
-            kn_train: lowered.plan.for_kernel_network(),
-            kn_infer: folded.for_kernel_network(),
+            kn_train,
+            kn_infer,
+            kn_plain: (lowered.plan, folded),
             kn_infer_lens: infer_params.iter().map(|p| p.values.len()).collect(),
             flags,
             kn_infer_flags,
@@ -434,9 +440,14 @@ impl Planner {
     ) -> Prediction {
         let f = std::mem::size_of::<f32>() as u64;
         let values = self.lens.iter().sum::<usize>() as u64 * f;
-        let train = kernelnet::simulate(&self.kn_train, &self.lens, &self.flags, batch, true, lib);
+        // The plans the network runs (`runs_its_passes`; `memory` refuses a bad setting).
+        let (kn_train, kn_infer) = match crate::lower::kernelnet::runs_its_passes() {
+            Ok(false) => (&self.kn_plain.0, &self.kn_plain.1),
+            Ok(true) | Err(_) => (&self.kn_train, &self.kn_infer),
+        };
+        let train = kernelnet::simulate(kn_train, &self.lens, &self.flags, batch, true, lib);
         let infer = kernelnet::simulate(
-            &self.kn_infer,
+            kn_infer,
             &self.kn_infer_lens,
             &self.kn_infer_flags,
             batch,
