@@ -487,7 +487,8 @@ fn the_profile_names_fused_activations_and_lines_up() {
 
 /// `SE_COMPILE_FUSE=0` runs the kernel network on the spec's plan, layer by layer (to measure
 /// what its passes gain), which the profile shows; any value but 0 or 1 is a usage error for
-/// the network and for `memory --engine cuda`.
+/// the network and for `memory --engine cuda`, and so is an unknown `SE_COMPILE_CONV`, both
+/// checked with the device before any work.
 #[test]
 fn se_compile_fuse_switches_the_kernel_networks_passes() {
     let bench = |fuse: &str| {
@@ -520,6 +521,25 @@ fn se_compile_fuse_switches_the_kernel_networks_passes() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("SE_COMPILE_FUSE=yes: use 1") && err.lines().count() == 1,
+        "{err}"
+    );
+    // SE_COMPILE_CONV is checked as early, with the device (before any data is read).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SE_COMPILE_CONV", "fast")
+        .args([
+            "train",
+            "models/se_resnet_mini.yaml",
+            "--data",
+            "no/such/dir",
+        ])
+        .args(["--device", "cpu-kernelnet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("SE_COMPILE_CONV=fast: use auto") && err.lines().count() == 1,
         "{err}"
     );
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))

@@ -118,10 +118,15 @@ pub fn run(cx: &Ctx, a: MemoryArgs) -> Result<(), u8> {
     };
     // The kernel network reads SE_COMPILE_CONV as it would run: auto (the default) or gemm.
     if engine == Engine::Cuda {
-        match std::env::var("SE_COMPILE_CONV").as_deref() {
-            Ok("auto") | Ok("gemm") | Err(_) => {}
-            Ok(other) => {
-                eprintln!("error: SE_COMPILE_CONV={other}: memory models the kernel network under auto (the default) and gemm; unset it or set one of those");
+        use se_compile::lower::kernelnet::backend::Policy;
+        match Policy::from_env() {
+            Ok(None | Some(Policy::Auto)) => {}
+            Ok(Some(Policy::All)) => {
+                eprintln!("error: SE_COMPILE_CONV=cudnn: memory models the kernel network under auto (the default) and gemm; unset it or set one of those");
+                return Err(EXIT_USAGE);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
                 return Err(EXIT_USAGE);
             }
         }

@@ -60,11 +60,17 @@ fn not_built(flag: &str) -> DeviceError {
     ))
 }
 
-/// Checks that the device can exist in this build, before any work is done.
+/// Checks that the device can exist in this build, and the settings the kernel network reads
+/// from the environment (`SE_COMPILE_CONV`, `SE_COMPILE_FUSE`), before any work is done.
 pub fn check(spec: DeviceSpec, flag: &str) -> Result<(), DeviceError> {
     match spec {
         DeviceSpec::Cuda(_) if !CUDA_BUILT => Err(not_built(flag)),
-        _ => Ok(()),
+        DeviceSpec::Cuda(_) | DeviceSpec::KernelNetHost => {
+            kernelnet::backend::Policy::from_env().map_err(DeviceError::Usage)?;
+            kernelnet::runs_its_passes().map_err(DeviceError::Usage)?;
+            Ok(())
+        }
+        DeviceSpec::Cpu => Ok(()),
     }
 }
 

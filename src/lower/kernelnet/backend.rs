@@ -302,6 +302,19 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// `SE_COMPILE_CONV` as the network reads it: `auto` (or unset) and `cudnn` give a policy,
+    /// `gemm` none (im2col + cuBLAS only); another value is an error that says what to set.
+    pub fn from_env() -> Result<Option<Policy>, String> {
+        match std::env::var("SE_COMPILE_CONV").as_deref() {
+            Ok("gemm") => Ok(None),
+            Ok("auto") | Err(_) => Ok(Some(Policy::Auto)),
+            Ok("cudnn") => Ok(Some(Policy::All)),
+            Ok(other) => Err(format!(
+                "SE_COMPILE_CONV={other}: use auto (the default: cuDNN where it measured faster), cudnn (cuDNN wherever it can) or gemm (im2col + cuBLAS only)"
+            )),
+        }
+    }
+
     /// Whether the policy sends this computation to the library (which must also express the
     /// window: `Geom::equal_padding`).
     pub fn wants(self, g: &Geom, dir: ConvDir) -> bool {

@@ -54,16 +54,7 @@ impl Kernels<Cuda> {
         }
         keep_freed_memory(&dev);
         let blas = CudaBlas::new(dev.clone()).map_err(|e| format!("cuBLAS: {e:?}"))?;
-        let policy = match std::env::var("SE_COMPILE_CONV").as_deref() {
-            Ok("gemm") => None,
-            Ok("auto") | Err(_) => Some(Policy::Auto),
-            Ok("cudnn") => Some(Policy::All),
-            Ok(other) => {
-                return Err(format!(
-                    "SE_COMPILE_CONV={other}: use auto (the default: cuDNN where it measured faster), cudnn (cuDNN wherever it can) or gemm (im2col + cuBLAS only)"
-                ))
-            }
-        };
+        let policy = Policy::from_env()?;
         let cudnn = match policy.map(|p| Cudnn::open(dev.clone(), p)) {
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {

@@ -398,9 +398,10 @@ impl Planner {
                 Prediction::of(engine, batch, p, train, infer, &self.names)
             }
             // As the network reads it: SE_COMPILE_CONV=gemm sends no convolution to the library.
-            Engine::Cuda => match std::env::var("SE_COMPILE_CONV").as_deref() {
-                Ok("gemm") => self.kernelnet(batch, optimizer, &|_| false),
-                _ => self.kernelnet(batch, optimizer, &kernelnet::auto_lib),
+            Engine::Cuda => match crate::lower::kernelnet::backend::Policy::from_env() {
+                Ok(None) => self.kernelnet(batch, optimizer, &|_| false),
+                // `memory` refuses cudnn and values it does not know.
+                Ok(Some(_)) | Err(_) => self.kernelnet(batch, optimizer, &kernelnet::auto_lib),
             },
             Engine::Pytorch => {
                 let train = torch::simulate(&self.graph, &self.node_params, batch, true, precision);
