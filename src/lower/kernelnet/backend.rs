@@ -405,18 +405,15 @@ pub trait Backend {
         dx: &mut Self::Buf,
         accumulate: bool,
     );
-    /// out (+)= act(s[c]·u + t[c]·v + d[c]) over (rows, C): BatchNorm's forward, with its
-    /// fused activation (`ActFn::Linear` for none).
-    #[allow(clippy::too_many_arguments)]
+    /// out = act(s[c]·u + d[c]) over (rows, C): BatchNorm's forward, with its fused
+    /// activation (`ActFn::Linear` for none).
     fn chan_affine(
         &self,
         u: &Self::Buf,
         s: &Self::Buf,
-        vt: Option<(&Self::Buf, &Self::Buf)>,
         d: &Self::Buf,
         c: usize,
         out: &mut Self::Buf,
-        accumulate: bool,
         act: ActFn,
     );
     /// mean, inv_std, scale, shift per channel. In training `stats` holds Σx and Σx² over

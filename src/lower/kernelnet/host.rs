@@ -229,21 +229,13 @@ impl Backend for Host {
         &self,
         u: &Vec<f32>,
         s: &Vec<f32>,
-        vt: Option<(&Vec<f32>, &Vec<f32>)>,
         d: &Vec<f32>,
         c: usize,
         out: &mut Vec<f32>,
-        accumulate: bool,
         act: ActFn,
     ) {
         for i in 0..u.len() {
-            let j = i % c;
-            let mut y = s[j] * u[i] + d[j];
-            if let Some((v, t)) = vt {
-                y += t[j] * v[i];
-            }
-            let y = act.value(y);
-            out[i] = if accumulate { out[i] + y } else { y };
+            out[i] = act.value(s[i % c] * u[i] + d[i % c]);
         }
     }
 

@@ -297,17 +297,11 @@ __device__ float act_grad(int f, float x, float y) {
     return NOT_A_CASE;
 }
 
-// out (+)= f(s·u + d [+ t·v]), per channel: BatchNorm's forward with its fused activation `f`
-// (ACT_LINEAR for none), and its backward.
-KERNEL void chan_affine(const float* u, const float* s, const float* v, const float* t, int has_v,
-                                       const float* d, int c, float* out, int acc, int f, int total) {
-    LOOP(i, total) {
-        int j = (int)(i % c);
-        float y = s[j] * u[i] + d[j];
-        if (has_v) y += t[j] * v[i];
-        y = act_value(f, y);
-        out[i] = acc ? out[i] + y : y;
-    }
+// out = f(s·u + d), per channel: BatchNorm's forward with its fused activation `f` (ACT_LINEAR
+// for none). Its backward is bn_back_apply.
+KERNEL void chan_affine(const float* u, const float* s, const float* d, int c, float* out, int f,
+                                       int total) {
+    LOOP(i, total) out[i] = act_value(f, s[i % c] * u[i] + d[i % c]);
 }
 
 // The derivative of f at the input that gave output y, for the activations whose derivative

@@ -302,27 +302,20 @@ impl<D: Device> Backend for Kernels<D> {
         &self,
         u: &D::Buf,
         s: &D::Buf,
-        vt: Option<(&D::Buf, &D::Buf)>,
         d: &D::Buf,
         c: usize,
         out: &mut D::Buf,
-        accumulate: bool,
         act: ActFn,
     ) {
-        let (v, t) = vt.unwrap_or((&self.none, &self.none));
         self.run(
             "chan_affine",
             self.d.len(u),
             &mut [
                 In(u),
                 In(s),
-                In(v),
-                In(t),
-                fl(vt.is_some()),
                 In(d),
                 I32(c as i32),
                 Out(out),
-                fl(accumulate),
                 I32(act.code()),
             ],
         );

@@ -500,7 +500,7 @@ impl<B: Backend> KernelNet<B> {
                 self.params[mean].buf = mm;
                 self.params[var].buf = mv;
                 let mut y = be.alloc(total);
-                be.chan_affine(&x.buf, &scale, None, &shift, c, &mut y, false, act);
+                be.chan_affine(&x.buf, &scale, &shift, c, &mut y, act);
                 (y, Saved::Bn { mean: m, inv_std })
             }
             Layer::Activation(ActFn::Softmax) => (be.softmax(&x.buf, cout), Saved::None),
