@@ -359,9 +359,13 @@ KERNEL void softmax_back(const float* y, const float* dy, float* dx, int c, int 
     }
 }
 
+// Where element i of an (N, per / C, C) tensor finds its image's and channel's value in an
+// (N, C) gate (host.rs has the same).
+__device__ int gate_at(int i, int per, int c) { return (i / per) * c + i % c; }
+
 KERNEL void gate_mul(const float* x, const float* g, float* out, int per, int c, int acc, int total) {
     LOOP(i, total) {
-        float v = x[i] * g[(i / per) * c + i % c];
+        float v = x[i] * g[gate_at(i, per, c)];
         out[i] = acc ? out[i] + v : v;
     }
 }
@@ -370,12 +374,12 @@ KERNEL void gate_mul(const float* x, const float* g, float* out, int per, int c,
 // (N, C), x and r are (N, per / C, C).
 KERNEL void gated_add(const float* x, const float* g, const float* r, float* out, int per, int c,
                                      int f, int total) {
-    LOOP(i, total) out[i] = act_value(f, x[i] * g[(i / per) * c + i % c] + r[i]);
+    LOOP(i, total) out[i] = act_value(f, x[i] * g[gate_at(i, per, c)] + r[i]);
 }
 
 KERNEL void bcast_rows(const float* g, float* out, int per, int c, float scale, int acc, int total) {
     LOOP(i, total) {
-        float v = scale * g[(i / per) * c + i % c];
+        float v = scale * g[gate_at(i, per, c)];
         out[i] = acc ? out[i] + v : v;
     }
 }

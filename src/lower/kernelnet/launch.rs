@@ -106,14 +106,15 @@ impl<D: Device> Kernels<D> {
         let mut part = self.alloc(groups * chunks * c);
         let mut part2 = (mode == 2).then(|| self.alloc(groups * chunks * c));
         let mut spare = self.alloc(1);
+        let [y, f] = self.through_args(through);
         self.run(
             "col_partial",
             groups * chunks * c,
             &mut [
                 In(a),
                 In(b.unwrap_or(&self.none)),
-                In(through.map_or(&self.none, |t| t.0)),
-                I32(through.map_or(ActFn::Linear, |t| t.1).code()),
+                y,
+                f,
                 I32(mode),
                 I32(rows as i32),
                 I32(c as i32),
@@ -154,6 +155,14 @@ impl<D: Device> Kernels<D> {
             ],
         );
         out
+    }
+
+    /// The (y, f) arguments of a kernel that reads dy through an activation's derivative
+    /// (`through`: the activation's output and the activation), or the stand-in for an absent
+    /// input and ACT_LINEAR.
+    fn through_args<'a>(&'a self, through: Option<(&'a D::Buf, ActFn)>) -> [Arg<'a, D::Buf>; 2] {
+        let (y, f) = through.unwrap_or((&self.none, ActFn::Linear));
+        [In(y), I32(f.code())]
     }
 
     fn run(&self, name: &'static str, total: usize, args: &mut [Arg<D::Buf>]) {
@@ -281,13 +290,14 @@ impl<D: Device> Backend for Kernels<D> {
         dx: &mut D::Buf,
         accumulate: bool,
     ) {
+        let [y, f] = self.through_args(through);
         self.run(
             "bn_back_apply",
             self.d.len(dy),
             &mut [
                 In(dy),
-                In(through.map_or(&self.none, |t| t.0)),
-                I32(through.map_or(ActFn::Linear, |t| t.1).code()),
+                y,
+                f,
                 In(s),
                 In(x),
                 In(t),
