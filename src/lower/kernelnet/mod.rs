@@ -351,10 +351,11 @@ impl<B: Backend> KernelNet<B> {
     ) -> Val<B::Buf> {
         let plan = self.plan.clone();
         let batch = x.shape[0];
-        let training = records.is_some();
+        // Whether the backward will run: what an epilogue keeps depends on it.
+        let recording = records.is_some();
         plan.walk(batch, x, Val::clone, |idx, ins, out_shape, skip| {
             let t = self.span_start();
-            let epi = epilogue(&plan.layers[idx], training);
+            let epi = epilogue(&plan.layers[idx], recording);
             let in_kernel = match epi {
                 Epilogue::InKernel(f) => f,
                 Epilogue::None | Epilogue::Pass { .. } => ActFn::Linear,
@@ -586,9 +587,7 @@ impl<B: Backend> KernelNet<B> {
                     be.gated_add(&x.buf, &g.buf, &r.buf, n, c, &mut y, act);
                 } else {
                     be.gate_mul(&ins[0].buf, &ins[1].buf, n, c, &mut y, false);
-                    let (last, mid) = ins[2..].split_last().expect("an SE tail adds one or more");
-                    mid.iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
-                    be.add_act(&last.buf, &mut y, act);
+                    self.add_all(&mut y, &ins[2..], act);
                 }
                 (y, Saved::None)
             }
@@ -613,14 +612,7 @@ impl<B: Backend> KernelNet<B> {
         match kind {
             MergeKind::Add => {
                 be.col_copy(&ins[0].buf, n, 0, &mut y, n, 0, n, 1, false);
-                match ins[1..].split_last() {
-                    Some((last, mid)) => {
-                        mid.iter().for_each(|a| be.axpy(&a.buf, 1.0, &mut y));
-                        be.add_act(&last.buf, &mut y, act);
-                    }
-                    None if act != ActFn::Linear => y = be.act(&y, act.code()),
-                    None => {}
-                }
+                self.add_all(&mut y, &ins[1..], act);
             }
             MergeKind::Concatenate => {
                 debug_assert_eq!(
@@ -659,6 +651,15 @@ impl<B: Backend> KernelNet<B> {
             }
         }
         y
+    }
+
+    /// Adds each of `ins` (one or more: a merge has two or more inputs, an SE tail one or more
+    /// besides x and the gate) into `y`, the last through `act`, an Add's fused activation
+    /// (`ActFn::Linear` for none).
+    fn add_all(&self, y: &mut B::Buf, ins: &[Val<B::Buf>], act: ActFn) {
+        let (last, mid) = ins.split_last().expect("one or more operands to add");
+        mid.iter().for_each(|a| self.be.axpy(&a.buf, 1.0, y));
+        self.be.add_act(&last.buf, y, act);
     }
 
     fn input(&self, b: &Batch) -> Val<B::Buf> {
@@ -765,10 +766,9 @@ impl<B: Backend> KernelNet<B> {
             .epilogue()
             .filter(|_| backward_takes_epilogue(&layer))
             .map(|f| (&**rec.out.buf(), f));
-        let dy = match (layer.epilogue(), &rec.pre_act) {
-            (Some(_), _) if through.is_some() => dy,
-            (Some(f), pre) => {
-                let y = rec.out.buf();
+        let dy = match layer.epilogue() {
+            Some(f) if through.is_none() => {
+                let (y, pre) = (rec.out.buf(), &rec.pre_act);
                 // Without the value before the activation, its derivative is read off the
                 // output (`epilogue` keeps it for the activations that need it).
                 debug_assert!(pre.is_some() || f.grad_from_output(), "{f:?}");
@@ -778,7 +778,7 @@ impl<B: Backend> KernelNet<B> {
                 drop(dy);
                 d
             }
-            (None, _) => dy,
+            Some(_) | None => dy,
         };
         let x = &rec.ins[0];
         let xi = inputs[0];
