@@ -83,7 +83,15 @@ struct Rec {
 
 /// A layer's record: the shapes of its values, and their buffers where its backward reads
 /// them (`kernelnet::backward_reads`, the network's own rule); the rest stand as empty.
-fn record(heap: &Heap, layer: &Layer, ins: &[V], out: &V, saved: Option<Buf>, lib: bool) -> Rec {
+fn record(
+    heap: &Heap,
+    layer: &Layer,
+    ins: &[V],
+    out: &V,
+    saved: Option<Buf>,
+    pre: Option<Buf>,
+    lib: bool,
+) -> Rec {
     let cols = matches!(layer, Layer::Conv { .. }) && !lib && saved.is_some();
     let (keep_ins, keep_out) = crate::lower::kernelnet::backward_reads(layer, ins.len(), cols);
     let kept = |v: &V, k: bool| V {
@@ -94,7 +102,7 @@ fn record(heap: &Heap, layer: &Layer, ins: &[V], out: &V, saved: Option<Buf>, li
         ins: ins.iter().zip(keep_ins).map(|(v, k)| kept(v, k)).collect(),
         out: kept(out, keep_out),
         _saved: saved,
-        _pre: None,
+        _pre: pre,
         lib,
     }
 }
@@ -223,9 +231,15 @@ pub fn simulate(
             },
         });
         if train {
-            let mut r = record(&heap, &plan.layers[idx], &ins, &v, saved, is_lib);
-            r._pre = pre;
-            records[idx] = Some(r);
+            records[idx] = Some(record(
+                &heap,
+                &plan.layers[idx],
+                &ins,
+                &v,
+                saved,
+                pre,
+                is_lib,
+            ));
         }
         v
     });
@@ -283,6 +297,16 @@ pub fn simulate(
                 d
             }
             Some(_) | None => dy,
+        };
+        // `pass_through`: copies of dy for the operands from `from` on but the last, which
+        // takes dy over.
+        let pass_on = |grads: &mut Vec<Option<Buf>>, from: usize| {
+            if let Some((&last, rest)) = inputs[from.min(inputs.len())..].split_last() {
+                for (i, &j) in rest.iter().enumerate() {
+                    add(grads, j, xlen(from + i));
+                }
+                acc(grads, last, dy.clone());
+            }
         };
         match layer {
             Layer::Input => {}
@@ -353,26 +377,13 @@ pub fn simulate(
                 add(&mut grads, inputs[x], xlen(x));
                 let dg = heap.shared(xlen(g) * F);
                 acc(&mut grads, inputs[g], dg);
-                // An SE tail's other operands: dy passed on (`pass_through`).
-                if let Some((&last, rest)) = inputs[2.min(inputs.len())..].split_last() {
-                    for (i, &j) in rest.iter().enumerate() {
-                        add(&mut grads, j, xlen(i + 2));
-                    }
-                    acc(&mut grads, last, dy.clone());
-                }
+                // An SE tail's other operands: dy passed on.
+                pass_on(&mut grads, 2);
             }
             Layer::Merge {
                 kind: MergeKind::Add,
                 ..
-            } => {
-                // Copies of dy for all but the last operand, which takes dy over.
-                if let Some((&last, rest)) = inputs.split_last() {
-                    for (i, &j) in rest.iter().enumerate() {
-                        add(&mut grads, j, xlen(i));
-                    }
-                    acc(&mut grads, last, dy.clone());
-                }
-            }
+            } => pass_on(&mut grads, 0),
             Layer::BatchNorm { .. }
             | Layer::Activation(_)
             | Layer::ZeroPad(_)
