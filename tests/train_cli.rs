@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::run;
+use common::{run, run_env};
 use std::path::{Path, PathBuf};
 
 /// `se-compile train SPEC --data DATA --out OUT EXTRA...`.
@@ -451,16 +451,15 @@ fn cached_and_streamed_runs_match_and_undecodable_images_are_left_out() {
 #[test]
 fn the_profile_names_fused_activations_and_lines_up() {
     for device in ["cpu", "cpu-kernelnet"] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("SE_COMPILE_PROFILE", "1")
-            .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
-            .args(["--batch-size", "2", "--device", device])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let text =
-            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        let (code, out, err) = run_env(
+            &[("SE_COMPILE_PROFILE", "1")],
+            &["bench", "models/se_resnet_mini.yaml", "--steps", "1"]
+                .into_iter()
+                .chain(["--batch-size", "2", "--device", device])
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(code, 0, "{err}");
+        let text = out + &err;
         for label in [
             "forward: batch_norm + relu",
             "backward: se multiply + add + relu",
@@ -492,19 +491,23 @@ fn the_profile_names_fused_activations_and_lines_up() {
 #[test]
 fn se_compile_fuse_switches_the_kernel_networks_passes() {
     let bench = |fuse: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("SE_COMPILE_PROFILE", "1")
-            .env("SE_COMPILE_FUSE", fuse)
-            .args(["bench", "models/se_resnet_mini.yaml", "--steps", "1"])
-            .args(["--batch-size", "2", "--device", "cpu-kernelnet"])
-            .output()
-            .unwrap()
+        run_env(
+            &[("SE_COMPILE_PROFILE", "1"), ("SE_COMPILE_FUSE", fuse)],
+            &[
+                "bench",
+                "models/se_resnet_mini.yaml",
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu-kernelnet",
+            ],
+        )
     };
     for (fuse, relu_passes, fused) in [("1", false, true), ("0", true, false)] {
-        let o = bench(fuse);
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (code, text, err) = bench(fuse);
+        assert_eq!(code, 0, "{err}");
         assert_eq!(
             text.contains("forward: activation relu"),
             relu_passes,
@@ -516,39 +519,31 @@ fn se_compile_fuse_switches_the_kernel_networks_passes() {
             "{fuse}:\n{text}"
         );
     }
-    let o = bench("yes");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("SE_COMPILE_FUSE=yes: use 1") && err.lines().count() == 1,
-        "{err}"
-    );
+    // A usage error in one line, exit code 2.
+    let one_line_usage_error = |(code, _, err): (i32, String, String), what: &str| {
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(what) && err.lines().count() == 1, "{err}");
+    };
+    one_line_usage_error(bench("yes"), "SE_COMPILE_FUSE=yes: use 1");
     // SE_COMPILE_CONV is checked as early, with the device (before any data is read).
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("SE_COMPILE_CONV", "fast")
-        .args([
-            "train",
-            "models/se_resnet_mini.yaml",
-            "--data",
-            "no/such/dir",
-        ])
-        .args(["--device", "cpu-kernelnet"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("SE_COMPILE_CONV=fast: use auto") && err.lines().count() == 1,
-        "{err}"
+    one_line_usage_error(
+        run_env(
+            &[("SE_COMPILE_CONV", "fast")],
+            &[
+                "train",
+                "models/se_resnet_mini.yaml",
+                "--data",
+                "no/such/dir",
+                "--device",
+                "cpu-kernelnet",
+            ],
+        ),
+        "SE_COMPILE_CONV=fast: use auto",
     );
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_se-compile"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("SE_COMPILE_FUSE", "yes")
-        .args(["memory", "models/se_resnet_mini.yaml", "--engine", "cuda"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (code, _, err) = run_env(
+        &[("SE_COMPILE_FUSE", "yes")],
+        &["memory", "models/se_resnet_mini.yaml", "--engine", "cuda"],
+    );
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("SE_COMPILE_FUSE=yes: use 1"), "{err}");
 }

@@ -112,8 +112,14 @@ pub fn stdout_of(cmd: &mut Command) -> String {
 
 /// Runs the real `se-compile` binary in the crate root: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
+    run_env(&[], args)
+}
+
+/// `run` with environment variables set.
+pub fn run_env(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_se-compile"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("runs");
