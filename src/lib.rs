@@ -72,7 +72,7 @@ impl std::fmt::Display for FileError {
             FileError::Empty(p) => write!(f, "{p}: the file is empty; a spec needs at least `input` and `layers`"),
             FileError::Binary(p) => write!(f, "{p}: looks like a binary file (it holds NUL bytes), not a spec"),
             FileError::NotUtf8(p, at) => write!(f, "{p}: is not valid UTF-8 (first bad byte at offset {at}); save it as UTF-8"),
-            FileError::TooLarge(p, n) => write!(f, "{p}: is {:.1} MiB, above se-compile's limit of {} MiB for a spec; write repeats as `stage` or block templates", *n as f64 / (1 << 20) as f64, MAX_SPEC_BYTES >> 20),
+            FileError::TooLarge(p, n) => write!(f, "{p}: is {} for a spec; write repeats as `stage` or block templates", spec::over_the_limit(*n)),
         }
     }
 }

@@ -15,16 +15,22 @@ use crate::source::{SourceFile, Span, Syntax};
 /// about 50 bytes a line, takes about 5 MiB.
 pub const MAX_SPEC_BYTES: u64 = 16 << 20;
 
+/// "X MiB, above se-compile's limit of 16 MiB": a spec of `len` bytes, for the errors of a
+/// file (`crate::FileError::TooLarge`) and of a text (`too_large`).
+pub fn over_the_limit(len: u64) -> String {
+    format!(
+        "{:.1} MiB, above se-compile's limit of {} MiB",
+        len as f64 / (1 << 20) as f64,
+        MAX_SPEC_BYTES >> 20
+    )
+}
+
 /// The error for a spec text over `MAX_SPEC_BYTES` (a buffer of the language server's; a file
 /// is refused before it is read, `crate::load`).
 pub fn too_large(len: u64) -> Diagnostic {
     Diagnostic::new(
         "limit::file-size",
-        format!(
-            "the spec is {:.1} MiB, above se-compile's limit of {} MiB",
-            len as f64 / (1 << 20) as f64,
-            MAX_SPEC_BYTES >> 20
-        ),
+        format!("the spec is {}", over_the_limit(len)),
     )
     .help("a flat spec at the layer limit, 50 bytes a line, takes about 5 MiB; write repeats as `stage` or block templates")
 }
